@@ -1,0 +1,34 @@
+//! Compiles `coursewire/v1/*.proto` with protox (pure Rust, so no `protoc` is needed),
+//! generates tonic/prost code plus serde impls (proto field names, for event payloads),
+//! and keeps the encoded descriptor set for server reflection.
+use std::{env, fs, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = "coursewire/v1";
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "proto"))
+        .collect();
+    files.sort();
+    println!("cargo:rerun-if-changed={dir}");
+
+    let descriptors = protox::compile(&files, ["."])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    let descriptor_path = out.join("coursewire_descriptor.bin");
+    fs::write(&descriptor_path, prost::Message::encode_to_vec(&descriptors))?;
+
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(&descriptor_path)
+        .skip_protoc_run()
+        .compile_well_known_types(true)
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .compile_fds(descriptors)?;
+
+    let set = fs::read(&descriptor_path)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&set)?
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .preserve_proto_field_names()
+        .build(&[".coursewire"])?;
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Authentication and authorization as a tower layer: every call except health and
+//! reflection must carry a valid key whose scopes cover the method (see `policy`). The
+//! layer puts the resulting `Caller` into the request extensions for handlers.
+pub mod keys;
+pub mod policy;
+mod store;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use subtle::ConstantTimeEq;
+use tonic::Status;
+use tonic::transport::server::TcpConnectInfo;
+
+pub use store::{KeyRecord, NewKey, Scopes, create_key, create_org, list_keys, revoke_key};
+
+use crate::clock::SharedClock;
+use crate::error::{ApiError, ApiResult};
+use crate::store::Db;
+use policy::{Need, Policy};
+
+/// Revocations and changes become visible to every replica within this time.
+const CACHE_TTL: Duration = Duration::from_secs(1);
+/// `last_used_at` is written at most this often per key.
+const LAST_USED_EVERY_MS: i64 = 60_000;
+
+/// Who is calling: inserted by the auth layer, read by handlers.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub key: Arc<KeyRecord>,
+    pub policy: Option<Policy>,
+}
+
+impl Caller {
+    /// The organization every query is scoped to.
+    pub fn org(&self) -> &str {
+        &self.key.org_id
+    }
+}
+
+/// The caller of a request that passed the auth layer.
+pub fn caller<T>(req: &tonic::Request<T>) -> ApiResult<Caller> {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| ApiError::internal("request reached a handler without auth"))
+}
+
+/// Key lookups by secret hash, with when they were loaded (`None`: no such key).
+type KeyCache = HashMap<String, (Instant, Option<Arc<KeyRecord>>)>;
+
+pub struct Authenticator {
+    db: Db,
+    clock: SharedClock,
+    cache: Mutex<KeyCache>,
+}
+
+impl Authenticator {
+    pub fn new(db: Db, clock: SharedClock) -> Arc<Self> {
+        Arc::new(Authenticator { db, clock, cache: Mutex::new(HashMap::new()) })
+    }
+
+    pub async fn authenticate(&self, headers: &http::HeaderMap, path: &str, peer: Option<IpAddr>) -> ApiResult<Caller> {
+        let secret = keys::from_headers(headers)?;
+        let hash = keys::hash(&secret);
+        let key = self
+            .lookup(&hash)
+            .await?
+            .ok_or_else(|| ApiError::unauthenticated("KEY_UNKNOWN", "the API key is not known"))?;
+        // The lookup is by hash; compare in constant time anyway so no code path branches
+        // on a partial match.
+        if !bool::from(key.secret_hash.as_bytes().ct_eq(hash.as_bytes())) {
+            return Err(ApiError::unauthenticated("KEY_UNKNOWN", "the API key is not known"));
+        }
+        let now = self.clock.now_ms();
+        if key.revoked_at.is_some() {
+            return Err(ApiError::unauthenticated("KEY_REVOKED", "the API key was revoked"));
+        }
+        if key.expires_at.is_some_and(|t| t <= now) {
+            return Err(ApiError::unauthenticated("KEY_EXPIRED", "the API key has expired"));
+        }
+        if key.org_suspended {
+            return Err(ApiError::permission_denied("ORGANIZATION_SUSPENDED", "the organization is suspended"));
+        }
+        if !key.allowed_cidrs.is_empty()
+            && !peer.is_some_and(|ip| key.allowed_cidrs.iter().any(|net| net.contains(&ip)))
+        {
+            return Err(ApiError::permission_denied("IP_NOT_ALLOWED", "this key may not be used from your IP address")
+                .help("add your address to the key's allowed CIDRs"));
+        }
+        let policy = policy::policy(path);
+        if let Some(p) = policy {
+            authorize(&key, p.need)?;
+        }
+        if key.touch_due(now, LAST_USED_EVERY_MS) {
+            let db = self.db.clone();
+            let id = key.id.clone();
+            tokio::spawn(async move { store::touch_last_used(&db, &id, now).await });
+        }
+        Ok(Caller { key, policy })
+    }
+
+    async fn lookup(&self, hash: &str) -> ApiResult<Option<Arc<KeyRecord>>> {
+        if let Some((at, key)) = self.cache.lock().unwrap().get(hash)
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(key.clone());
+        }
+        let key = store::find_key(&self.db, hash).await?.map(Arc::new);
+        let mut cache = self.cache.lock().unwrap();
+        if cache.len() > 10_000 {
+            cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
+        }
+        cache.insert(hash.to_string(), (Instant::now(), key.clone()));
+        Ok(key)
+    }
+}
+
+fn authorize(key: &KeyRecord, need: Need) -> ApiResult<()> {
+    let denied = |scope: String| {
+        ApiError::permission_denied("SCOPE_MISSING", format!("this key lacks the scope {scope}"))
+            .with("required_scope", scope)
+            .help("create a key with the scope this method needs (see docs/api.md)")
+    };
+    match need {
+        Need::Platform if !key.platform => {
+            Err(ApiError::permission_denied("PLATFORM_KEY_REQUIRED", "only platform keys may manage organizations"))
+        }
+        Need::Platform => Ok(()),
+        _ if key.platform => Err(ApiError::permission_denied(
+            "ORGANIZATION_KEY_REQUIRED",
+            "platform keys only manage organizations; use an organization's key",
+        )),
+        Need::AnyKey => Ok(()),
+        Need::Reads(r) if key.scopes.allows(r, false) => Ok(()),
+        Need::Writes(r) if key.scopes.allows(r, true) => Ok(()),
+        Need::Reads(r) => Err(denied(format!("{r}:read"))),
+        Need::Writes(r) => Err(denied(format!("{r}:write"))),
+    }
+}
+
+/// The tower layer that runs `Authenticator` in front of the gRPC services.
+#[derive(Clone)]
+pub struct AuthLayer(pub Arc<Authenticator>);
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> AuthService<S> {
+        AuthService { auth: self.0.clone(), inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    auth: Arc<Authenticator>,
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // Take the service that was polled ready; leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if policy::is_public(req.uri().path()) {
+            return Box::pin(inner.call(req));
+        }
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            let peer = req.extensions().get::<TcpConnectInfo>().and_then(|i| i.remote_addr()).map(|a| a.ip());
+            match auth.authenticate(req.headers(), req.uri().path(), peer).await {
+                Ok(caller) => {
+                    req.extensions_mut().insert(caller);
+                    inner.call(req).await
+                }
+                Err(e) => Ok(Status::from(e).into_http()),
+            }
+        })
+    }
+}

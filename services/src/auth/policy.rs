@@ -1,0 +1,118 @@
+//! Which scope and call class every RPC needs: the one table auth and limits read.
+//! A test walks the descriptor set and fails if any method is missing here.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CallClass {
+    Read,
+    Modify,
+    Remove,
+}
+
+impl CallClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallClass::Read => "read",
+            CallClass::Modify => "modify",
+            CallClass::Remove => "remove",
+        }
+    }
+}
+
+/// What a key must hold to call a method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Any valid key of an organization.
+    AnyKey,
+    /// `RESOURCE:read` (or `RESOURCE:write`, or `*`).
+    Reads(&'static str),
+    /// `RESOURCE:write` (or `*`).
+    Writes(&'static str),
+    /// A platform key (organization management).
+    Platform,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    pub need: Need,
+    pub class: CallClass,
+}
+
+use CallClass::*;
+use Need::*;
+
+/// (gRPC path, what it needs, its call class)
+const TABLE: &[(&str, Need, CallClass)] = &[
+    ("/coursewire.v1.AccountService/Ping", AnyKey, Read),
+    ("/coursewire.v1.AccountService/WhoAmI", AnyKey, Read),
+    ("/coursewire.v1.DomainService/CreateDomain", Writes("domains"), Modify),
+    ("/coursewire.v1.DomainService/GetDomain", Reads("domains"), Read),
+    ("/coursewire.v1.DomainService/ListDomains", Reads("domains"), Read),
+    ("/coursewire.v1.DomainService/UpdateDomain", Writes("domains"), Modify),
+    ("/coursewire.v1.DomainService/DeleteDomain", Writes("domains"), Remove),
+    ("/coursewire.v1.UserService/CreateUser", Writes("users"), Modify),
+    ("/coursewire.v1.UserService/GetUser", Reads("users"), Read),
+    ("/coursewire.v1.UserService/LookupUser", Reads("users"), Read),
+    ("/coursewire.v1.UserService/ListUsers", Reads("users"), Read),
+    ("/coursewire.v1.UserService/UpdateUser", Writes("users"), Modify),
+    ("/coursewire.v1.UserService/DeleteUser", Writes("users"), Remove),
+    ("/coursewire.v1.CourseService/CreateCourse", Writes("courses"), Modify),
+    ("/coursewire.v1.CourseService/GetCourse", Reads("courses"), Read),
+    ("/coursewire.v1.CourseService/ListCourses", Reads("courses"), Read),
+    ("/coursewire.v1.CourseService/UpdateCourse", Writes("courses"), Modify),
+    ("/coursewire.v1.CourseService/DeleteCourse", Writes("courses"), Remove),
+    ("/coursewire.v1.PublishedCourseService/CreatePublishedCourse", Writes("courses"), Modify),
+    ("/coursewire.v1.PublishedCourseService/GetPublishedCourse", Reads("courses"), Read),
+    ("/coursewire.v1.PublishedCourseService/ListPublishedCourses", Reads("courses"), Read),
+    ("/coursewire.v1.PublishedCourseService/UpdatePublishedCourse", Writes("courses"), Modify),
+    ("/coursewire.v1.PublishedCourseService/DeletePublishedCourse", Writes("courses"), Remove),
+    ("/coursewire.v1.DomainUserService/CreateDomainUser", Writes("users"), Modify),
+    ("/coursewire.v1.DomainUserService/GetDomainUser", Reads("users"), Read),
+    ("/coursewire.v1.DomainUserService/ListDomainUsers", Reads("users"), Read),
+    ("/coursewire.v1.DomainUserService/UpdateDomainUser", Writes("users"), Modify),
+    ("/coursewire.v1.DomainUserService/DeleteDomainUser", Writes("users"), Remove),
+    ("/coursewire.v1.EnrollmentService/CreateEnrollment", Writes("enrollments"), Modify),
+    ("/coursewire.v1.EnrollmentService/GetEnrollment", Reads("enrollments"), Read),
+    ("/coursewire.v1.EnrollmentService/ListEnrollments", Reads("enrollments"), Read),
+    ("/coursewire.v1.EnrollmentService/UpdateEnrollment", Writes("enrollments"), Modify),
+    ("/coursewire.v1.EnrollmentService/DeleteEnrollment", Writes("enrollments"), Remove),
+    ("/coursewire.v1.EnrollmentService/RecordLessonProgress", Writes("enrollments"), Modify),
+    ("/coursewire.v1.EnrollmentService/CompleteEnrollment", Writes("enrollments"), Modify),
+    ("/coursewire.v1.EnrollmentService/BatchCreateEnrollments", Writes("enrollments"), Modify),
+    ("/coursewire.v1.EnrollmentService/ExportEnrollments", Reads("enrollments"), Read),
+    ("/coursewire.v1.EventService/ListEvents", Reads("events"), Read),
+    ("/coursewire.v1.EventService/GetEvent", Reads("events"), Read),
+];
+
+/// Scope resources a key may name (`RESOURCE:read` / `RESOURCE:write`).
+pub const RESOURCES: &[&str] = &["users", "courses", "domains", "enrollments", "webhooks", "events", "keys"];
+
+/// The policy of a gRPC path; `None` for paths that are not ours.
+pub fn policy(path: &str) -> Option<Policy> {
+    TABLE.iter().find(|(p, _, _)| *p == path).map(|&(_, need, class)| Policy { need, class })
+}
+
+/// True for paths that need no key (health and reflection).
+pub fn is_public(path: &str) -> bool {
+    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    #[test]
+    fn every_method_has_a_policy() {
+        let set = prost_types::FileDescriptorSet::decode(coursewire_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut count = 0;
+        for file in set.file.iter().filter(|f| f.package() == "coursewire.v1") {
+            for service in &file.service {
+                for method in &service.method {
+                    let path = format!("/coursewire.v1.{}/{}", service.name(), method.name());
+                    assert!(super::policy(&path).is_some(), "{path} has no scope/call class in policy.rs");
+                    count += 1;
+                }
+            }
+        }
+        assert_eq!(count, super::TABLE.len(), "policy.rs lists methods the protos do not have");
+    }
+}

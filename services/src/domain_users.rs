@@ -1,0 +1,285 @@
+//! DomainUserService: a user's access to a domain (unique per pair).
+use std::sync::Arc;
+
+use coursewire_proto::v1::domain_user_service_server::DomainUserService;
+use coursewire_proto::v1::*;
+use pbjson_types::Empty;
+use sqlx::AnyConnection;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use tonic::{Request, Response, Status};
+
+use crate::AppState;
+use crate::auth::caller;
+use crate::clock::{opt_timestamp, to_timestamp};
+use crate::error::{ApiError, ApiResult};
+use crate::events::{self, Change};
+use crate::idempotency::Idempotency;
+use crate::ids::{check_id, new_id};
+use crate::page::Page;
+use crate::resource::{check_etag, etag, flag, mask_paths, opt_time};
+use crate::store::Tx;
+use crate::validate::Violations;
+
+pub struct DomainUserApi(pub Arc<AppState>);
+
+const COLUMNS: &str = "id, domain_id, user_id, active, expires_at, created_at, updated_at, sequence FROM domain_users";
+
+fn from_row(r: &AnyRow) -> Result<(DomainUser, i64), sqlx::Error> {
+    let sequence = r.try_get("sequence")?;
+    let du = DomainUser {
+        id: r.try_get("id")?,
+        domain_id: r.try_get("domain_id")?,
+        user_id: r.try_get("user_id")?,
+        active: r.try_get::<i64, _>("active")? != 0,
+        expires_at: opt_timestamp(r.try_get("expires_at")?),
+        created_at: Some(to_timestamp(r.try_get("created_at")?)),
+        updated_at: Some(to_timestamp(r.try_get("updated_at")?)),
+        etag: etag(sequence),
+    };
+    Ok((du, sequence))
+}
+
+async fn fetch<'e>(
+    conn: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    org: &str,
+    id: &str,
+) -> ApiResult<(DomainUser, i64)> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} WHERE id = $1 AND org_id = $2")))
+        .bind(id)
+        .bind(org)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| ApiError::not_found("domain user", id))?;
+    Ok(from_row(&row)?)
+}
+
+/// Inserts access for (domain, user); `Ok(None)` when the pair already exists.
+async fn insert(
+    conn: &mut AnyConnection,
+    org: &str,
+    domain_id: &str,
+    user_id: &str,
+    active: bool,
+    expires_at: Option<i64>,
+    now: i64,
+) -> ApiResult<Option<DomainUser>> {
+    let du = DomainUser {
+        id: new_id("dus"),
+        domain_id: domain_id.into(),
+        user_id: user_id.into(),
+        active,
+        expires_at: opt_timestamp(expires_at),
+        created_at: Some(to_timestamp(now)),
+        updated_at: Some(to_timestamp(now)),
+        etag: etag(1),
+    };
+    let done = sqlx::query(
+        "INSERT INTO domain_users (id, org_id, domain_id, user_id, active, expires_at, created_at, updated_at, sequence) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1) ON CONFLICT (domain_id, user_id) DO NOTHING",
+    )
+    .bind(&du.id)
+    .bind(org)
+    .bind(domain_id)
+    .bind(user_id)
+    .bind(flag(active))
+    .bind(expires_at)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(None);
+    }
+    events::record(conn, Change { org, kind: "domain_user.created", resource_id: &du.id, sequence: 1, data: &du, now })
+        .await?;
+    Ok(Some(du))
+}
+
+/// Gives the user access to the domain unless they have it (used by enrollment).
+pub(crate) async fn ensure(
+    conn: &mut AnyConnection,
+    org: &str,
+    domain_id: &str,
+    user_id: &str,
+    now: i64,
+) -> ApiResult<()> {
+    insert(conn, org, domain_id, user_id, true, None, now).await.map(|_| ())
+}
+
+/// Deletes every domain user whose `column` (`domain_id` or `user_id`) is `value`, with events.
+pub(crate) async fn delete_where(tx: &mut Tx, org: &str, column: &'static str, value: &str, now: i64) -> ApiResult<()> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} WHERE org_id = $1 AND {column} = $2")))
+        .bind(org)
+        .bind(value)
+        .fetch_all(&mut **tx)
+        .await?;
+    for row in rows {
+        let (mut du, seq) = from_row(&row)?;
+        sqlx::query("DELETE FROM domain_users WHERE id = $1").bind(&du.id).execute(&mut **tx).await?;
+        du.etag = etag(seq + 1);
+        events::record(
+            tx,
+            Change { org, kind: "domain_user.deleted", resource_id: &du.id, sequence: seq + 1, data: &du, now },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn check(field: &str, id: &str) -> ApiResult<()> {
+    let mut v = Violations::default();
+    check_id(&mut v, field, "dus", id);
+    v.finish()
+}
+
+#[tonic::async_trait]
+impl DomainUserService for DomainUserApi {
+    async fn create_domain_user(&self, req: Request<CreateDomainUserRequest>) -> Result<Response<DomainUser>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let du = r.domain_user.clone().unwrap_or_default();
+        let mut v = Violations::default();
+        check_id(&mut v, "domain_user.domain_id", "dom", &du.domain_id);
+        check_id(&mut v, "domain_user.user_id", "usr", &du.user_id);
+        let expires_at = opt_time(&mut v, "domain_user.expires_at", du.expires_at.as_ref());
+        v.finish()?;
+        let idem = Idempotency::new(who.org(), &r.request_id, "CreateDomainUser", &r)?;
+        let now = self.0.clock.now_ms();
+        let mut tx = self.0.db.begin().await?;
+        if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {
+            return Ok(Response::new(done));
+        }
+        crate::domains::fetch(&mut *tx, who.org(), &du.domain_id).await?;
+        crate::users::fetch(&mut *tx, who.org(), &du.user_id).await?;
+        let created = insert(&mut tx, who.org(), &du.domain_id, &du.user_id, !r.inactive, expires_at, now).await?;
+        let Some(created) = created else {
+            return Err(
+                ApiError::already_exists("DOMAIN_USER_EXISTS", "the user already has access to this domain").into()
+            );
+        };
+        Idempotency::save(&idem, &mut tx, &created, now).await?;
+        tx.commit().await?;
+        Ok(Response::new(created))
+    }
+
+    async fn get_domain_user(&self, req: Request<GetDomainUserRequest>) -> Result<Response<DomainUser>, Status> {
+        let who = caller(&req)?;
+        check("id", &req.get_ref().id)?;
+        Ok(Response::new(fetch(self.0.db.pool(), who.org(), &req.get_ref().id).await?.0))
+    }
+
+    async fn list_domain_users(
+        &self,
+        req: Request<ListDomainUsersRequest>,
+    ) -> Result<Response<ListDomainUsersResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.get_ref();
+        let mut v = Violations::default();
+        if !r.domain_id.is_empty() {
+            check_id(&mut v, "domain_id", "dom", &r.domain_id);
+        }
+        if !r.user_id.is_empty() {
+            check_id(&mut v, "user_id", "usr", &r.user_id);
+        }
+        v.finish()?;
+        let page = Page::new(
+            r.page_size,
+            &r.page_token,
+            &format!("domain_users|{}|{}|{}", who.org(), r.domain_id, r.user_id),
+        )?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} WHERE org_id = $1 AND id > $2 AND ($3 = '' OR domain_id = $3) AND ($4 = '' OR user_id = $4) ORDER BY id LIMIT $5"
+        )))
+        .bind(who.org())
+        .bind(&page.after)
+        .bind(&r.domain_id)
+        .bind(&r.user_id)
+        .bind(page.limit())
+        .fetch_all(self.0.db.pool())
+        .await
+        .map_err(ApiError::from)?;
+        let mut domain_users =
+            rows.iter().map(|r| from_row(r).map(|d| d.0)).collect::<Result<Vec<_>, _>>().map_err(ApiError::from)?;
+        let next_page_token = page.finish(&mut domain_users, |d| &d.id);
+        Ok(Response::new(ListDomainUsersResponse { domain_users, next_page_token }))
+    }
+
+    async fn update_domain_user(&self, req: Request<UpdateDomainUserRequest>) -> Result<Response<DomainUser>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let patch = r.domain_user.unwrap_or_default();
+        check("domain_user.id", &patch.id)?;
+        let paths = mask_paths(r.update_mask.as_ref(), &["active", "expires_at"])?;
+        let mut v = Violations::default();
+        let expires_at = opt_time(&mut v, "domain_user.expires_at", patch.expires_at.as_ref());
+        v.finish()?;
+        let now = self.0.clock.now_ms();
+        let mut tx = self.0.db.begin().await?;
+        let (mut du, seq) = fetch(&mut *tx, who.org(), &patch.id).await?;
+        check_etag(&patch.etag, seq, "domain user")?;
+        for p in paths {
+            match p {
+                "active" => du.active = patch.active,
+                _ => du.expires_at = opt_timestamp(expires_at),
+            }
+        }
+        let done = sqlx::query("UPDATE domain_users SET active = $1, expires_at = $2, updated_at = $3, sequence = sequence + 1 WHERE id = $4 AND sequence = $5")
+            .bind(flag(du.active))
+            .bind(du.expires_at.as_ref().and_then(crate::clock::from_timestamp))
+            .bind(now)
+            .bind(&du.id)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(ApiError::from)?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::etag_mismatch("domain user").into());
+        }
+        du.etag = etag(seq + 1);
+        du.updated_at = Some(to_timestamp(now));
+        events::record(
+            &mut tx,
+            Change {
+                org: who.org(),
+                kind: "domain_user.updated",
+                resource_id: &du.id,
+                sequence: seq + 1,
+                data: &du,
+                now,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Response::new(du))
+    }
+
+    async fn delete_domain_user(&self, req: Request<DeleteDomainUserRequest>) -> Result<Response<Empty>, Status> {
+        let who = caller(&req)?;
+        let r = req.get_ref();
+        check("id", &r.id)?;
+        let now = self.0.clock.now_ms();
+        let mut tx = self.0.db.begin().await?;
+        let (mut du, seq) = fetch(&mut *tx, who.org(), &r.id).await?;
+        check_etag(&r.etag, seq, "domain user")?;
+        sqlx::query("DELETE FROM domain_users WHERE id = $1")
+            .bind(&du.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(ApiError::from)?;
+        du.etag = etag(seq + 1);
+        events::record(
+            &mut tx,
+            Change {
+                org: who.org(),
+                kind: "domain_user.deleted",
+                resource_id: &du.id,
+                sequence: seq + 1,
+                data: &du,
+                now,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Response::new(Empty {}))
+    }
+}

@@ -1,0 +1,225 @@
+//! DomainService: the hostnames an organization serves courses on.
+use std::sync::Arc;
+
+use coursewire_proto::v1::domain_service_server::DomainService;
+use coursewire_proto::v1::*;
+use pbjson_types::Empty;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use tonic::{Request, Response, Status};
+
+use crate::AppState;
+use crate::auth::caller;
+use crate::clock::to_timestamp;
+use crate::error::{ApiError, ApiResult};
+use crate::events::{self, Change};
+use crate::idempotency::Idempotency;
+use crate::ids::{check_id, new_id};
+use crate::page::Page;
+use crate::resource::{check_etag, etag, mask_paths};
+use crate::store::{Tx, is_unique_violation};
+use crate::validate::{Violations, is_hostname};
+
+pub struct DomainApi(pub Arc<AppState>);
+
+const COLUMNS: &str = "id, hostname, name, created_at, updated_at, sequence FROM domains";
+
+fn from_row(r: &AnyRow) -> Result<Domain, sqlx::Error> {
+    Ok(Domain {
+        id: r.try_get("id")?,
+        hostname: r.try_get("hostname")?,
+        name: r.try_get("name")?,
+        created_at: Some(to_timestamp(r.try_get("created_at")?)),
+        updated_at: Some(to_timestamp(r.try_get("updated_at")?)),
+        etag: etag(r.try_get("sequence")?),
+    })
+}
+
+fn sequence(d: &Domain) -> i64 {
+    d.etag.trim_matches('"').parse().unwrap_or(0)
+}
+
+fn validate(d: &mut Domain, v: &mut Violations) {
+    d.hostname = d.hostname.trim().trim_end_matches('.').to_ascii_lowercase();
+    if d.hostname.is_empty() {
+        v.add("domain.hostname", "is required");
+    } else if !is_hostname(&d.hostname) {
+        v.add("domain.hostname", "must be a DNS hostname like learn.example.com");
+    }
+    v.text("domain.name", &d.name, 200);
+}
+
+async fn insert_or_update(tx: &mut Tx, org: &str, d: &Domain, now: i64, create: bool) -> ApiResult<bool> {
+    let q = if create {
+        sqlx::query("INSERT INTO domains (id, org_id, hostname, name, created_at, updated_at, sequence) VALUES ($1, $2, $3, $4, $5, $5, 1)")
+            .bind(&d.id)
+            .bind(org)
+            .bind(&d.hostname)
+            .bind(&d.name)
+            .bind(now)
+    } else {
+        sqlx::query("UPDATE domains SET hostname = $3, name = $4, updated_at = $5, sequence = sequence + 1 WHERE id = $1 AND org_id = $2 AND sequence = $6")
+            .bind(&d.id)
+            .bind(org)
+            .bind(&d.hostname)
+            .bind(&d.name)
+            .bind(now)
+            .bind(sequence(d))
+    };
+    match q.execute(&mut **tx).await {
+        Ok(done) => Ok(done.rows_affected() == 1),
+        Err(e) if is_unique_violation(&e) => Err(ApiError::already_exists(
+            "DOMAIN_EXISTS",
+            format!("a domain with hostname {:?} already exists", d.hostname),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) async fn fetch<'e>(
+    conn: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    org: &str,
+    id: &str,
+) -> ApiResult<Domain> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} WHERE id = $1 AND org_id = $2")))
+        .bind(id)
+        .bind(org)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| ApiError::not_found("domain", id))?;
+    Ok(from_row(&row)?)
+}
+
+fn check(field: &str, id: &str) -> ApiResult<()> {
+    let mut v = Violations::default();
+    check_id(&mut v, field, "dom", id);
+    v.finish()
+}
+
+#[tonic::async_trait]
+impl DomainService for DomainApi {
+    async fn create_domain(&self, req: Request<CreateDomainRequest>) -> Result<Response<Domain>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let mut d = r.domain.clone().unwrap_or_default();
+        let mut v = Violations::default();
+        validate(&mut d, &mut v);
+        v.finish()?;
+        let idem = Idempotency::new(who.org(), &r.request_id, "CreateDomain", &r)?;
+        let now = self.0.clock.now_ms();
+        let mut tx = self.0.db.begin().await?;
+        if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {
+            return Ok(Response::new(done));
+        }
+        d.id = new_id("dom");
+        d.created_at = Some(to_timestamp(now));
+        d.updated_at = d.created_at;
+        d.etag = etag(1);
+        insert_or_update(&mut tx, who.org(), &d, now, true).await?;
+        events::record(
+            &mut tx,
+            Change { org: who.org(), kind: "domain.created", resource_id: &d.id, sequence: 1, data: &d, now },
+        )
+        .await?;
+        Idempotency::save(&idem, &mut tx, &d, now).await?;
+        tx.commit().await?;
+        Ok(Response::new(d))
+    }
+
+    async fn get_domain(&self, req: Request<GetDomainRequest>) -> Result<Response<Domain>, Status> {
+        let who = caller(&req)?;
+        check("id", &req.get_ref().id)?;
+        Ok(Response::new(fetch(self.0.db.pool(), who.org(), &req.get_ref().id).await?))
+    }
+
+    async fn list_domains(&self, req: Request<ListDomainsRequest>) -> Result<Response<ListDomainsResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.get_ref();
+        let page = Page::new(r.page_size, &r.page_token, &format!("domains|{}", who.org()))?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        )))
+        .bind(who.org())
+        .bind(&page.after)
+        .bind(page.limit())
+        .fetch_all(self.0.db.pool())
+        .await
+        .map_err(ApiError::from)?;
+        let mut domains = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>().map_err(ApiError::from)?;
+        let next_page_token = page.finish(&mut domains, |d| &d.id);
+        Ok(Response::new(ListDomainsResponse { domains, next_page_token }))
+    }
+
+    async fn update_domain(&self, req: Request<UpdateDomainRequest>) -> Result<Response<Domain>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let patch = r.domain.unwrap_or_default();
+        check("domain.id", &patch.id)?;
+        let paths = mask_paths(r.update_mask.as_ref(), &["hostname", "name"])?;
+        let now = self.0.clock.now_ms();
+        let mut tx = self.0.db.begin().await?;
+        let mut d = fetch(&mut *tx, who.org(), &patch.id).await?;
+        check_etag(&patch.etag, sequence(&d), "domain")?;
+        for p in paths {
+            match p {
+                "hostname" => d.hostname = patch.hostname.clone(),
+                _ => d.name = patch.name.clone(),
+            }
+        }
+        let mut v = Violations::default();
+        validate(&mut d, &mut v);
+        v.finish()?;
+        if !insert_or_update(&mut tx, who.org(), &d, now, false).await? {
+            return Err(ApiError::etag_mismatch("domain").into());
+        }
+        let seq = sequence(&d) + 1;
+        d.etag = etag(seq);
+        d.updated_at = Some(to_timestamp(now));
+        events::record(
+            &mut tx,
+            Change { org: who.org(), kind: "domain.updated", resource_id: &d.id, sequence: seq, data: &d, now },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Response::new(d))
+    }
+
+    async fn delete_domain(&self, req: Request<DeleteDomainRequest>) -> Result<Response<Empty>, Status> {
+        let who = caller(&req)?;
+        let r = req.get_ref();
+        check("id", &r.id)?;
+        let now = self.0.clock.now_ms();
+        let mut tx = self.0.db.begin().await?;
+        let mut d = fetch(&mut *tx, who.org(), &r.id).await?;
+        check_etag(&r.etag, sequence(&d), "domain")?;
+        let published: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM published_courses WHERE domain_id = $1")
+            .bind(&r.id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(ApiError::from)?;
+        if published > 0 {
+            return Err(ApiError::precondition(
+                "DOMAIN_HAS_PUBLISHED_COURSES",
+                format!("{published} course(s) are published to this domain"),
+            )
+            .help("delete its published courses (PublishedCourseService.DeletePublishedCourse) first")
+            .into());
+        }
+        crate::domain_users::delete_where(&mut tx, who.org(), "domain_id", &r.id, now).await?;
+        sqlx::query("DELETE FROM domains WHERE id = $1 AND org_id = $2")
+            .bind(&r.id)
+            .bind(who.org())
+            .execute(&mut *tx)
+            .await
+            .map_err(ApiError::from)?;
+        let seq = sequence(&d) + 1;
+        d.etag = etag(seq);
+        events::record(
+            &mut tx,
+            Change { org: who.org(), kind: "domain.deleted", resource_id: &d.id, sequence: seq, data: &d, now },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Response::new(Empty {}))
+    }
+}

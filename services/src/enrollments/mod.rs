@@ -1,0 +1,286 @@
+//! EnrollmentService: a user in a published course, with lesson progress and completion.
+mod store;
+mod write;
+
+use std::sync::Arc;
+
+use coursewire_proto::v1::batch_create_enrollments_response::{Result as BatchResult, result::Result as Outcome};
+use coursewire_proto::v1::enrollment_service_server::EnrollmentService;
+use coursewire_proto::v1::lesson_progress::State as LessonState;
+use coursewire_proto::v1::*;
+use pbjson_types::Empty;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::AppState;
+use crate::auth::{Caller, caller};
+use crate::error::{ApiError, ApiResult};
+use crate::idempotency::Idempotency;
+use crate::ids::check_id;
+use crate::page::Page;
+use crate::resource::{mask_paths, opt_time};
+use crate::validate::Violations;
+use store::Filter;
+
+pub struct EnrollmentApi(pub Arc<AppState>);
+
+/// Items one BatchCreateEnrollments may carry.
+pub const MAX_BATCH: usize = 1000;
+/// Rows an export reads per query; memory stays bounded by this, whatever the total.
+const EXPORT_CHUNK: i64 = 500;
+
+fn check(field: &str, id: &str) -> ApiResult<()> {
+    let mut v = Violations::default();
+    check_id(&mut v, field, "enr", id);
+    v.finish()
+}
+
+fn score_ok(v: &mut Violations, field: &str, score: Option<f64>) {
+    v.check(score.is_none_or(|s| s.is_finite() && (0.0..=100.0).contains(&s)), field, "must be between 0 and 100");
+}
+
+impl EnrollmentApi {
+    /// Fills in the winner's id when a duplicate lost a race inside the database.
+    async fn with_existing_id(&self, who: &Caller, r: &CreateEnrollmentRequest, mut e: ApiError) -> ApiError {
+        if e.reason == "ENROLLMENT_EXISTS" && e.details.metadata.get("existing_id").is_none_or(|id| id.is_empty()) {
+            let id: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM enrollments WHERE org_id = $1 AND user_id = $2 AND published_course_id = $3 AND deleted_at IS NULL",
+            )
+            .bind(who.org())
+            .bind(&r.user_id)
+            .bind(&r.published_course_id)
+            .fetch_optional(self.0.db.pool())
+            .await
+            .unwrap_or(None);
+            e.details.metadata.insert("existing_id".into(), id.unwrap_or_default());
+        }
+        e
+    }
+}
+
+#[tonic::async_trait]
+impl EnrollmentService for EnrollmentApi {
+    async fn create_enrollment(&self, req: Request<CreateEnrollmentRequest>) -> Result<Response<Enrollment>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let now = self.0.clock.now_ms();
+        let expires_at = write::validate_create(&r, "", now)?;
+        let idem = Idempotency::new(who.org(), &r.request_id, "CreateEnrollment", &r)?;
+        let mut tx = self.0.db.begin().await?;
+        if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {
+            return Ok(Response::new(done));
+        }
+        let e = match write::create(&mut tx, &who, &r, expires_at, now).await {
+            Ok(e) => e,
+            Err(err) => {
+                drop(tx);
+                return Err(self.with_existing_id(&who, &r, err).await.into());
+            }
+        };
+        Idempotency::save(&idem, &mut tx, &e, now).await?;
+        tx.commit().await?;
+        Ok(Response::new(e))
+    }
+
+    async fn get_enrollment(&self, req: Request<GetEnrollmentRequest>) -> Result<Response<Enrollment>, Status> {
+        let who = caller(&req)?;
+        check("id", &req.get_ref().id)?;
+        let mut conn = self.0.db.pool().acquire().await.map_err(ApiError::from)?;
+        Ok(Response::new(store::fetch(&mut conn, who.org(), &req.get_ref().id, self.0.clock.now_ms()).await?))
+    }
+
+    async fn list_enrollments(
+        &self,
+        req: Request<ListEnrollmentsRequest>,
+    ) -> Result<Response<ListEnrollmentsResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.get_ref();
+        let filter = Filter::new(
+            &r.user_id,
+            &r.course_id,
+            &r.published_course_id,
+            r.state,
+            &r.updated_after,
+            &r.completed_after,
+            &r.completed_before,
+        )?;
+        let page = Page::new(r.page_size, &r.page_token, &filter.scope(who.org()))?;
+        let now = self.0.clock.now_ms();
+        let rows = filter
+            .query(who.org(), &page.after, page.limit(), now)
+            .fetch_all(self.0.db.pool())
+            .await
+            .map_err(ApiError::from)?;
+        let mut enrollments =
+            rows.iter().map(|r| store::from_row(r, now)).collect::<Result<Vec<_>, _>>().map_err(ApiError::from)?;
+        let next_page_token = page.finish(&mut enrollments, |e| &e.id);
+        Ok(Response::new(ListEnrollmentsResponse { enrollments, next_page_token }))
+    }
+
+    async fn update_enrollment(&self, req: Request<UpdateEnrollmentRequest>) -> Result<Response<Enrollment>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let patch = r.enrollment.unwrap_or_default();
+        check("enrollment.id", &patch.id)?;
+        mask_paths(r.update_mask.as_ref(), &["expires_at"])?;
+        let mut v = Violations::default();
+        let expires_at = opt_time(&mut v, "enrollment.expires_at", patch.expires_at.as_ref());
+        v.finish()?;
+        let now = self.0.clock.now_ms();
+        let mut tx = self.0.db.begin().await?;
+        let e = write::update_expiry(&mut tx, &who, &patch.id, &patch.etag, expires_at, now).await?;
+        tx.commit().await?;
+        Ok(Response::new(e))
+    }
+
+    async fn delete_enrollment(&self, req: Request<DeleteEnrollmentRequest>) -> Result<Response<Empty>, Status> {
+        let who = caller(&req)?;
+        let r = req.get_ref();
+        check("id", &r.id)?;
+        let mut tx = self.0.db.begin().await?;
+        write::delete(&mut tx, &who, &r.id, &r.etag, self.0.clock.now_ms()).await?;
+        tx.commit().await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn record_lesson_progress(
+        &self,
+        req: Request<RecordLessonProgressRequest>,
+    ) -> Result<Response<RecordLessonProgressResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.get_ref();
+        let mut v = Violations::default();
+        check_id(&mut v, "enrollment_id", "enr", &r.enrollment_id);
+        check_id(&mut v, "lesson_id", "les", &r.lesson_id);
+        let state = LessonState::try_from(r.state).unwrap_or(LessonState::Unspecified);
+        v.check(state != LessonState::Unspecified, "state", "must be IN_PROGRESS or COMPLETED");
+        score_ok(&mut v, "score", r.score);
+        v.finish()?;
+        let mut tx = self.0.db.begin().await?;
+        let (enrollment, lesson) = write::record_progress(
+            &mut tx,
+            &who,
+            &r.enrollment_id,
+            &r.lesson_id,
+            state,
+            r.score,
+            self.0.clock.now_ms(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Response::new(RecordLessonProgressResponse { enrollment: Some(enrollment), lesson_progress: Some(lesson) }))
+    }
+
+    async fn complete_enrollment(
+        &self,
+        req: Request<CompleteEnrollmentRequest>,
+    ) -> Result<Response<Enrollment>, Status> {
+        let who = caller(&req)?;
+        let r = req.get_ref();
+        let mut v = Violations::default();
+        check_id(&mut v, "id", "enr", &r.id);
+        score_ok(&mut v, "score", r.score);
+        v.finish()?;
+        let mut tx = self.0.db.begin().await?;
+        let e = write::complete(&mut tx, &who, &r.id, r.score, r.passed, self.0.clock.now_ms()).await?;
+        tx.commit().await?;
+        Ok(Response::new(e))
+    }
+
+    async fn batch_create_enrollments(
+        &self,
+        req: Request<BatchCreateEnrollmentsRequest>,
+    ) -> Result<Response<BatchCreateEnrollmentsResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        if r.requests.is_empty() || r.requests.len() > MAX_BATCH {
+            return Err(ApiError::field("requests", format!("must hold 1 to {MAX_BATCH} items")).into());
+        }
+        let idem = Idempotency::new(who.org(), &r.request_id, "BatchCreateEnrollments", &r)?;
+        let now = self.0.clock.now_ms();
+        let mut tx = self.0.db.begin().await?;
+        if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {
+            return Ok(Response::new(done));
+        }
+        let mut results = Vec::with_capacity(r.requests.len());
+        for (i, item) in r.requests.iter().enumerate() {
+            // Each item runs in its own savepoint: a failed item leaves no trace.
+            let outcome = match write::validate_create(item, &format!("requests[{i}]."), now) {
+                Err(e) => Err(e),
+                Ok(expires_at) => {
+                    let mut sp = tx.savepoint().await?;
+                    match write::create(&mut sp, &who, item, expires_at, now).await {
+                        Ok(e) => sp.commit().await.map(|_| e).map_err(ApiError::from),
+                        Err(e) => {
+                            sp.rollback().await.map_err(ApiError::from)?;
+                            Err(e)
+                        }
+                    }
+                }
+            };
+            results.push(BatchResult {
+                result: Some(match outcome {
+                    Ok(e) => Outcome::Enrollment(e),
+                    Err(e) => Outcome::Error(ItemError {
+                        code: e.code as i32,
+                        reason: e.reason.into(),
+                        message: e.message,
+                        metadata: e.details.metadata,
+                    }),
+                }),
+            });
+        }
+        let response = BatchCreateEnrollmentsResponse { results };
+        Idempotency::save(&idem, &mut tx, &response, now).await?;
+        tx.commit().await?;
+        Ok(Response::new(response))
+    }
+
+    type ExportEnrollmentsStream = ReceiverStream<Result<Enrollment, Status>>;
+
+    async fn export_enrollments(
+        &self,
+        req: Request<ExportEnrollmentsRequest>,
+    ) -> Result<Response<Self::ExportEnrollmentsStream>, Status> {
+        let who = caller(&req)?;
+        let r = req.get_ref();
+        let filter = Filter::new(
+            &r.user_id,
+            &r.course_id,
+            &r.published_course_id,
+            r.state,
+            &r.updated_after,
+            &r.completed_after,
+            &r.completed_before,
+        )?;
+        let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_CHUNK as usize);
+        let state = self.0.clone();
+        tokio::spawn(async move {
+            let mut after = String::new();
+            loop {
+                let now = state.clock.now_ms();
+                let rows = match filter.query(who.org(), &after, EXPORT_CHUNK, now).fetch_all(state.db.pool()).await {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        let _ = tx.send(Err(ApiError::from(e).into())).await;
+                        return;
+                    }
+                };
+                for row in &rows {
+                    let item = store::from_row(row, now).map_err(|e| Status::from(ApiError::from(e)));
+                    if let Ok(e) = &item {
+                        after.clone_from(&e.id);
+                    }
+                    // The client went away: stop reading.
+                    if tx.send(item).await.is_err() {
+                        return;
+                    }
+                }
+                if (rows.len() as i64) < EXPORT_CHUNK {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,276 @@
+//! Enrollment writes. Each runs inside the caller's transaction and records its events
+//! there; completion is a conditional update, so it happens exactly once under races.
+use coursewire_proto::v1::enrollment::State;
+use coursewire_proto::v1::lesson_progress::State as LessonState;
+use coursewire_proto::v1::{CreateEnrollmentRequest, Enrollment, LessonProgress};
+use sqlx::{AnyConnection, Row};
+
+use super::store::fetch;
+use crate::auth::Caller;
+use crate::clock::{opt_timestamp, to_timestamp};
+use crate::error::{ApiError, ApiResult};
+use crate::events::{self, Change};
+use crate::ids::{check_id, new_id};
+use crate::resource::opt_time;
+use crate::store::is_unique_violation;
+use crate::validate::Violations;
+
+async fn record(conn: &mut AnyConnection, who: &Caller, kind: &str, e: &Enrollment, now: i64) -> ApiResult<()> {
+    events::record(conn, Change { org: who.org(), kind, resource_id: &e.id, sequence: e.sequence, data: e, now })
+        .await
+        .map(|_| ())
+}
+
+pub fn validate_create(r: &CreateEnrollmentRequest, prefix: &str, now: i64) -> ApiResult<Option<i64>> {
+    let mut v = Violations::default();
+    check_id(&mut v, &format!("{prefix}user_id"), "usr", &r.user_id);
+    check_id(&mut v, &format!("{prefix}published_course_id"), "pub", &r.published_course_id);
+    let expires_at = opt_time(&mut v, &format!("{prefix}expires_at"), r.expires_at.as_ref());
+    v.check(expires_at.is_none_or(|t| t > now), &format!("{prefix}expires_at"), "must be in the future");
+    v.finish()?;
+    Ok(expires_at)
+}
+
+async fn existing_id(conn: &mut AnyConnection, user_id: &str, published_course_id: &str) -> ApiResult<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM enrollments WHERE user_id = $1 AND published_course_id = $2 AND deleted_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(published_course_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+fn duplicate(id: String) -> ApiError {
+    ApiError::already_exists("ENROLLMENT_EXISTS", "the user is already enrolled in this published course")
+        .with("existing_id", id)
+        .help("use the existing enrollment (its id is in metadata.existing_id)")
+}
+
+/// Creates the enrollment, granting domain access when the user lacks it.
+pub async fn create(
+    conn: &mut AnyConnection,
+    who: &Caller,
+    r: &CreateEnrollmentRequest,
+    expires_at: Option<i64>,
+    now: i64,
+) -> ApiResult<Enrollment> {
+    let (user, _) = crate::users::fetch(&mut *conn, who.org(), &r.user_id).await?;
+    if !user.active {
+        return Err(ApiError::precondition("USER_INACTIVE", "the user is inactive")
+            .help("activate the user (UpdateUser active=true) first"));
+    }
+    let (published, _) = crate::published_courses::fetch(&mut *conn, who.org(), &r.published_course_id).await?;
+    if published.enrollment_closed {
+        return Err(ApiError::precondition(
+            "ENROLLMENT_CLOSED",
+            "this published course does not accept new enrollments",
+        ));
+    }
+    if let Some(id) = existing_id(conn, &r.user_id, &r.published_course_id).await? {
+        return Err(duplicate(id));
+    }
+    crate::domain_users::ensure(conn, who.org(), &published.domain_id, &r.user_id, now).await?;
+    let id = new_id("enr");
+    let insert = sqlx::query(
+        "INSERT INTO enrollments (id, org_id, user_id, published_course_id, course_id, domain_id, state, enrolled_at, expires_at, updated_at, sequence) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'ACTIVE', $7, $8, $7, 1)",
+    )
+    .bind(&id)
+    .bind(who.org())
+    .bind(&r.user_id)
+    .bind(&r.published_course_id)
+    .bind(&published.course_id)
+    .bind(&published.domain_id)
+    .bind(now)
+    .bind(expires_at)
+    .execute(&mut *conn)
+    .await;
+    match insert {
+        // A concurrent create won the race; its id is readable once it commits.
+        Err(e) if is_unique_violation(&e) => return Err(duplicate(String::new())),
+        r => r?,
+    };
+    let e = fetch(conn, who.org(), &id, now).await?;
+    record(conn, who, "enrollment.created", &e, now).await?;
+    Ok(e)
+}
+
+/// Bumps the enrollment's sequence: a row lock that serializes writers to one enrollment.
+async fn lock(conn: &mut AnyConnection, who: &Caller, id: &str, now: i64) -> ApiResult<Enrollment> {
+    let done = sqlx::query("UPDATE enrollments SET sequence = sequence + 1, updated_at = $1 WHERE id = $2 AND org_id = $3 AND deleted_at IS NULL")
+        .bind(now)
+        .bind(id)
+        .bind(who.org())
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::not_found("enrollment", id));
+    }
+    fetch(conn, who.org(), id, now).await
+}
+
+fn expired(e: &Enrollment) -> ApiResult<()> {
+    if e.state == State::Expired as i32 {
+        return Err(ApiError::precondition("ENROLLMENT_EXPIRED", "the enrollment has expired")
+            .help("extend expires_at with UpdateEnrollment first"));
+    }
+    Ok(())
+}
+
+/// Records a lesson's state; completing the last required lesson completes the enrollment.
+/// A completed lesson stays completed (a later IN_PROGRESS only updates the score).
+pub async fn record_progress(
+    conn: &mut AnyConnection,
+    who: &Caller,
+    id: &str,
+    lesson_id: &str,
+    state: LessonState,
+    score: Option<f64>,
+    now: i64,
+) -> ApiResult<(Enrollment, LessonProgress)> {
+    let e = lock(conn, who, id, now).await?;
+    expired(&e)?;
+    let part_of_course: Option<i64> =
+        sqlx::query_scalar("SELECT required FROM lessons WHERE id = $1 AND course_id = $2")
+            .bind(lesson_id)
+            .bind(&e.course_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if part_of_course.is_none() {
+        return Err(ApiError::not_found("lesson", lesson_id).with("course_id", &e.course_id));
+    }
+    let state_text = if state == LessonState::Completed { "COMPLETED" } else { "IN_PROGRESS" };
+    let completed_at = (state == LessonState::Completed).then_some(now);
+    sqlx::query(
+        "INSERT INTO lesson_progress (enrollment_id, lesson_id, state, score, updated_at, completed_at) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (enrollment_id, lesson_id) DO UPDATE SET \
+           state = CASE WHEN lesson_progress.state = 'COMPLETED' THEN 'COMPLETED' ELSE excluded.state END, \
+           score = COALESCE(excluded.score, lesson_progress.score), \
+           updated_at = excluded.updated_at, \
+           completed_at = COALESCE(lesson_progress.completed_at, excluded.completed_at)",
+    )
+    .bind(id)
+    .bind(lesson_id)
+    .bind(state_text)
+    .bind(score)
+    .bind(now)
+    .bind(completed_at)
+    .execute(&mut *conn)
+    .await?;
+    let row = sqlx::query("SELECT state, score, updated_at, completed_at FROM lesson_progress WHERE enrollment_id = $1 AND lesson_id = $2")
+        .bind(id)
+        .bind(lesson_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let lesson = LessonProgress {
+        enrollment_id: id.into(),
+        lesson_id: lesson_id.into(),
+        state: if row.try_get::<String, _>("state")? == "COMPLETED" {
+            LessonState::Completed
+        } else {
+            LessonState::InProgress
+        } as i32,
+        score: row.try_get("score")?,
+        updated_at: Some(to_timestamp(row.try_get("updated_at")?)),
+        completed_at: opt_timestamp(row.try_get("completed_at")?),
+    };
+    let mut e = fetch(conn, who.org(), id, now).await?;
+    record(conn, who, "enrollment.progressed", &e, now).await?;
+    let p = e.progress.unwrap_or_default();
+    if e.state == State::Active as i32 && p.lessons_required > 0 && p.lessons_completed >= p.lessons_required {
+        e = complete_now(conn, who, id, None, None, now).await?.unwrap_or(e);
+    }
+    Ok((e, lesson))
+}
+
+/// Completes an ACTIVE enrollment; `None` when it was not ACTIVE (nothing written).
+async fn complete_now(
+    conn: &mut AnyConnection,
+    who: &Caller,
+    id: &str,
+    score: Option<f64>,
+    passed: Option<bool>,
+    now: i64,
+) -> ApiResult<Option<Enrollment>> {
+    let done = sqlx::query(
+        "UPDATE enrollments SET state = 'COMPLETED', completed_at = $1, score = COALESCE($2, score), passed = COALESCE($3, passed), \
+         updated_at = $1, sequence = sequence + 1 \
+         WHERE id = $4 AND org_id = $5 AND deleted_at IS NULL AND state = 'ACTIVE' AND (expires_at IS NULL OR expires_at > $1)",
+    )
+    .bind(now)
+    .bind(score)
+    .bind(passed.map(i64::from))
+    .bind(id)
+    .bind(who.org())
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(None);
+    }
+    let e = fetch(conn, who.org(), id, now).await?;
+    record(conn, who, "enrollment.completed", &e, now).await?;
+    Ok(Some(e))
+}
+
+/// Explicit completion; repeating it returns the completed enrollment unchanged.
+pub async fn complete(
+    conn: &mut AnyConnection,
+    who: &Caller,
+    id: &str,
+    score: Option<f64>,
+    passed: Option<bool>,
+    now: i64,
+) -> ApiResult<Enrollment> {
+    if let Some(e) = complete_now(conn, who, id, score, passed, now).await? {
+        return Ok(e);
+    }
+    let e = fetch(conn, who.org(), id, now).await?;
+    expired(&e)?;
+    Ok(e)
+}
+
+pub async fn update_expiry(
+    conn: &mut AnyConnection,
+    who: &Caller,
+    id: &str,
+    etag: &str,
+    expires_at: Option<i64>,
+    now: i64,
+) -> ApiResult<Enrollment> {
+    let current = fetch(conn, who.org(), id, now).await?;
+    crate::resource::check_etag(etag, current.sequence, "enrollment")?;
+    let done = sqlx::query("UPDATE enrollments SET expires_at = $1, updated_at = $2, sequence = sequence + 1 WHERE id = $3 AND sequence = $4")
+        .bind(expires_at)
+        .bind(now)
+        .bind(id)
+        .bind(current.sequence)
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::etag_mismatch("enrollment"));
+    }
+    let e = fetch(conn, who.org(), id, now).await?;
+    record(conn, who, "enrollment.updated", &e, now).await?;
+    Ok(e)
+}
+
+/// Soft delete: the row stays for history; a new enrollment of the same pair is allowed.
+pub async fn delete(conn: &mut AnyConnection, who: &Caller, id: &str, etag: &str, now: i64) -> ApiResult<()> {
+    let current = fetch(conn, who.org(), id, now).await?;
+    crate::resource::check_etag(etag, current.sequence, "enrollment")?;
+    let done = sqlx::query("UPDATE enrollments SET deleted_at = $1, updated_at = $1, sequence = sequence + 1 WHERE id = $2 AND sequence = $3")
+        .bind(now)
+        .bind(id)
+        .bind(current.sequence)
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::etag_mismatch("enrollment"));
+    }
+    let mut e = current;
+    e.sequence += 1;
+    e.etag = crate::resource::etag(e.sequence);
+    e.updated_at = Some(to_timestamp(now));
+    record(conn, who, "enrollment.deleted", &e, now).await
+}

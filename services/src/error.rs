@@ -1,0 +1,137 @@
+//! The one error type of the API, and its one mapping to `tonic::Status`.
+//!
+//! Every error carries `ErrorInfo{reason, domain: "coursewire", metadata}`; validation errors
+//! add `BadRequest` field violations and some add a `Help` hint. The reasons are listed in
+//! docs/api.md. Internal errors are logged here and never leak details to the caller.
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+pub const ERROR_DOMAIN: &str = "coursewire";
+/// Where the reason table lives; sent in `Help` links.
+const DOCS: &str = "docs/api.md#error-reasons";
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: Code,
+    pub reason: &'static str,
+    pub message: String,
+    /// Boxed: errors travel through every `Result`, and most carry no details.
+    pub details: Box<Details>,
+}
+
+#[derive(Debug, Default)]
+pub struct Details {
+    pub metadata: HashMap<String, String>,
+    pub violations: Vec<(String, String)>,
+    pub help: Option<String>,
+    pub retry_after: Option<Duration>,
+    /// (subject, description) of a QuotaFailure.
+    pub quota: Option<(String, String)>,
+}
+
+impl ApiError {
+    pub fn new(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError { code, reason, message: message.into(), details: Box::default() }
+    }
+
+    pub fn invalid(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidArgument, reason, message)
+    }
+
+    /// One INVALID_ARGUMENT naming every bad field.
+    pub fn violations(violations: Vec<(String, String)>) -> Self {
+        let fields: Vec<&str> = violations.iter().map(|(f, _)| f.as_str()).collect();
+        let mut e = Self::invalid("INVALID_FIELD", format!("invalid fields: {}", fields.join(", ")));
+        e.details.violations = violations;
+        e
+    }
+
+    pub fn field(field: &str, description: impl Into<String>) -> Self {
+        Self::violations(vec![(field.to_string(), description.into())])
+    }
+
+    /// NOT_FOUND; also used for other organizations' resources, so existence never leaks.
+    pub fn not_found(kind: &'static str, id: &str) -> Self {
+        Self::new(Code::NotFound, "NOT_FOUND", format!("{kind} {id:?} not found")).with("resource_id", id)
+    }
+
+    pub fn already_exists(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Code::AlreadyExists, reason, message)
+    }
+
+    pub fn precondition(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Code::FailedPrecondition, reason, message)
+    }
+
+    pub fn etag_mismatch(kind: &'static str) -> Self {
+        Self::new(Code::Aborted, "ETAG_MISMATCH", format!("the {kind} changed since it was read"))
+            .help("read the resource again and retry with its current etag")
+    }
+
+    pub fn unauthenticated(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Code::Unauthenticated, reason, message)
+            .help("send `authorization: Bearer sk_...`, `x-api-key: sk_...` or Basic auth with the key as user")
+    }
+
+    pub fn permission_denied(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Code::PermissionDenied, reason, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(Code::Unavailable, "UNAVAILABLE", message).help("retry with backoff")
+    }
+
+    /// Logs the cause and returns an INTERNAL without details.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(Code::Internal, "INTERNAL", "internal error; it has been logged")
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.details.metadata.insert(key.to_string(), value.into());
+        self
+    }
+
+    pub fn help(mut self, hint: impl Into<String>) -> Self {
+        self.details.help = Some(hint.into());
+        self
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::unavailable("the database is unavailable")
+            }
+            _ => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let Details { metadata, violations, help, retry_after, quota } = *e.details;
+        let mut details = ErrorDetails::new();
+        details.set_error_info(e.reason, ERROR_DOMAIN, metadata);
+        for (field, description) in violations {
+            details.add_bad_request_violation(field, description);
+        }
+        if let Some(hint) = help {
+            details.add_help_link(hint, DOCS);
+        }
+        if let Some(delay) = retry_after {
+            details.set_retry_info(Some(delay));
+        }
+        if let Some((subject, description)) = quota {
+            details.add_quota_failure_violation(subject, description);
+        }
+        Status::with_error_details(e.code, e.message, details)
+    }
+}

@@ -1,0 +1,114 @@
+//! EventService: reads the organization's event log.
+use std::sync::Arc;
+
+use coursewire_proto::v1::event_service_server::EventService;
+use coursewire_proto::v1::{Event, GetEventRequest, ListEventsRequest, ListEventsResponse};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use tonic::{Request, Response, Status};
+
+use crate::AppState;
+use crate::auth::caller;
+use crate::clock::{from_timestamp, to_timestamp};
+use crate::error::{ApiError, ApiResult};
+use crate::ids::check_id;
+use crate::page::Page;
+use crate::validate::Violations;
+
+pub struct EventApi(pub Arc<AppState>);
+
+fn event_from_row(r: &AnyRow) -> ApiResult<Event> {
+    let body: String = r.try_get("body")?;
+    let mut envelope: serde_json::Value = serde_json::from_str(&body).map_err(ApiError::internal)?;
+    let data = serde_json::from_value(envelope["data"].take()).map_err(ApiError::internal)?;
+    Ok(Event {
+        id: r.try_get("id")?,
+        r#type: r.try_get("type")?,
+        created_at: Some(to_timestamp(r.try_get("created_at")?)),
+        organization_id: r.try_get("org_id")?,
+        sequence: r.try_get("sequence")?,
+        resource_id: r.try_get("resource_id")?,
+        data: Some(data),
+    })
+}
+
+/// `enrollment.completed` or a prefix pattern `enrollment.*`.
+fn valid_type_filter(t: &str) -> bool {
+    let base = t.strip_suffix(".*").unwrap_or(t);
+    !base.is_empty() && base.len() <= 100 && base.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')
+}
+
+#[tonic::async_trait]
+impl EventService for EventApi {
+    async fn list_events(&self, req: Request<ListEventsRequest>) -> Result<Response<ListEventsResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        v.check(r.types.len() <= 50, "types", "at most 50 types");
+        for t in &r.types {
+            v.check(
+                valid_type_filter(t),
+                "types",
+                "each must be an event type like `enrollment.completed` or `enrollment.*`",
+            );
+        }
+        let created_after = r.created_after.as_ref().map(from_timestamp);
+        v.check(created_after != Some(None), "created_after", "is out of range");
+        if !r.resource_id.is_empty() {
+            v.optional_text("resource_id", &r.resource_id, 64);
+        }
+        v.finish()?;
+        let scope = format!("events|{}|{:?}|{}|{:?}", who.org(), r.types, r.resource_id, created_after);
+        let page = Page::new(r.page_size, &r.page_token, &scope)?;
+
+        // Type filters become `type = $n` / `type LIKE $n` terms; every value is bound.
+        let mut sql = String::from(
+            "SELECT id, type, created_at, org_id, sequence, resource_id, body FROM events WHERE org_id = $1 AND id > $2",
+        );
+        let mut binds: Vec<String> = vec![who.org().to_string(), page.after.clone()];
+        if !r.types.is_empty() {
+            let terms: Vec<String> = r
+                .types
+                .iter()
+                .map(|t| {
+                    binds.push(match t.strip_suffix('*') {
+                        Some(prefix) => format!("{prefix}%"),
+                        None => t.clone(),
+                    });
+                    format!("type {} ${}", if t.ends_with('*') { "LIKE" } else { "=" }, binds.len())
+                })
+                .collect();
+            sql.push_str(&format!(" AND ({})", terms.join(" OR ")));
+        }
+        if !r.resource_id.is_empty() {
+            binds.push(r.resource_id.clone());
+            sql.push_str(&format!(" AND resource_id = ${}", binds.len()));
+        }
+        let after = created_after.flatten().unwrap_or(i64::MIN);
+        sql.push_str(&format!(" AND created_at > ${} ORDER BY id LIMIT ${}", binds.len() + 1, binds.len() + 2));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for b in binds {
+            q = q.bind(b);
+        }
+        let rows = q.bind(after).bind(page.limit()).fetch_all(self.0.db.pool()).await.map_err(ApiError::from)?;
+        let mut events = rows.iter().map(event_from_row).collect::<ApiResult<Vec<_>>>()?;
+        let next_page_token = page.finish(&mut events, |e| &e.id);
+        Ok(Response::new(ListEventsResponse { events, next_page_token }))
+    }
+
+    async fn get_event(&self, req: Request<GetEventRequest>) -> Result<Response<Event>, Status> {
+        let who = caller(&req)?;
+        let id = &req.get_ref().id;
+        let mut v = Violations::default();
+        check_id(&mut v, "id", "evt", id);
+        v.finish()?;
+        let row = sqlx::query("SELECT id, type, created_at, org_id, sequence, resource_id, body FROM events WHERE id = $1 AND org_id = $2")
+            .bind(id)
+            .bind(who.org())
+            .fetch_optional(self.0.db.pool())
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::not_found("event", id))?;
+        Ok(Response::new(event_from_row(&row)?))
+    }
+}

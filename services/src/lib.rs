@@ -1,0 +1,30 @@
+//! Coursewire's gRPC API: one module per resource (handler and queries side by side),
+//! with auth as a tower layer, one error type, and the event outbox.
+pub mod account;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod courses;
+pub mod domain_users;
+pub mod domains;
+pub mod enrollments;
+pub mod error;
+pub mod events;
+pub mod idempotency;
+pub mod ids;
+pub mod page;
+pub mod published_courses;
+pub mod resource;
+pub mod server;
+pub mod store;
+pub mod users;
+pub mod validate;
+
+use clock::SharedClock;
+use store::Db;
+
+/// What every handler shares.
+pub struct AppState {
+    pub db: Db,
+    pub clock: SharedClock,
+}

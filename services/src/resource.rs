@@ -1,0 +1,49 @@
+//! Small helpers every resource module shares: etags, update masks, timestamps.
+use pbjson_types::FieldMask;
+
+use crate::clock::from_timestamp;
+use crate::error::{ApiError, ApiResult};
+use crate::validate::Violations;
+
+/// The etag of a resource at `sequence` (it changes with every write).
+pub fn etag(sequence: i64) -> String {
+    format!("\"{sequence}\"")
+}
+
+/// ABORTED when the caller sent an etag that is no longer current.
+pub fn check_etag(sent: &str, sequence: i64, kind: &'static str) -> ApiResult<()> {
+    if sent.is_empty() || sent == etag(sequence) { Ok(()) } else { Err(ApiError::etag_mismatch(kind)) }
+}
+
+/// The paths to update: those in the mask, or all of `allowed` when the mask is empty.
+pub fn mask_paths(mask: Option<&FieldMask>, allowed: &[&'static str]) -> ApiResult<Vec<&'static str>> {
+    let Some(mask) = mask.filter(|m| !m.paths.is_empty()) else {
+        return Ok(allowed.to_vec());
+    };
+    let mut out = Vec::new();
+    for p in &mask.paths {
+        match allowed.iter().find(|a| **a == p) {
+            Some(a) => out.push(*a),
+            None => {
+                return Err(ApiError::field(
+                    "update_mask",
+                    format!("unknown or read-only path {p:?}; allowed: {}", allowed.join(", ")),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An optional timestamp field as epoch ms, recording a violation when out of range.
+pub fn opt_time(v: &mut Violations, field: &str, t: Option<&pbjson_types::Timestamp>) -> Option<i64> {
+    let ms = t.map(from_timestamp)?;
+    if ms.is_none() {
+        v.add(field, "is out of range");
+    }
+    ms
+}
+
+pub fn flag(b: bool) -> i64 {
+    i64::from(b)
+}

@@ -1,0 +1,99 @@
+//! Assembles the gRPC server: services, auth layer, reflection (v1 and v1alpha, for
+//! grpcurl 1.8), health that follows the database, and graceful shutdown.
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coursewire_proto::v1::account_service_server::AccountServiceServer;
+use coursewire_proto::v1::course_service_server::CourseServiceServer;
+use coursewire_proto::v1::domain_service_server::DomainServiceServer;
+use coursewire_proto::v1::domain_user_service_server::DomainUserServiceServer;
+use coursewire_proto::v1::enrollment_service_server::EnrollmentServiceServer;
+use coursewire_proto::v1::event_service_server::EventServiceServer;
+use coursewire_proto::v1::published_course_service_server::PublishedCourseServiceServer;
+use coursewire_proto::v1::user_service_server::UserServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::AppState;
+use crate::account::AccountApi;
+use crate::auth::{AuthLayer, Authenticator};
+use crate::courses::CourseApi;
+use crate::domain_users::DomainUserApi;
+use crate::domains::DomainApi;
+use crate::enrollments::EnrollmentApi;
+use crate::events::EventApi;
+use crate::published_courses::PublishedCourseApi;
+use crate::users::UserApi;
+
+/// Largest request or response message, in bytes (a full batch of 1,000 items fits).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+macro_rules! limited {
+    ($server:ident, $api:expr) => {
+        $server::new($api).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+    };
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then drains in-flight calls.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(follow_database_health(state.clone(), health));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(coursewire_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(coursewire_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let auth = Authenticator::new(state.db.clone(), state.clock.clone());
+    tracing::info!(addr = %listener.local_addr()?, "gRPC API listening");
+    Server::builder()
+        .layer(AuthLayer(auth))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(limited!(AccountServiceServer, AccountApi(state.clone())))
+        .add_service(limited!(DomainServiceServer, DomainApi(state.clone())))
+        .add_service(limited!(UserServiceServer, UserApi(state.clone())))
+        .add_service(limited!(CourseServiceServer, CourseApi(state.clone())))
+        .add_service(limited!(PublishedCourseServiceServer, PublishedCourseApi(state.clone())))
+        .add_service(limited!(DomainUserServiceServer, DomainUserApi(state.clone())))
+        .add_service(limited!(EnrollmentServiceServer, EnrollmentApi(state.clone())))
+        .add_service(limited!(EventServiceServer, EventApi(state.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    health_task.abort();
+    Ok(())
+}
+
+/// Health is SERVING only while the database answers.
+async fn follow_database_health(state: Arc<AppState>, health: tonic_health::server::HealthReporter) {
+    let mut last = None;
+    loop {
+        let status = if state.db.is_healthy().await { ServingStatus::Serving } else { ServingStatus::NotServing };
+        if last != Some(status) {
+            if status == ServingStatus::NotServing {
+                tracing::warn!("database not answering: health is NOT_SERVING");
+            }
+            health.set_service_status("", status).await;
+            for name in ["coursewire.v1.EnrollmentService", "coursewire.v1.UserService", "coursewire.v1.AccountService"]
+            {
+                health.set_service_status(name, status).await;
+            }
+            last = Some(status);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}

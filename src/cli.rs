@@ -1,0 +1,273 @@
+//! Command-line interface: every flag has an environment variable, and flags win.
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use coursewire_services::auth::{self, NewKey};
+use coursewire_services::clock::{Clock, SystemClock, rfc3339};
+use coursewire_services::config::{parse_duration, parse_durations};
+use coursewire_services::store::Db;
+use coursewire_services::{AppState, server};
+
+#[derive(Parser)]
+#[command(name = "coursewire", version, about = "Coursewire: learning resources over gRPC, events and signed webhooks")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Clone)]
+pub struct Common {
+    /// gRPC listen address.
+    #[arg(long, env = "COURSEWIRE_LISTEN", default_value = "127.0.0.1:50051", global = true)]
+    listen: String,
+    /// sqlite:PATH (embedded) or postgres://… (production).
+    #[arg(
+        long,
+        env = "COURSEWIRE_DATABASE_URL",
+        default_value = "sqlite:coursewire-data/coursewire.db",
+        global = true
+    )]
+    database_url: String,
+    /// RabbitMQ URL; unset means the in-process bus (all-in-one only).
+    #[arg(long, env = "COURSEWIRE_AMQP_URL", global = true)]
+    amqp_url: Option<String>,
+    #[arg(long, env = "COURSEWIRE_AMQP_EXCHANGE", default_value = "coursewire.events", global = true)]
+    amqp_exchange: String,
+    #[arg(long, env = "COURSEWIRE_AMQP_QUEUE", default_value = "coursewire.dispatcher", global = true)]
+    amqp_queue: String,
+    /// Redis URL for rate limits shared by replicas; unset means in-memory.
+    #[arg(long, env = "COURSEWIRE_REDIS_URL", global = true)]
+    redis_url: Option<String>,
+    /// Prometheus metrics listen address (`/metrics`).
+    #[arg(long, env = "COURSEWIRE_METRICS_LISTEN", default_value = "127.0.0.1:9464", global = true)]
+    metrics_listen: String,
+    /// Limits per organization and call class, e.g. `600/1m,5000/1h`.
+    #[arg(long, env = "COURSEWIRE_RATE_LIMITS", default_value = "600/1m,5000/1h", global = true)]
+    rate_limits: String,
+    /// Delays between webhook attempts after the first.
+    #[arg(long, env = "COURSEWIRE_WEBHOOK_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h", global = true)]
+    webhook_retry_schedule: String,
+    #[arg(long, env = "COURSEWIRE_WEBHOOK_TIMEOUT", default_value = "15s", global = true)]
+    webhook_timeout: String,
+    #[arg(long, env = "COURSEWIRE_WEBHOOK_ALLOW_PRIVATE_TARGETS", default_value_t = false, global = true)]
+    webhook_allow_private_targets: bool,
+    /// `text` or `json`; the level comes from RUST_LOG.
+    #[arg(long, env = "COURSEWIRE_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// All-in-one: gRPC API, outbox relay and dispatcher in one process (the default).
+    Run,
+    /// The gRPC API and outbox relay only (production; needs --amqp-url).
+    Api,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage organizations.
+    #[command(subcommand)]
+    Orgs(OrgsCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum OrgsCommand {
+    /// Create an organization with a slug id (`acme`); prints its id.
+    Create {
+        id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; its secret is printed alone as the last line of stdout, once.
+    Create {
+        #[arg(long, required_unless_present = "platform", conflicts_with = "platform")]
+        org: Option<String>,
+        /// A platform key (manages organizations) instead of an organization key.
+        #[arg(long)]
+        platform: bool,
+        #[arg(long, default_value = "")]
+        label: String,
+        /// `*` or RESOURCE:read|write, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "*")]
+        scopes: Vec<String>,
+        /// Only accept calls from this address or CIDR (repeatable).
+        #[arg(long = "allow-ip")]
+        allow_ip: Vec<String>,
+        /// Expire after this long, e.g. 30d.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// List an organization's keys (never their secrets).
+    List {
+        #[arg(long)]
+        org: String,
+    },
+    /// Revoke a key for good.
+    Revoke {
+        #[arg(long)]
+        org: String,
+        key_id: String,
+    },
+}
+
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" { builder.json().init() } else { builder.init() }
+}
+
+impl Common {
+    /// Checks every value up front so bad config fails at start, naming the flag.
+    fn validate(&self) -> anyhow::Result<()> {
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .with_context(|| format!("--listen {:?} is not an address like 127.0.0.1:50051", self.listen))?;
+        self.metrics_listen
+            .parse::<std::net::SocketAddr>()
+            .with_context(|| format!("--metrics-listen {:?} is not an address", self.metrics_listen))?;
+        parse_durations(&self.webhook_retry_schedule).map_err(|e| anyhow::anyhow!("--webhook-retry-schedule: {e}"))?;
+        parse_duration(&self.webhook_timeout).map_err(|e| anyhow::anyhow!("--webhook-timeout: {e}"))?;
+        if self.log_format != "text" && self.log_format != "json" {
+            bail!("--log-format must be text or json");
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let common = cli.common;
+    common.validate()?;
+    let clock = Arc::new(SystemClock);
+    let db = Db::connect(&common.database_url).await?;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Migrate => {
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Run => {
+            bootstrap(&db, clock.now_ms()).await?;
+            serve(common, db, clock).await
+        }
+        Command::Api => {
+            if common.amqp_url.is_none() {
+                bail!("`coursewire api` needs --amqp-url (COURSEWIRE_AMQP_URL): events leave through RabbitMQ");
+            }
+            serve(common, db, clock).await
+        }
+        Command::Orgs(OrgsCommand::Create { id, name }) => {
+            auth::create_org(&db, &id, &name, clock.now_ms()).await.map_err(api_error)?;
+            println!("{id}");
+            Ok(())
+        }
+        Command::Keys(cmd) => keys(cmd, &db, clock.now_ms()).await,
+    }
+}
+
+fn api_error(e: coursewire_services::error::ApiError) -> anyhow::Error {
+    let details: Vec<String> = e.details.violations.iter().map(|(f, d)| format!("{f} {d}")).collect();
+    if details.is_empty() {
+        anyhow::anyhow!("{} ({})", e.message, e.reason)
+    } else {
+        anyhow::anyhow!("{}: {}", e.reason, details.join("; "))
+    }
+}
+
+async fn keys(cmd: KeysCommand, db: &Db, now: i64) -> anyhow::Result<()> {
+    match cmd {
+        KeysCommand::Create { org, platform: _, label, scopes, allow_ip, expires_in } => {
+            let expires_at = match expires_in {
+                Some(d) => {
+                    Some(now + parse_duration(&d).map_err(|e| anyhow::anyhow!("--expires-in: {e}"))?.as_millis() as i64)
+                }
+                None => None,
+            };
+            let new = NewKey { org_id: org, label, scopes, allowed_cidrs: allow_ip, expires_at };
+            let (key, secret) = auth::create_key(db, new, now).await.map_err(api_error)?;
+            println!("id: {}\nprefix: {}\nscopes: {}", key.id, key.prefix, key.scopes.0.join(","));
+            println!("{secret}");
+        }
+        KeysCommand::List { org } => {
+            for k in auth::list_keys(db, &org).await.map_err(api_error)? {
+                let state = if k.revoked_at.is_some() {
+                    "revoked"
+                } else if k.expires_at.is_some_and(|t| t <= now) {
+                    "expired"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{}\tsk_{}…\t{state}\t{}\t{}\tcreated {}\tlast used {}",
+                    k.id,
+                    k.prefix,
+                    k.scopes.0.join(","),
+                    k.label,
+                    rfc3339(k.created_at),
+                    k.last_used_at().map(rfc3339).unwrap_or_else(|| "never".into())
+                );
+            }
+        }
+        KeysCommand::Revoke { org, key_id } => {
+            auth::revoke_key(db, &org, &key_id, now).await.map_err(api_error)?;
+            println!("revoked {key_id}");
+        }
+    }
+    Ok(())
+}
+
+/// On an empty database: organization `default` and one key with scope `*`, shown once.
+async fn bootstrap(db: &Db, now: i64) -> anyhow::Result<()> {
+    let orgs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations").fetch_one(db.pool()).await?;
+    if orgs > 0 {
+        return Ok(());
+    }
+    auth::create_org(db, "default", "Default organization", now).await.map_err(api_error)?;
+    let new = NewKey {
+        org_id: Some("default".into()),
+        label: "bootstrap".into(),
+        scopes: vec!["*".into()],
+        allowed_cidrs: vec![],
+        expires_at: None,
+    };
+    let (_, secret) = auth::create_key(db, new, now).await.map_err(api_error)?;
+    eprintln!(
+        "\nCreated organization `default` with a bootstrap API key (shown only once):\n\n    {secret}\n\nTry: export CW_KEY={secret}\n"
+    );
+    Ok(())
+}
+
+async fn serve(common: Common, db: Db, clock: Arc<SystemClock>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&common.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot bind", common.listen))?;
+    let state = Arc::new(AppState { db, clock });
+    server::serve(state, listener, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight calls");
+}

@@ -1,0 +1,269 @@
+//! Test harness: the real server in-process on a free port, over a fresh SQLite file or a
+//! fresh Postgres database, with an organization and key made through the real code path.
+use std::sync::Arc;
+
+use coursewire_proto::v1::account_service_client::AccountServiceClient;
+use coursewire_proto::v1::course_service_client::CourseServiceClient;
+use coursewire_proto::v1::domain_service_client::DomainServiceClient;
+use coursewire_proto::v1::domain_user_service_client::DomainUserServiceClient;
+use coursewire_proto::v1::enrollment_service_client::EnrollmentServiceClient;
+use coursewire_proto::v1::event_service_client::EventServiceClient;
+use coursewire_proto::v1::published_course_service_client::PublishedCourseServiceClient;
+use coursewire_proto::v1::user_service_client::UserServiceClient;
+use coursewire_services::AppState;
+use coursewire_services::auth::{self, NewKey};
+use coursewire_services::clock::{Clock, ManualClock, SystemClock};
+use coursewire_services::store::Db;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct Harness {
+    pub db: Db,
+    pub clock: Arc<ManualClock>,
+    /// Key (scope `*`) of organization `acme`.
+    pub key: String,
+    channel: Channel,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    /// Held so the folder (and database) lives as long as the harness.
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres {
+        admin_url: String,
+        name: String,
+    },
+}
+
+/// Adds the API key to every call.
+#[derive(Clone)]
+pub struct WithKey(pub MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for WithKey {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, WithKey>;
+
+/// `COURSEWIRE_REQUIRE_SERVICES=1` turns a missing service into a failure.
+pub fn require_services() -> bool {
+    std::env::var("COURSEWIRE_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+impl Harness {
+    /// `None` when the backend's service is not configured (and not required).
+    pub async fn start(backend: Backend) -> Option<Harness> {
+        // Server logs go to the test's captured output, shown when it fails.
+        let _ =
+            tracing_subscriber::fmt().with_env_filter("warn,coursewire_services=info").with_test_writer().try_init();
+        let (url, cleanup) = match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                (format!("sqlite:{}", dir.path().join("test.db").display()), Cleanup::Sqlite(dir))
+            }
+            Backend::Postgres => {
+                let Ok(admin_url) = std::env::var("COURSEWIRE_TEST_DATABASE_URL") else {
+                    assert!(!require_services(), "COURSEWIRE_TEST_DATABASE_URL is required");
+                    eprintln!("skipped: COURSEWIRE_TEST_DATABASE_URL is not set");
+                    return None;
+                };
+                let name = format!("cw_test_{}", ulid::Ulid::new().to_string().to_lowercase());
+                let admin = sqlx::PgPool::connect(&admin_url).await.expect("connect to COURSEWIRE_TEST_DATABASE_URL");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+                admin.close().await;
+                (with_database(&admin_url, &name), Cleanup::Postgres { admin_url, name })
+            }
+        };
+        let db = Db::connect(&url).await.expect("connect and migrate");
+        let clock = ManualClock::new(SystemClock.now_ms());
+        auth::create_org(&db, "acme", "Acme", clock.now_ms()).await.unwrap();
+        let key = new_key(&db, "acme", &["*"], clock.now_ms()).await;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(AppState { db: db.clone(), clock: clock.clone() });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            coursewire_services::server::serve(state, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        Some(Harness { db, clock, key, channel, shutdown: Some(tx), server: Some(server), cleanup })
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub fn with_key(&self, key: &str) -> WithKey {
+        WithKey(format!("Bearer {key}").parse().unwrap())
+    }
+
+    /// A second organization and its key, for isolation tests.
+    pub async fn other_org(&self, id: &str) -> String {
+        auth::create_org(&self.db, id, id, self.clock.now_ms()).await.unwrap();
+        new_key(&self.db, id, &["*"], self.clock.now_ms()).await
+    }
+
+    pub async fn scoped_key(&self, scopes: &[&str]) -> String {
+        new_key(&self.db, "acme", scopes, self.clock.now_ms()).await
+    }
+
+    pub fn clients(&self) -> Clients {
+        Clients::new(self.channel(), self.with_key(&self.key))
+    }
+
+    pub fn clients_with(&self, key: &str) -> Clients {
+        Clients::new(self.channel(), self.with_key(key))
+    }
+
+    /// Rows in `table` (to prove rejected calls wrote nothing).
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+            .fetch_one(self.db.pool())
+            .await
+            .unwrap()
+    }
+
+    /// Row counts of every resource table, for "nothing changed" assertions.
+    pub async fn snapshot(&self) -> Vec<i64> {
+        let mut out = Vec::new();
+        for t in [
+            "domains",
+            "users",
+            "courses",
+            "lessons",
+            "published_courses",
+            "domain_users",
+            "enrollments",
+            "lesson_progress",
+            "events",
+            "idempotency",
+        ] {
+            out.push(self.count(t).await);
+        }
+        out
+    }
+}
+
+async fn new_key(db: &Db, org: &str, scopes: &[&str], now: i64) -> String {
+    let new = NewKey {
+        org_id: Some(org.into()),
+        label: "test".into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        allowed_cidrs: vec![],
+        expires_at: None,
+    };
+    auth::create_key(db, new, now).await.unwrap().1
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let root = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+        if let Cleanup::Postgres { admin_url, name } = &self.cleanup {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            let pool = self.db.pool().clone();
+            // Drop runs outside async context rules; use a helper thread with its own runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async move {
+                    pool.close().await;
+                    if let Ok(admin) = sqlx::PgPool::connect(&admin_url).await {
+                        let _ =
+                            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                                .execute(&admin)
+                                .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// Typed clients that send the key on every call.
+pub struct Clients {
+    pub account: AccountServiceClient<Authed>,
+    pub domains: DomainServiceClient<Authed>,
+    pub users: UserServiceClient<Authed>,
+    pub courses: CourseServiceClient<Authed>,
+    pub published: PublishedCourseServiceClient<Authed>,
+    pub domain_users: DomainUserServiceClient<Authed>,
+    pub enrollments: EnrollmentServiceClient<Authed>,
+    pub events: EventServiceClient<Authed>,
+}
+
+impl Clients {
+    fn new(channel: Channel, key: WithKey) -> Clients {
+        let svc = || InterceptedService::new(channel.clone(), key.clone());
+        Clients {
+            account: AccountServiceClient::new(svc()),
+            domains: DomainServiceClient::new(svc()),
+            users: UserServiceClient::new(svc()),
+            courses: CourseServiceClient::new(svc()),
+            published: PublishedCourseServiceClient::new(svc()),
+            domain_users: DomainUserServiceClient::new(svc()),
+            enrollments: EnrollmentServiceClient::new(svc()),
+            events: EventServiceClient::new(svc()),
+        }
+    }
+}
+
+/// Runs each listed test over SQLite and over Postgres (when configured).
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let h = $crate::harness::Harness::start($crate::harness::Backend::Sqlite).await.unwrap();
+                    super::$name(&h).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(h) = $crate::harness::Harness::start($crate::harness::Backend::Postgres).await {
+                        super::$name(&h).await;
+                    }
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,10 @@
+//! End-to-end behaviour tests: the real gRPC server on a free port, typed clients, and
+//! every test run over SQLite and (when configured) Postgres.
+mod fixtures;
+mod harness;
+
+mod auth;
+mod bad_input;
+mod flow;
+mod isolation;
+mod resources;
