@@ -110,6 +110,12 @@ impl From<sqlx::Error> for ApiError {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::unavailable("the database is unavailable")
             }
+            // A row this write refers to was removed by a concurrent call.
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => ApiError::precondition(
+                "CONFLICTING_CHANGE",
+                "a resource this request refers to was changed or removed concurrently",
+            )
+            .help("read the resources again and retry"),
             _ => ApiError::internal(e),
         }
     }

@@ -5,6 +5,11 @@ mod harness;
 
 mod auth;
 mod bad_input;
+mod batch_export;
+mod cookbook;
+mod events;
 mod flow;
 mod isolation;
+mod paging;
+mod races;
 mod resources;

@@ -1,6 +1,39 @@
-//! Coursewire benchmarks: each scenario prints JSON lines with a baseline measured in the
-//! same run (ARCHITECTURE §10).
-fn main() -> std::process::ExitCode {
-    eprintln!("usage: coursewire-bench SCENARIO (scenarios are added with their issues)");
-    std::process::ExitCode::FAILURE
+//! Coursewire benchmarks (ARCHITECTURE §10). Each scenario prints one JSON line per figure,
+//! with a baseline measured in the same run, so ratios hold across machines:
+//!
+//! - `ping`: authenticated Ping through the real server vs a bare tonic server with the same
+//!   service, driven by the same client.
+//! - `enroll`: CreateEnrollment on Postgres vs pgbench running the same inserts in one
+//!   transaction, at the same concurrency.
+//! - `idle-rss`: resident memory of the all-in-one binary after start-up.
+//!
+//! Everything runs on loopback and stops by itself.
+mod enroll;
+mod ping;
+mod rss;
+
+use std::time::Duration;
+
+/// How long each measured phase runs.
+pub const PHASE: Duration = Duration::from_secs(5);
+/// Concurrent in-flight calls per client phase.
+pub const CONCURRENCY: usize = 32;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let scenario = std::env::args().nth(1).unwrap_or_default();
+    match scenario.as_str() {
+        "ping" => ping::run().await,
+        "enroll" => enroll::run().await,
+        "idle-rss" => rss::run().await,
+        _ => {
+            eprintln!("usage: coursewire-bench ping|enroll|idle-rss");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Prints one figure as a JSON line.
+pub fn report(value: serde_json::Value) {
+    println!("{value}");
 }

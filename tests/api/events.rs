@@ -1,0 +1,80 @@
+//! The outbox rows match the §6 envelope and are written with their change, never without.
+use coursewire_proto::v1::*;
+use tonic::Code;
+
+use crate::fixtures::*;
+use crate::harness::Harness;
+
+async fn events_match_the_envelope(h: &Harness) {
+    let mut c = h.clients();
+    let w = world(&mut c).await;
+    let e = enroll(&mut c, &w.user.id, &w.published.id).await.unwrap();
+    let body: String = sqlx::query_scalar("SELECT body FROM events WHERE resource_id = $1")
+        .bind(&e.id)
+        .fetch_one(h.db.pool())
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    assert_eq!(keys.len(), 6, "{keys:?}");
+    for k in ["id", "type", "created_at", "organization_id", "sequence", "data"] {
+        assert!(v.get(k).is_some(), "envelope lacks {k}");
+    }
+    assert!(v["id"].as_str().unwrap().starts_with("evt_"));
+    assert_eq!(v["type"], "enrollment.created");
+    assert_eq!(v["organization_id"], "acme");
+    assert_eq!(v["sequence"], 1);
+    let created = v["created_at"].as_str().unwrap();
+    assert_eq!(created.len(), "2026-11-24T10:00:00.123Z".len(), "{created}");
+    assert!(created.ends_with('Z') && created.as_bytes()[19] == b'.');
+    // data is the resource with proto field names.
+    assert_eq!(v["data"]["id"], e.id.as_str());
+    assert_eq!(v["data"]["published_course_id"], w.published.id.as_str());
+    assert_eq!(v["data"]["state"], "ACTIVE");
+
+    let listed =
+        c.events.get_event(GetEventRequest { id: v["id"].as_str().unwrap().into() }).await.unwrap().into_inner();
+    assert_eq!(listed.r#type, "enrollment.created");
+    assert_eq!(listed.resource_id, e.id);
+    let data = listed.data.unwrap();
+    assert!(data.fields.contains_key("published_course_id"));
+}
+
+async fn a_failed_write_leaves_no_event(h: &Harness) {
+    let mut c = h.clients();
+    let w = world(&mut c).await;
+    enroll(&mut c, &w.user.id, &w.published.id).await.unwrap();
+    let events = h.count("events").await;
+    let domain_users = h.count("domain_users").await;
+    assert_err(enroll(&mut c, &w.user.id, &w.published.id).await, Code::AlreadyExists, "ENROLLMENT_EXISTS");
+    let dup_course =
+        PublishedCourse { course_id: w.course.id.clone(), domain_id: w.domain.id.clone(), ..Default::default() };
+    assert_err(
+        c.published
+            .create_published_course(CreatePublishedCourseRequest {
+                published_course: Some(dup_course),
+                request_id: String::new(),
+            })
+            .await,
+        Code::AlreadyExists,
+        "COURSE_ALREADY_PUBLISHED",
+    );
+    assert_eq!(h.count("events").await, events);
+    assert_eq!(h.count("domain_users").await, domain_users);
+
+    // Types filter: exact and prefix; resource filter.
+    let only = c
+        .events
+        .list_events(ListEventsRequest {
+            types: vec!["course.created".into(), "domain.*".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let types: Vec<&str> = only.iter().map(|e| e.r#type.as_str()).collect();
+    assert_eq!(types, ["domain.created", "course.created"]);
+}
+
+crate::backend_tests!(events_match_the_envelope, a_failed_write_leaves_no_event);

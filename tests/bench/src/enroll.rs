@@ -1,0 +1,192 @@
+//! CreateEnrollment through the API on Postgres vs pgbench running the same inserts
+//! (domain access, enrollment, outbox event) in one transaction, at the same concurrency.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use coursewire_proto::v1::*;
+use coursewire_services::AppState;
+use coursewire_services::auth::{self, NewKey};
+use coursewire_services::clock::{Clock, SystemClock};
+use coursewire_services::store::Db;
+use serde_json::json;
+use tonic::Request;
+use tonic::transport::Channel;
+
+use crate::{PHASE, report};
+
+/// In-flight calls (and pgbench clients); equal to the server's Postgres pool size.
+const CLIENTS: usize = 16;
+/// Learners created up front: more than either side can enroll in one phase.
+const LEARNERS: i64 = 200_000;
+
+fn admin_url() -> String {
+    std::env::var("COURSEWIRE_BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn authed<T>(msg: T, key: &str) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    req
+}
+
+pub async fn run() -> anyhow::Result<()> {
+    let admin = admin_url();
+    let name = format!("cw_bench_{}", SystemClock.now_ms());
+    let admin_pool = sqlx::PgPool::connect(&admin).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin_pool).await?;
+    let url = format!("{}/{name}", admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base));
+    let result = measure(&url, &name).await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+        .execute(&admin_pool)
+        .await;
+    result
+}
+
+async fn measure(url: &str, name: &str) -> anyhow::Result<()> {
+    let db = Db::connect(url).await?;
+    let now = SystemClock.now_ms();
+    auth::create_org(&db, "bench", "Bench", now).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    let new = NewKey {
+        org_id: Some("bench".into()),
+        label: "bench".into(),
+        scopes: vec![],
+        allowed_cidrs: vec![],
+        expires_at: None,
+    };
+    let (_, key) = auth::create_key(&db, new, now).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    // Learners for both sides, inserted directly: only enrollment is measured.
+    sqlx::query(
+        "INSERT INTO users (id, org_id, email, email_lower, first_name, last_name, active, created_at, updated_at, sequence) \
+         SELECT 'usr_' || lpad(n::text, 26, '0'), 'bench', 'l' || n || '@example.com', 'l' || n || '@example.com', 'L', 'N', 1, 0, 0, 1 \
+         FROM generate_series(1, $1) AS n",
+    )
+    .bind(LEARNERS * 2)
+    .execute(db.pool())
+    .await?;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(AppState { db: db.clone(), clock: Arc::new(SystemClock) });
+    tokio::spawn(coursewire_services::server::serve(state, listener, std::future::pending()));
+    let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+
+    let mut c = coursewire_proto::v1::domain_service_client::DomainServiceClient::new(channel.clone());
+    let domain = c
+        .create_domain(authed(
+            CreateDomainRequest {
+                domain: Some(Domain { hostname: "bench.example.com".into(), name: "B".into(), ..Default::default() }),
+                request_id: String::new(),
+            },
+            &key,
+        ))
+        .await?
+        .into_inner();
+    let mut courses = coursewire_proto::v1::course_service_client::CourseServiceClient::new(channel.clone());
+    let lessons = (0..5).map(|i| Lesson { title: format!("L{i}"), required: true, ..Default::default() }).collect();
+    let course = courses
+        .create_course(authed(
+            CreateCourseRequest {
+                course: Some(Course { title: "Bench".into(), lessons, ..Default::default() }),
+                request_id: String::new(),
+            },
+            &key,
+        ))
+        .await?
+        .into_inner();
+    let mut published =
+        coursewire_proto::v1::published_course_service_client::PublishedCourseServiceClient::new(channel.clone());
+    let p = PublishedCourse { course_id: course.id.clone(), domain_id: domain.id.clone(), ..Default::default() };
+    let publish = authed(CreatePublishedCourseRequest { published_course: Some(p), request_id: String::new() }, &key);
+    let ours_pub = published.create_published_course(publish).await?.into_inner();
+
+    // Ours: CreateEnrollment for learners 1..LEARNERS.
+    let next = Arc::new(AtomicU64::new(1));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let mut client =
+                coursewire_proto::v1::enrollment_service_client::EnrollmentServiceClient::new(channel.clone());
+            let (next, key, pub_id) = (next.clone(), key.clone(), ours_pub.id.clone());
+            tokio::spawn(async move {
+                while start.elapsed() < PHASE {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let req = CreateEnrollmentRequest {
+                        user_id: format!("usr_{n:026}"),
+                        published_course_id: pub_id.clone(),
+                        ..Default::default()
+                    };
+                    client.create_enrollment(authed(req, &key)).await.expect("create enrollment");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await?;
+    }
+    let ours = (next.load(Ordering::Relaxed) - 1) as f64 / start.elapsed().as_secs_f64();
+
+    // Baseline: the same three inserts (plus a sequence draw for unique learners) in pgbench.
+    let script = format!(
+        "SELECT nextval('bench_learner') + {LEARNERS} AS n \\gset\n\
+         BEGIN;\n\
+         INSERT INTO domain_users (id, org_id, domain_id, user_id, active, created_at, updated_at, sequence) VALUES ('dus_' || lpad(:n::text, 26, '0'), 'bench', '{dom}', 'usr_' || lpad(:n::text, 26, '0'), 1, 0, 0, 1) ON CONFLICT (domain_id, user_id) DO NOTHING;\n\
+         INSERT INTO enrollments (id, org_id, user_id, published_course_id, course_id, domain_id, state, enrolled_at, updated_at, sequence) VALUES ('enr_' || lpad(:n::text, 26, '0'), 'bench', 'usr_' || lpad(:n::text, 26, '0'), '{pubid}', '{crs}', '{dom}', 'ACTIVE', 0, 0, 1);\n\
+         INSERT INTO events (id, org_id, type, resource_id, sequence, created_at, body) VALUES ('evt_' || lpad(:n::text, 26, '0'), 'bench', 'enrollment.created', 'enr_' || lpad(:n::text, 26, '0'), 1, 0, '{body}');\n\
+         COMMIT;\n",
+        dom = domain.id,
+        pubid = ours_pub.id,
+        crs = course.id,
+        body = sample_body(),
+    );
+    sqlx::query("CREATE SEQUENCE bench_learner").execute(db.pool()).await?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("enroll.sql");
+    std::fs::write(&path, script)?;
+    let out = tokio::process::Command::new("pgbench")
+        .args([
+            "-n",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-c",
+            &CLIENTS.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &PHASE.as_secs().to_string(),
+            "-f",
+        ])
+        .arg(&path)
+        .arg(name)
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(out.status.success(), "pgbench failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    let baseline: f64 = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no tps in pgbench output: {text}"))?;
+    report(json!({
+        "scenario": "enroll",
+        "coursewire_enrollments_per_s": ours.round(),
+        "pgbench_same_inserts_per_s": baseline.round(),
+        "ratio": (ours / baseline * 1000.0).round() / 1000.0,
+        "target_ratio": 0.7,
+        "clients": CLIENTS,
+        "seconds_per_phase": PHASE.as_secs(),
+    }));
+    Ok(())
+}
+
+/// An event body of the size a real `enrollment.created` has.
+fn sample_body() -> String {
+    let data = json!({"id": "enr_01jd3xkq7w8h2m4n6p8r0t2v4x", "user_id": "usr_01jd3xkq7w8h2m4n6p8r0t2v4x", "published_course_id": "pub_01jd3xkq7w8h2m4n6p8r0t2v4x",
+        "course_id": "crs_01jd3xkq7w8h2m4n6p8r0t2v4x", "domain_id": "dom_01jd3xkq7w8h2m4n6p8r0t2v4x", "state": "ACTIVE", "enrolled_at": "2026-11-24T10:00:00.123Z",
+        "progress": {"lessons_completed": 0, "lessons_required": 5, "percent": 0}, "sequence": "1", "updated_at": "2026-11-24T10:00:00.123Z", "etag": "\"1\""});
+    json!({"id": "evt_01jd3xkq7w8h2m4n6p8r0t2v4x", "type": "enrollment.created", "created_at": "2026-11-24T10:00:00.123Z", "organization_id": "bench", "sequence": 1, "data": data}).to_string()
+}
