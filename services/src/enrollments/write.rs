@@ -2,7 +2,7 @@
 //! there; completion is a conditional update, so it happens exactly once under races.
 use coursewire_proto::v1::enrollment::State;
 use coursewire_proto::v1::lesson_progress::State as LessonState;
-use coursewire_proto::v1::{CreateEnrollmentRequest, Enrollment, LessonProgress};
+use coursewire_proto::v1::{CreateEnrollmentRequest, Enrollment, LessonProgress, Progress};
 use sqlx::{AnyConnection, Row};
 
 use super::store::fetch;
@@ -31,20 +31,47 @@ pub fn validate_create(r: &CreateEnrollmentRequest, prefix: &str, now: i64) -> A
     Ok(expires_at)
 }
 
-async fn existing_id(conn: &mut AnyConnection, user_id: &str, published_course_id: &str) -> ApiResult<Option<String>> {
-    Ok(sqlx::query_scalar(
-        "SELECT id FROM enrollments WHERE user_id = $1 AND published_course_id = $2 AND deleted_at IS NULL",
-    )
-    .bind(user_id)
-    .bind(published_course_id)
-    .fetch_optional(conn)
-    .await?)
-}
-
 fn duplicate(id: String) -> ApiError {
     ApiError::already_exists("ENROLLMENT_EXISTS", "the user is already enrolled in this published course")
         .with("existing_id", id)
         .help("use the existing enrollment (its id is in metadata.existing_id)")
+}
+
+/// What creating an enrollment needs to know, read in one round trip.
+struct Target {
+    active: bool,
+    course_id: String,
+    domain_id: String,
+    enrollment_closed: bool,
+    lessons_required: i64,
+    existing_id: Option<String>,
+}
+
+async fn target(conn: &mut AnyConnection, who: &Caller, r: &CreateEnrollmentRequest) -> ApiResult<Target> {
+    let row = sqlx::query(
+        "SELECT u.active, p.course_id, p.domain_id, p.enrollment_closed, \
+           (SELECT COUNT(*) FROM lessons l WHERE l.course_id = p.course_id AND l.required = 1) AS lessons_required, \
+           (SELECT e.id FROM enrollments e WHERE e.user_id = u.id AND e.published_course_id = p.id AND e.deleted_at IS NULL) AS existing_id \
+         FROM users u JOIN published_courses p ON p.org_id = u.org_id WHERE u.id = $1 AND p.id = $2 AND u.org_id = $3",
+    )
+    .bind(&r.user_id)
+    .bind(&r.published_course_id)
+    .bind(who.org())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        // Say which one is missing.
+        crate::users::fetch(&mut *conn, who.org(), &r.user_id).await?;
+        return Err(ApiError::not_found("published course", &r.published_course_id));
+    };
+    Ok(Target {
+        active: row.try_get::<i64, _>("active")? != 0,
+        course_id: row.try_get("course_id")?,
+        domain_id: row.try_get("domain_id")?,
+        enrollment_closed: row.try_get::<i64, _>("enrollment_closed")? != 0,
+        lessons_required: row.try_get("lessons_required")?,
+        existing_id: row.try_get("existing_id")?,
+    })
 }
 
 /// Creates the enrollment, granting domain access when the user lacks it.
@@ -55,33 +82,48 @@ pub async fn create(
     expires_at: Option<i64>,
     now: i64,
 ) -> ApiResult<Enrollment> {
-    let (user, _) = crate::users::fetch(&mut *conn, who.org(), &r.user_id).await?;
-    if !user.active {
+    let t = target(conn, who, r).await?;
+    if !t.active {
         return Err(ApiError::precondition("USER_INACTIVE", "the user is inactive")
             .help("activate the user (UpdateUser active=true) first"));
     }
-    let (published, _) = crate::published_courses::fetch(&mut *conn, who.org(), &r.published_course_id).await?;
-    if published.enrollment_closed {
+    if t.enrollment_closed {
         return Err(ApiError::precondition(
             "ENROLLMENT_CLOSED",
             "this published course does not accept new enrollments",
         ));
     }
-    if let Some(id) = existing_id(conn, &r.user_id, &r.published_course_id).await? {
+    if let Some(id) = t.existing_id {
         return Err(duplicate(id));
     }
-    crate::domain_users::ensure(conn, who.org(), &published.domain_id, &r.user_id, now).await?;
-    let id = new_id("enr");
+    crate::domain_users::ensure(conn, who.org(), &t.domain_id, &r.user_id, now).await?;
+    let e = Enrollment {
+        id: new_id("enr"),
+        user_id: r.user_id.clone(),
+        published_course_id: r.published_course_id.clone(),
+        course_id: t.course_id,
+        domain_id: t.domain_id,
+        state: State::Active as i32,
+        enrolled_at: Some(to_timestamp(now)),
+        expires_at: opt_timestamp(expires_at),
+        progress: Some(Progress { lessons_completed: 0, lessons_required: t.lessons_required as i32, percent: 0 }),
+        completed_at: None,
+        score: None,
+        passed: None,
+        sequence: 1,
+        updated_at: Some(to_timestamp(now)),
+        etag: crate::resource::etag(1),
+    };
     let insert = sqlx::query(
         "INSERT INTO enrollments (id, org_id, user_id, published_course_id, course_id, domain_id, state, enrolled_at, expires_at, updated_at, sequence) \
          VALUES ($1, $2, $3, $4, $5, $6, 'ACTIVE', $7, $8, $7, 1)",
     )
-    .bind(&id)
+    .bind(&e.id)
     .bind(who.org())
-    .bind(&r.user_id)
-    .bind(&r.published_course_id)
-    .bind(&published.course_id)
-    .bind(&published.domain_id)
+    .bind(&e.user_id)
+    .bind(&e.published_course_id)
+    .bind(&e.course_id)
+    .bind(&e.domain_id)
     .bind(now)
     .bind(expires_at)
     .execute(&mut *conn)
@@ -91,7 +133,6 @@ pub async fn create(
         Err(e) if is_unique_violation(&e) => return Err(duplicate(String::new())),
         r => r?,
     };
-    let e = fetch(conn, who.org(), &id, now).await?;
     record(conn, who, "enrollment.created", &e, now).await?;
     Ok(e)
 }

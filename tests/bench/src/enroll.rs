@@ -1,5 +1,5 @@
 //! CreateEnrollment through the API on Postgres vs pgbench running the same inserts
-//! (domain access, enrollment, outbox event) in one transaction, at the same concurrency.
+//! (domain access and its event, enrollment and its event) in one transaction, at the same concurrency.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -132,6 +132,7 @@ async fn measure(url: &str, name: &str) -> anyhow::Result<()> {
         "SELECT nextval('bench_learner') + {LEARNERS} AS n \\gset\n\
          BEGIN;\n\
          INSERT INTO domain_users (id, org_id, domain_id, user_id, active, created_at, updated_at, sequence) VALUES ('dus_' || lpad(:n::text, 26, '0'), 'bench', '{dom}', 'usr_' || lpad(:n::text, 26, '0'), 1, 0, 0, 1) ON CONFLICT (domain_id, user_id) DO NOTHING;\n\
+         INSERT INTO events (id, org_id, type, resource_id, sequence, created_at, body) VALUES ('evt_d' || lpad(:n::text, 25, '0'), 'bench', 'domain_user.created', 'dus_' || lpad(:n::text, 26, '0'), 1, 0, '{body}');\n\
          INSERT INTO enrollments (id, org_id, user_id, published_course_id, course_id, domain_id, state, enrolled_at, updated_at, sequence) VALUES ('enr_' || lpad(:n::text, 26, '0'), 'bench', 'usr_' || lpad(:n::text, 26, '0'), '{pubid}', '{crs}', '{dom}', 'ACTIVE', 0, 0, 1);\n\
          INSERT INTO events (id, org_id, type, resource_id, sequence, created_at, body) VALUES ('evt_' || lpad(:n::text, 26, '0'), 'bench', 'enrollment.created', 'enr_' || lpad(:n::text, 26, '0'), 1, 0, '{body}');\n\
          COMMIT;\n",
