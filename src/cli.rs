@@ -6,8 +6,10 @@ use clap::{Args, Parser, Subcommand};
 use coursewire_services::auth::{self, NewKey};
 use coursewire_services::clock::{Clock, SystemClock, rfc3339};
 use coursewire_services::config::{parse_duration, parse_durations};
+use coursewire_services::limits::window::parse_windows;
+use coursewire_services::limits::{self, OnError};
 use coursewire_services::store::Db;
-use coursewire_services::{AppState, server};
+use coursewire_services::{AppState, organizations, server};
 
 #[derive(Parser)]
 #[command(name = "coursewire", version, about = "Coursewire: learning resources over gRPC, events and signed webhooks")]
@@ -47,6 +49,12 @@ pub struct Common {
     /// Limits per organization and call class, e.g. `600/1m,5000/1h`.
     #[arg(long, env = "COURSEWIRE_RATE_LIMITS", default_value = "600/1m,5000/1h", global = true)]
     rate_limits: String,
+    /// When the limiter's backend (Redis) fails: `open` admits calls, `closed` refuses them.
+    #[arg(long, env = "COURSEWIRE_RATE_LIMIT_ON_BACKEND_ERROR", default_value = "open", value_parser = ["open", "closed"], global = true)]
+    rate_limit_on_backend_error: String,
+    /// Proxies whose `x-forwarded-for` names the client, as CIDRs (comma-separated).
+    #[arg(long, env = "COURSEWIRE_TRUSTED_PROXIES", value_delimiter = ',', global = true)]
+    trusted_proxies: Vec<String>,
     /// Delays between webhook attempts after the first.
     #[arg(long, env = "COURSEWIRE_WEBHOOK_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h", global = true)]
     webhook_retry_schedule: String,
@@ -83,6 +91,16 @@ enum OrgsCommand {
         #[arg(long, default_value = "")]
         name: String,
     },
+    /// Override an organization's limits per call class (`600/1m,5000/1h`; empty: default).
+    SetLimits {
+        id: String,
+        #[arg(long)]
+        read: Option<String>,
+        #[arg(long)]
+        modify: Option<String>,
+        #[arg(long)]
+        remove: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -105,6 +123,9 @@ enum KeysCommand {
         /// Expire after this long, e.g. 30d.
         #[arg(long)]
         expires_in: Option<String>,
+        /// An extra limit for this key across all call classes, e.g. 100/1m.
+        #[arg(long, default_value = "")]
+        rate_limit: String,
     },
     /// List an organization's keys (never their secrets).
     List {
@@ -126,6 +147,17 @@ pub fn init_logging(format: &str) {
 }
 
 impl Common {
+    fn trusted(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        self.trusted_proxies
+            .iter()
+            .map(|c| {
+                c.trim()
+                    .parse::<ipnet::IpNet>()
+                    .map_err(|_| anyhow::anyhow!("--trusted-proxies: {c:?} is not a CIDR like 10.0.0.0/8"))
+            })
+            .collect()
+    }
+
     /// Checks every value up front so bad config fails at start, naming the flag.
     fn validate(&self) -> anyhow::Result<()> {
         self.listen
@@ -136,6 +168,8 @@ impl Common {
             .with_context(|| format!("--metrics-listen {:?} is not an address", self.metrics_listen))?;
         parse_durations(&self.webhook_retry_schedule).map_err(|e| anyhow::anyhow!("--webhook-retry-schedule: {e}"))?;
         parse_duration(&self.webhook_timeout).map_err(|e| anyhow::anyhow!("--webhook-timeout: {e}"))?;
+        parse_windows(&self.rate_limits).map_err(|e| anyhow::anyhow!("--rate-limits: {e}"))?;
+        self.trusted()?;
         if self.log_format != "text" && self.log_format != "json" {
             bail!("--log-format must be text or json");
         }
@@ -168,6 +202,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{id}");
             Ok(())
         }
+        Command::Orgs(OrgsCommand::SetLimits { id, read, modify, remove }) => {
+            let mut org = organizations::get_org(&db, &id).await.map_err(api_error)?;
+            let limits = org.rate_limits.get_or_insert_with(Default::default);
+            for (slot, value) in [(&mut limits.read, read), (&mut limits.modify, modify), (&mut limits.remove, remove)]
+            {
+                if let Some(v) = value {
+                    *slot = v;
+                }
+            }
+            let org = organizations::save_org(&db, &org, clock.now_ms()).await.map_err(api_error)?;
+            let l = org.rate_limits.unwrap_or_default();
+            let show = |v: &str| if v.is_empty() { format!("default ({})", common.rate_limits) } else { v.to_string() };
+            println!("{id}: read {}; modify {}; remove {}", show(&l.read), show(&l.modify), show(&l.remove));
+            Ok(())
+        }
         Command::Keys(cmd) => keys(cmd, &db, clock.now_ms()).await,
     }
 }
@@ -183,20 +232,20 @@ fn api_error(e: coursewire_services::error::ApiError) -> anyhow::Error {
 
 async fn keys(cmd: KeysCommand, db: &Db, now: i64) -> anyhow::Result<()> {
     match cmd {
-        KeysCommand::Create { org, platform: _, label, scopes, allow_ip, expires_in } => {
+        KeysCommand::Create { org, platform: _, label, scopes, allow_ip, expires_in, rate_limit } => {
             let expires_at = match expires_in {
                 Some(d) => {
                     Some(now + parse_duration(&d).map_err(|e| anyhow::anyhow!("--expires-in: {e}"))?.as_millis() as i64)
                 }
                 None => None,
             };
-            let new = NewKey { org_id: org, label, scopes, allowed_cidrs: allow_ip, expires_at };
+            let new = NewKey { org_id: org, label, scopes, allowed_cidrs: allow_ip, expires_at, rate_limit };
             let (key, secret) = auth::create_key(db, new, now).await.map_err(api_error)?;
             println!("id: {}\nprefix: {}\nscopes: {}", key.id, key.prefix, key.scopes.0.join(","));
             println!("{secret}");
         }
         KeysCommand::List { org } => {
-            for k in auth::list_keys(db, &org).await.map_err(api_error)? {
+            for k in auth::list_keys(db, &org, "", i64::MAX, true).await.map_err(api_error)? {
                 let state = if k.revoked_at.is_some() {
                     "revoked"
                 } else if k.expires_at.is_some_and(|t| t <= now) {
@@ -236,6 +285,7 @@ async fn bootstrap(db: &Db, now: i64) -> anyhow::Result<()> {
         scopes: vec!["*".into()],
         allowed_cidrs: vec![],
         expires_at: None,
+        rate_limit: String::new(),
     };
     let (_, secret) = auth::create_key(db, new, now).await.map_err(api_error)?;
     eprintln!(
@@ -245,11 +295,13 @@ async fn bootstrap(db: &Db, now: i64) -> anyhow::Result<()> {
 }
 
 async fn serve(common: Common, db: Db, clock: Arc<SystemClock>) -> anyhow::Result<()> {
+    let on_error = if common.rate_limit_on_backend_error == "closed" { OnError::Closed } else { OnError::Open };
+    let limiter = limits::build(&common.rate_limits, common.redis_url.as_deref(), on_error, clock.clone()).await?;
     let listener = tokio::net::TcpListener::bind(&common.listen)
         .await
         .with_context(|| format!("--listen {}: cannot bind", common.listen))?;
-    let state = Arc::new(AppState { db, clock });
-    server::serve(state, listener, shutdown_signal()).await
+    let state = Arc::new(AppState { db, clock, limiter });
+    server::serve(state, common.trusted()?, listener, shutdown_signal()).await
 }
 
 async fn shutdown_signal() {

@@ -18,7 +18,9 @@ impl AccountService for AccountApi {
     }
 
     async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
-        let key = caller(&req)?.key;
+        let who = caller(&req)?;
+        let limits = self.0.limiter.status(&who).await;
+        let key = who.key;
         Ok(Response::new(WhoAmIResponse {
             organization_id: key.org_id.clone(),
             organization_name: key.org_name.clone(),
@@ -27,6 +29,7 @@ impl AccountService for AccountApi {
             key_label: key.label.clone(),
             scopes: key.scopes.0.clone(),
             platform: key.platform,
+            limits,
         }))
     }
 }

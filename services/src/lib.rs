@@ -1,6 +1,7 @@
 //! Coursewire's gRPC API: one module per resource (handler and queries side by side),
 //! with auth as a tower layer, one error type, and the event outbox.
 pub mod account;
+pub mod api_keys;
 pub mod auth;
 pub mod clock;
 pub mod config;
@@ -12,6 +13,8 @@ pub mod error;
 pub mod events;
 pub mod idempotency;
 pub mod ids;
+pub mod limits;
+pub mod organizations;
 pub mod page;
 pub mod published_courses;
 pub mod resource;
@@ -27,4 +30,5 @@ use store::Db;
 pub struct AppState {
     pub db: Db,
     pub clock: SharedClock,
+    pub limiter: std::sync::Arc<limits::Limiter>,
 }

@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coursewire_proto::v1::account_service_server::AccountServiceServer;
+use coursewire_proto::v1::api_key_service_server::ApiKeyServiceServer;
 use coursewire_proto::v1::course_service_server::CourseServiceServer;
 use coursewire_proto::v1::domain_service_server::DomainServiceServer;
 use coursewire_proto::v1::domain_user_service_server::DomainUserServiceServer;
 use coursewire_proto::v1::enrollment_service_server::EnrollmentServiceServer;
 use coursewire_proto::v1::event_service_server::EventServiceServer;
+use coursewire_proto::v1::organization_service_server::OrganizationServiceServer;
 use coursewire_proto::v1::published_course_service_server::PublishedCourseServiceServer;
 use coursewire_proto::v1::user_service_server::UserServiceServer;
 use tokio::net::TcpListener;
@@ -19,12 +21,15 @@ use tonic_health::ServingStatus;
 
 use crate::AppState;
 use crate::account::AccountApi;
+use crate::api_keys::ApiKeyApi;
 use crate::auth::{AuthLayer, Authenticator};
 use crate::courses::CourseApi;
 use crate::domain_users::DomainUserApi;
 use crate::domains::DomainApi;
 use crate::enrollments::EnrollmentApi;
 use crate::events::EventApi;
+use crate::limits::RateLimitLayer;
+use crate::organizations::OrganizationApi;
 use crate::published_courses::PublishedCourseApi;
 use crate::users::UserApi;
 
@@ -37,9 +42,13 @@ macro_rules! limited {
     };
 }
 
+/// Who may forward client addresses to us (`--trusted-proxies`).
+pub type TrustedProxies = Vec<ipnet::IpNet>;
+
 /// Serves the API on `listener` until `shutdown` completes, then drains in-flight calls.
 pub async fn serve(
     state: Arc<AppState>,
+    trusted_proxies: TrustedProxies,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
@@ -57,14 +66,18 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let auth = Authenticator::new(state.db.clone(), state.clock.clone());
+    let auth = Authenticator::new(state.db.clone(), state.clock.clone(), trusted_proxies);
+    // Outermost first: authenticate, then count the call against its organization's limits.
+    let layers = tower::ServiceBuilder::new().layer(AuthLayer(auth)).layer(RateLimitLayer(state.limiter.clone()));
     tracing::info!(addr = %listener.local_addr()?, "gRPC API listening");
     Server::builder()
-        .layer(AuthLayer(auth))
+        .layer(layers)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(limited!(AccountServiceServer, AccountApi(state.clone())))
+        .add_service(limited!(ApiKeyServiceServer, ApiKeyApi(state.clone())))
+        .add_service(limited!(OrganizationServiceServer, OrganizationApi(state.clone())))
         .add_service(limited!(DomainServiceServer, DomainApi(state.clone())))
         .add_service(limited!(UserServiceServer, UserApi(state.clone())))
         .add_service(limited!(CourseServiceServer, CourseApi(state.clone())))

@@ -52,6 +52,7 @@ async fn bad_credentials_say_what_is_wrong(h: &Harness) {
             scopes: vec![],
             allowed_cidrs: vec![],
             expires_at: Some(h.clock.now_ms() + 1000),
+            rate_limit: String::new(),
         },
         h.clock.now_ms(),
     )
@@ -63,7 +64,7 @@ async fn bad_credentials_say_what_is_wrong(h: &Harness) {
 
     let other = h.scoped_key(&["*"]).await;
     ping_with(h, "x-api-key", &other).await.unwrap();
-    let other_id = auth::list_keys(&h.db, "acme")
+    let other_id = auth::list_keys(&h.db, "acme", "", 100, true)
         .await
         .unwrap()
         .into_iter()

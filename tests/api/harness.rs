@@ -3,16 +3,20 @@
 use std::sync::Arc;
 
 use coursewire_proto::v1::account_service_client::AccountServiceClient;
+use coursewire_proto::v1::api_key_service_client::ApiKeyServiceClient;
 use coursewire_proto::v1::course_service_client::CourseServiceClient;
 use coursewire_proto::v1::domain_service_client::DomainServiceClient;
 use coursewire_proto::v1::domain_user_service_client::DomainUserServiceClient;
 use coursewire_proto::v1::enrollment_service_client::EnrollmentServiceClient;
 use coursewire_proto::v1::event_service_client::EventServiceClient;
+use coursewire_proto::v1::organization_service_client::OrganizationServiceClient;
 use coursewire_proto::v1::published_course_service_client::PublishedCourseServiceClient;
 use coursewire_proto::v1::user_service_client::UserServiceClient;
 use coursewire_services::AppState;
 use coursewire_services::auth::{self, NewKey};
 use coursewire_services::clock::{Clock, ManualClock, SystemClock};
+use coursewire_services::limits::window::{ClassLimits, parse_windows};
+use coursewire_services::limits::{self, Limiter, MemoryBackend, OnError, RedisBackend};
 use coursewire_services::store::Db;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -44,6 +48,34 @@ enum Cleanup {
     },
 }
 
+/// Which rate limit backend a harness uses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Limits {
+    Memory,
+    /// Real Redis at `COURSEWIRE_TEST_REDIS_URL`, with keys unique to this harness.
+    Redis,
+}
+
+impl Limits {
+    /// `None` when Redis is wanted but not configured (and not required).
+    pub async fn limiter(self, rate_limits: &str, clock: Arc<ManualClock>) -> Option<Arc<Limiter>> {
+        let defaults = ClassLimits::uniform(parse_windows(rate_limits).unwrap());
+        let backend: Arc<dyn limits::Backend> = match self {
+            Limits::Memory => Arc::new(MemoryBackend::default()),
+            Limits::Redis => {
+                let Ok(url) = std::env::var("COURSEWIRE_TEST_REDIS_URL") else {
+                    assert!(!require_services(), "COURSEWIRE_TEST_REDIS_URL is required");
+                    eprintln!("skipped: COURSEWIRE_TEST_REDIS_URL is not set");
+                    return None;
+                };
+                let prefix = format!("cwtest:{}:", ulid::Ulid::new());
+                Arc::new(RedisBackend::connect(&url, &prefix).await.expect("connect to COURSEWIRE_TEST_REDIS_URL"))
+            }
+        };
+        Some(Arc::new(Limiter::new(backend, defaults, OnError::Open, clock)))
+    }
+}
+
 /// Adds the API key to every call.
 #[derive(Clone)]
 pub struct WithKey(pub MetadataValue<tonic::metadata::Ascii>);
@@ -65,6 +97,11 @@ pub fn require_services() -> bool {
 impl Harness {
     /// `None` when the backend's service is not configured (and not required).
     pub async fn start(backend: Backend) -> Option<Harness> {
+        Self::start_with(backend, Limits::Memory, "600/1m,5000/1h").await
+    }
+
+    /// A harness whose limiter uses `limits` with `rate_limits` for every class.
+    pub async fn start_with(backend: Backend, limits: Limits, rate_limits: &str) -> Option<Harness> {
         // Server logs go to the test's captured output, shown when it fails.
         let _ =
             tracing_subscriber::fmt().with_env_filter("warn,coursewire_services=info").with_test_writer().try_init();
@@ -93,10 +130,11 @@ impl Harness {
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(AppState { db: db.clone(), clock: clock.clone() });
+        let limiter = limits.limiter(rate_limits, clock.clone()).await?;
+        let state = Arc::new(AppState { db: db.clone(), clock: clock.clone(), limiter });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            coursewire_services::server::serve(state, listener, async {
+            coursewire_services::server::serve(state, vec![], listener, async {
                 let _ = rx.await;
             })
             .await
@@ -104,6 +142,19 @@ impl Harness {
         });
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         Some(Harness { db, clock, key, channel, shutdown: Some(tx), server: Some(server), cleanup })
+    }
+
+    /// A second server on the same database (another replica, with its own caches).
+    pub async fn replica(&self) -> Replica {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limiter = Limits::Memory.limiter("600/1m,5000/1h", self.clock.clone()).await.unwrap();
+        let state = Arc::new(AppState { db: self.db.clone(), clock: self.clock.clone(), limiter });
+        let server = tokio::spawn(async move {
+            let _ = coursewire_services::server::serve(state, vec![], listener, std::future::pending()).await;
+        });
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        Replica { channel, server }
     }
 
     pub fn channel(&self) -> Channel {
@@ -168,6 +219,7 @@ async fn new_key(db: &Db, org: &str, scopes: &[&str], now: i64) -> String {
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         allowed_cidrs: vec![],
         expires_at: None,
+        rate_limit: String::new(),
     };
     auth::create_key(db, new, now).await.unwrap().1
 }
@@ -214,6 +266,23 @@ impl Drop for Harness {
     }
 }
 
+pub struct Replica {
+    channel: Channel,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Replica {
+    pub fn clients_with(&self, key: &str) -> Clients {
+        Clients::new(self.channel.clone(), WithKey(format!("Bearer {key}").parse().unwrap()))
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
 /// Typed clients that send the key on every call.
 pub struct Clients {
     pub account: AccountServiceClient<Authed>,
@@ -224,6 +293,8 @@ pub struct Clients {
     pub domain_users: DomainUserServiceClient<Authed>,
     pub enrollments: EnrollmentServiceClient<Authed>,
     pub events: EventServiceClient<Authed>,
+    pub keys: ApiKeyServiceClient<Authed>,
+    pub orgs: OrganizationServiceClient<Authed>,
 }
 
 impl Clients {
@@ -238,6 +309,8 @@ impl Clients {
             domain_users: DomainUserServiceClient::new(svc()),
             enrollments: EnrollmentServiceClient::new(svc()),
             events: EventServiceClient::new(svc()),
+            keys: ApiKeyServiceClient::new(svc()),
+            orgs: OrganizationServiceClient::new(svc()),
         }
     }
 }

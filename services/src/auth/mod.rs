@@ -12,11 +12,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use ipnet::IpNet;
 use subtle::ConstantTimeEq;
 use tonic::Status;
 use tonic::transport::server::TcpConnectInfo;
 
-pub use store::{KeyRecord, NewKey, Scopes, create_key, create_org, list_keys, revoke_key};
+pub use crate::organizations::create_org;
+pub use store::{KeyRecord, NewKey, Scopes, create_key, get_key, list_keys, revoke_key, update_key};
 
 use crate::clock::SharedClock;
 use crate::error::{ApiError, ApiResult};
@@ -57,11 +59,13 @@ pub struct Authenticator {
     db: Db,
     clock: SharedClock,
     cache: Mutex<KeyCache>,
+    /// Peers whose `x-forwarded-for` names the client (`--trusted-proxies`).
+    trusted_proxies: Vec<IpNet>,
 }
 
 impl Authenticator {
-    pub fn new(db: Db, clock: SharedClock) -> Arc<Self> {
-        Arc::new(Authenticator { db, clock, cache: Mutex::new(HashMap::new()) })
+    pub fn new(db: Db, clock: SharedClock, trusted_proxies: Vec<IpNet>) -> Arc<Self> {
+        Arc::new(Authenticator { db, clock, cache: Mutex::new(HashMap::new()), trusted_proxies })
     }
 
     pub async fn authenticate(&self, headers: &http::HeaderMap, path: &str, peer: Option<IpAddr>) -> ApiResult<Caller> {
@@ -87,7 +91,8 @@ impl Authenticator {
             return Err(ApiError::permission_denied("ORGANIZATION_SUSPENDED", "the organization is suspended"));
         }
         if !key.allowed_cidrs.is_empty()
-            && !peer.is_some_and(|ip| key.allowed_cidrs.iter().any(|net| net.contains(&ip)))
+            && !client_ip(&self.trusted_proxies, headers, peer)
+                .is_some_and(|ip| key.allowed_cidrs.iter().any(|net| net.contains(&ip)))
         {
             return Err(ApiError::permission_denied("IP_NOT_ALLOWED", "this key may not be used from your IP address")
                 .help("add your address to the key's allowed CIDRs"));
@@ -118,6 +123,36 @@ impl Authenticator {
         cache.insert(hash.to_string(), (Instant::now(), key.clone()));
         Ok(key)
     }
+}
+
+/// The client address: the TCP peer, or — when the peer is a trusted proxy — the
+/// right-most `x-forwarded-for` entry that is not itself a trusted proxy.
+fn client_ip(trusted: &[IpNet], headers: &http::HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
+    let peer = peer.map(|p| p.to_canonical())?;
+    if !trusted.iter().any(|n| n.contains(&peer)) {
+        return Some(peer);
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    let mut client = peer;
+    for hop in forwarded.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip.to_canonical();
+                if !trusted.iter().any(|n| n.contains(&client)) {
+                    break;
+                }
+            }
+            // A garbled hop: trust nothing further left.
+            Err(_) => break,
+        }
+    }
+    Some(client)
 }
 
 fn authorize(key: &KeyRecord, need: Need) -> ApiResult<()> {
@@ -192,5 +227,41 @@ where
                 Err(e) => Ok(Status::from(e).into_http()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xff(value: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-forwarded-for", value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy = Some("10.1.2.3".parse().unwrap());
+        let stranger = Some("203.0.113.9".parse().unwrap());
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(&trusted, &xff("198.51.100.7"), proxy), ip("198.51.100.7"));
+        assert_eq!(
+            client_ip(&trusted, &xff("198.51.100.7"), stranger),
+            stranger,
+            "spoofed header from an untrusted peer"
+        );
+        assert_eq!(
+            client_ip(&trusted, &xff("1.1.1.1, 198.51.100.7, 10.9.9.9"), proxy),
+            ip("198.51.100.7"),
+            "right-most untrusted hop"
+        );
+        assert_eq!(client_ip(&trusted, &xff("garbage"), proxy), proxy);
+        assert_eq!(
+            client_ip(&[], &http::HeaderMap::new(), ip("::ffff:127.0.0.1")),
+            ip("127.0.0.1"),
+            "IPv4-mapped peers are IPv4"
+        );
     }
 }

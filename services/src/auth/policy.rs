@@ -79,9 +79,25 @@ const TABLE: &[(&str, Need, CallClass)] = &[
     ("/coursewire.v1.EnrollmentService/CompleteEnrollment", Writes("enrollments"), Modify),
     ("/coursewire.v1.EnrollmentService/BatchCreateEnrollments", Writes("enrollments"), Modify),
     ("/coursewire.v1.EnrollmentService/ExportEnrollments", Reads("enrollments"), Read),
+    ("/coursewire.v1.ApiKeyService/CreateApiKey", Writes("keys"), Modify),
+    ("/coursewire.v1.ApiKeyService/GetApiKey", Reads("keys"), Read),
+    ("/coursewire.v1.ApiKeyService/ListApiKeys", Reads("keys"), Read),
+    ("/coursewire.v1.ApiKeyService/UpdateApiKey", Writes("keys"), Modify),
+    ("/coursewire.v1.ApiKeyService/RevokeApiKey", Writes("keys"), Remove),
+    ("/coursewire.v1.OrganizationService/CreateOrganization", Platform, Modify),
+    ("/coursewire.v1.OrganizationService/GetOrganization", Platform, Read),
+    ("/coursewire.v1.OrganizationService/ListOrganizations", Platform, Read),
+    ("/coursewire.v1.OrganizationService/UpdateOrganization", Platform, Modify),
     ("/coursewire.v1.EventService/ListEvents", Reads("events"), Read),
     ("/coursewire.v1.EventService/GetEvent", Reads("events"), Read),
 ];
+
+/// Methods whose handler charges the rate limit per item (a batch counts its items).
+const PER_ITEM: &[&str] = &["/coursewire.v1.EnrollmentService/BatchCreateEnrollments"];
+
+pub fn counts_per_item(path: &str) -> bool {
+    PER_ITEM.contains(&path)
+}
 
 /// Scope resources a key may name (`RESOURCE:read` / `RESOURCE:write`).
 pub const RESOURCES: &[&str] = &["users", "courses", "domains", "enrollments", "webhooks", "events", "keys"];

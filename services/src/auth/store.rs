@@ -10,7 +10,8 @@ use super::keys;
 use super::policy::RESOURCES;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::new_id;
-use crate::store::{Db, is_unique_violation};
+use crate::limits::window::{OrgLimits, Overrides, Window, parse_windows};
+use crate::store::Db;
 use crate::validate::Violations;
 
 /// Active keys an organization may hold at once.
@@ -64,6 +65,11 @@ pub struct KeyRecord {
     pub created_at: i64,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// The organization's rate limit overrides, parsed.
+    pub org_limits: OrgLimits,
+    /// The key's own limit (`100/1m`), as written ("" for none), and parsed.
+    pub rate_limit: String,
+    pub key_limit: Option<Vec<Window>>,
     last_used_at: AtomicI64,
 }
 
@@ -82,6 +88,8 @@ impl KeyRecord {
     fn from_row(r: &AnyRow) -> Result<KeyRecord, sqlx::Error> {
         let cidrs: String = r.try_get("allowed_cidrs")?;
         let scopes: String = r.try_get("scopes")?;
+        let rate_limit: String = r.try_get("rate_limit")?;
+        let org_limits = Overrides::from_json(r.try_get::<Option<String>, _>("org_rate_limits")?.as_deref()).parsed();
         Ok(KeyRecord {
             id: r.try_get("id")?,
             org_id: r.try_get::<Option<String>, _>("org_id")?.unwrap_or_default(),
@@ -96,13 +104,17 @@ impl KeyRecord {
             created_at: r.try_get("created_at")?,
             expires_at: r.try_get("expires_at")?,
             revoked_at: r.try_get("revoked_at")?,
+            org_limits,
+            key_limit: if rate_limit.is_empty() { None } else { parse_windows(&rate_limit).ok() },
+            rate_limit,
             last_used_at: AtomicI64::new(r.try_get::<Option<i64>, _>("last_used_at")?.unwrap_or(0)),
         })
     }
 }
 
 const KEY_COLUMNS: &str = "k.id, k.org_id, o.name AS org_name, o.suspended, k.platform, k.prefix, k.secret_hash, \
-     k.label, k.scopes, k.allowed_cidrs, k.created_at, k.expires_at, k.revoked_at, k.last_used_at \
+     k.label, k.scopes, k.allowed_cidrs, k.created_at, k.expires_at, k.revoked_at, k.last_used_at, k.rate_limit, \
+     o.rate_limits AS org_rate_limits \
      FROM api_keys k LEFT JOIN organizations o ON o.id = k.org_id";
 
 pub(super) async fn find_key(db: &Db, hash: &str) -> ApiResult<Option<KeyRecord>> {
@@ -118,30 +130,6 @@ pub(super) async fn touch_last_used(db: &Db, id: &str, now: i64) {
     }
 }
 
-/// Creates an organization with a slug id (`acme`).
-pub async fn create_org(db: &Db, id: &str, name: &str, now: i64) -> ApiResult<()> {
-    let mut v = Violations::default();
-    let slug_ok = (2..=63).contains(&id.len())
-        && id.starts_with(|c: char| c.is_ascii_lowercase())
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    v.check(slug_ok, "id", "must be 2-63 characters of a-z, 0-9 and '-', starting with a letter");
-    v.optional_text("name", name, 200);
-    v.finish()?;
-    let name = if name.trim().is_empty() { id } else { name };
-    let q = sqlx::query(
-        "INSERT INTO organizations (id, name, suspended, created_at, updated_at) VALUES ($1, $2, 0, $3, $3)",
-    )
-    .bind(id)
-    .bind(name)
-    .bind(now);
-    match q.execute(db.pool()).await {
-        Err(e) if is_unique_violation(&e) => {
-            Err(ApiError::already_exists("ORGANIZATION_EXISTS", format!("organization {id:?} already exists")))
-        }
-        r => r.map(|_| ()).map_err(Into::into),
-    }
-}
-
 pub struct NewKey {
     /// `None` for a platform key.
     pub org_id: Option<String>,
@@ -149,26 +137,47 @@ pub struct NewKey {
     pub scopes: Vec<String>,
     pub allowed_cidrs: Vec<String>,
     pub expires_at: Option<i64>,
+    /// Optional limit for this key across all call classes (`100/1m`); "" for none.
+    pub rate_limit: String,
+}
+
+/// The editable fields of a key, validated together so one error names every bad field.
+fn validate_fields(
+    v: &mut Violations,
+    label: &str,
+    scopes: &[String],
+    cidrs: &[String],
+    rate_limit: &str,
+) -> (Scopes, Vec<IpNet>) {
+    v.optional_text("label", label, 200);
+    let scopes = Scopes::parse(scopes).unwrap_or_else(|msg| {
+        v.add("scopes", msg);
+        Scopes(vec![])
+    });
+    v.check(cidrs.len() <= 50, "allowed_cidrs", "at most 50 entries");
+    let mut nets = Vec::new();
+    for c in cidrs {
+        match c.parse::<IpNet>().or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from)) {
+            Ok(net) => nets.push(net.trunc()),
+            Err(_) => v.add("allowed_cidrs", format!("{c:?} is not an IPv4/IPv6 address or CIDR")),
+        }
+    }
+    if !rate_limit.is_empty()
+        && let Err(e) = parse_windows(rate_limit)
+    {
+        v.add("rate_limit", e);
+    }
+    (scopes, nets)
+}
+
+fn cidr_text(nets: &[IpNet]) -> String {
+    nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// Creates a key and returns it with its secret, the only time the secret exists in clear.
 pub async fn create_key(db: &Db, new: NewKey, now: i64) -> ApiResult<(KeyRecord, String)> {
     let mut v = Violations::default();
-    v.optional_text("label", &new.label, 200);
-    let scopes = match Scopes::parse(&new.scopes) {
-        Ok(s) => s,
-        Err(msg) => {
-            v.add("scopes", msg);
-            Scopes(vec![])
-        }
-    };
-    let mut cidrs = Vec::new();
-    for c in &new.allowed_cidrs {
-        match c.parse::<IpNet>().or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from)) {
-            Ok(net) => cidrs.push(net.trunc()),
-            Err(_) => v.add("allowed_cidrs", format!("{c:?} is not an IPv4/IPv6 address or CIDR")),
-        }
-    }
+    let (scopes, cidrs) = validate_fields(&mut v, &new.label, &new.scopes, &new.allowed_cidrs, &new.rate_limit);
     v.check(new.expires_at.is_none_or(|t| t > now), "expires_at", "must be in the future");
     v.finish()?;
 
@@ -199,10 +208,9 @@ pub async fn create_key(db: &Db, new: NewKey, now: i64) -> ApiResult<(KeyRecord,
     }
     let secret = keys::generate();
     let id = new_id("key");
-    let cidr_text = cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
     sqlx::query(
-        "INSERT INTO api_keys (id, org_id, platform, prefix, secret_hash, label, scopes, allowed_cidrs, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO api_keys (id, org_id, platform, prefix, secret_hash, label, scopes, allowed_cidrs, created_at, expires_at, rate_limit) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&id)
     .bind(new.org_id.as_deref())
@@ -211,9 +219,10 @@ pub async fn create_key(db: &Db, new: NewKey, now: i64) -> ApiResult<(KeyRecord,
     .bind(&secret.hash)
     .bind(&new.label)
     .bind(scopes.0.join(","))
-    .bind(&cidr_text)
+    .bind(cidr_text(&cidrs))
     .bind(now)
     .bind(new.expires_at)
+    .bind(&new.rate_limit)
     .execute(&mut *tx)
     .await?;
     let sql = format!("SELECT {KEY_COLUMNS} WHERE k.id = $1");
@@ -223,11 +232,60 @@ pub async fn create_key(db: &Db, new: NewKey, now: i64) -> ApiResult<(KeyRecord,
     Ok((record, secret.secret))
 }
 
-/// Keys of an organization (never their secrets), oldest first.
-pub async fn list_keys(db: &Db, org_id: &str) -> ApiResult<Vec<KeyRecord>> {
-    let sql = format!("SELECT {KEY_COLUMNS} WHERE k.org_id = $1 ORDER BY k.id");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(org_id).fetch_all(db.pool()).await?;
+/// Keys of an organization (never their secrets), oldest first, after id `after`.
+pub async fn list_keys(
+    db: &Db,
+    org_id: &str,
+    after: &str,
+    limit: i64,
+    include_revoked: bool,
+) -> ApiResult<Vec<KeyRecord>> {
+    let sql = format!(
+        "SELECT {KEY_COLUMNS} WHERE k.org_id = $1 AND k.id > $2 AND ($3 = 1 OR k.revoked_at IS NULL) ORDER BY k.id LIMIT $4"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(org_id)
+        .bind(after)
+        .bind(i64::from(include_revoked))
+        .bind(limit)
+        .fetch_all(db.pool())
+        .await?;
     Ok(rows.iter().map(KeyRecord::from_row).collect::<Result<_, _>>()?)
+}
+
+pub async fn get_key(db: &Db, org_id: &str, key_id: &str) -> ApiResult<KeyRecord> {
+    let sql = format!("SELECT {KEY_COLUMNS} WHERE k.id = $1 AND k.org_id = $2");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(key_id).bind(org_id).fetch_optional(db.pool()).await?;
+    row.as_ref().map(KeyRecord::from_row).transpose()?.ok_or_else(|| ApiError::not_found("API key", key_id))
+}
+
+/// Changes a key's label, scopes, allowed CIDRs and own rate limit (revoked keys stay revoked).
+pub async fn update_key(
+    db: &Db,
+    org_id: &str,
+    key_id: &str,
+    label: &str,
+    scopes: &[String],
+    cidrs: &[String],
+    rate_limit: &str,
+) -> ApiResult<KeyRecord> {
+    let mut v = Violations::default();
+    let (scopes, nets) = validate_fields(&mut v, label, scopes, cidrs, rate_limit);
+    v.finish()?;
+    let done = sqlx::query("UPDATE api_keys SET label = $1, scopes = $2, allowed_cidrs = $3, rate_limit = $4 WHERE id = $5 AND org_id = $6 AND revoked_at IS NULL")
+        .bind(label)
+        .bind(scopes.0.join(","))
+        .bind(cidr_text(&nets))
+        .bind(rate_limit)
+        .bind(key_id)
+        .bind(org_id)
+        .execute(db.pool())
+        .await?;
+    if done.rows_affected() == 0 {
+        get_key(db, org_id, key_id).await?;
+        return Err(ApiError::precondition("KEY_REVOKED", "revoked keys cannot be changed"));
+    }
+    get_key(db, org_id, key_id).await
 }
 
 /// Revokes a key for good. Revoking twice is harmless.

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
+use crate::auth::policy::CallClass;
 use crate::auth::{Caller, caller};
 use crate::error::{ApiError, ApiResult};
 use crate::idempotency::Idempotency;
@@ -197,6 +198,13 @@ impl EnrollmentService for EnrollmentApi {
             return Err(ApiError::field("requests", format!("must hold 1 to {MAX_BATCH} items")).into());
         }
         let idem = Idempotency::new(who.org(), &r.request_id, "BatchCreateEnrollments", &r)?;
+        // A batch counts its items against the modify limit, all or nothing.
+        let verdict = self.0.limiter.admit(&who, CallClass::Modify, r.requests.len() as u64).await?;
+        if let Some(v) = verdict.as_ref().filter(|v| !v.allowed) {
+            let mut status = Status::from(v.rejection());
+            v.headers(status.metadata_mut().as_mut());
+            return Err(status);
+        }
         let now = self.0.clock.now_ms();
         let mut tx = self.0.db.begin().await?;
         if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {
@@ -233,7 +241,11 @@ impl EnrollmentService for EnrollmentApi {
         let response = BatchCreateEnrollmentsResponse { results };
         Idempotency::save(&idem, &mut tx, &response, now).await?;
         tx.commit().await?;
-        Ok(Response::new(response))
+        let mut response = Response::new(response);
+        if let Some(v) = verdict {
+            v.headers(response.metadata_mut().as_mut());
+        }
+        Ok(response)
     }
 
     type ExportEnrollmentsStream = ReceiverStream<Result<Enrollment, Status>>;

@@ -54,6 +54,7 @@ async fn measure(url: &str, name: &str) -> anyhow::Result<()> {
         scopes: vec![],
         allowed_cidrs: vec![],
         expires_at: None,
+        rate_limit: String::new(),
     };
     let (_, key) = auth::create_key(&db, new, now).await.map_err(|e| anyhow::anyhow!(e.message))?;
     // Learners for both sides, inserted directly: only enrollment is measured.
@@ -68,8 +69,15 @@ async fn measure(url: &str, name: &str) -> anyhow::Result<()> {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let state = Arc::new(AppState { db: db.clone(), clock: Arc::new(SystemClock) });
-    tokio::spawn(coursewire_services::server::serve(state, listener, std::future::pending()));
+    let limiter = coursewire_services::limits::build(
+        "100000000/1m",
+        None,
+        coursewire_services::limits::OnError::Open,
+        Arc::new(SystemClock),
+    )
+    .await?;
+    let state = Arc::new(AppState { db: db.clone(), clock: Arc::new(SystemClock), limiter });
+    tokio::spawn(coursewire_services::server::serve(state, vec![], listener, std::future::pending()));
     let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
 
     let mut c = coursewire_proto::v1::domain_service_client::DomainServiceClient::new(channel.clone());

@@ -6,9 +6,11 @@
 //! - `enroll`: CreateEnrollment on Postgres vs pgbench running the same inserts in one
 //!   transaction, at the same concurrency.
 //! - `idle-rss`: resident memory of the all-in-one binary after start-up.
+//! - `limiter`: rate limit decisions in memory and on Redis, against bare counters.
 //!
 //! Everything runs on loopback and stops by itself.
 mod enroll;
+mod limiter;
 mod ping;
 mod rss;
 
@@ -26,8 +28,9 @@ async fn main() -> anyhow::Result<()> {
         "ping" => ping::run().await,
         "enroll" => enroll::run().await,
         "idle-rss" => rss::run().await,
+        "limiter" => limiter::run().await,
         _ => {
-            eprintln!("usage: coursewire-bench ping|enroll|idle-rss");
+            eprintln!("usage: coursewire-bench ping|enroll|idle-rss|limiter");
             std::process::exit(2);
         }
     }

@@ -75,12 +75,21 @@ pub async fn run() -> anyhow::Result<()> {
         scopes: vec![],
         allowed_cidrs: vec![],
         expires_at: None,
+        rate_limit: String::new(),
     };
     let (_, key) = auth::create_key(&db, new, now).await.map_err(|e| anyhow::anyhow!(e.message))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let state = Arc::new(AppState { db, clock: Arc::new(SystemClock) });
-    tokio::spawn(coursewire_services::server::serve(state, listener, std::future::pending()));
+    // The default limits are far above what one phase sends, so the limiter is on but never refuses.
+    let limiter = coursewire_services::limits::build(
+        "100000000/1m",
+        None,
+        coursewire_services::limits::OnError::Open,
+        Arc::new(SystemClock),
+    )
+    .await?;
+    let state = Arc::new(AppState { db, clock: Arc::new(SystemClock), limiter });
+    tokio::spawn(coursewire_services::server::serve(state, vec![], listener, std::future::pending()));
 
     // Warm up both, then measure baseline, ours, baseline again (drift shows as a gap).
     drive(bare_addr, None).await?;
