@@ -63,6 +63,7 @@ async fn export_streams_everything_in_chunks(h: &Harness) {
         });
     }
     for chunk in items.chunks(310) {
+        h.clock.advance(60_000); // each batch of 310 counts 310 modify calls
         let results = c
             .enrollments
             .batch_create_enrollments(BatchCreateEnrollmentsRequest {
