@@ -283,7 +283,7 @@ pub async fn update_key(
         .await?;
     if done.rows_affected() == 0 {
         get_key(db, org_id, key_id).await?;
-        return Err(ApiError::precondition("KEY_REVOKED", "revoked keys cannot be changed"));
+        return Err(ApiError::precondition("KEY_ALREADY_REVOKED", "revoked keys cannot be changed"));
     }
     get_key(db, org_id, key_id).await
 }
