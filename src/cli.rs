@@ -6,6 +6,9 @@ use clap::{Args, Parser, Subcommand};
 use coursewire_services::auth::{self, NewKey};
 use coursewire_services::clock::{Clock, SystemClock, rfc3339};
 use coursewire_services::config::{parse_duration, parse_durations};
+use coursewire_services::events::amqp::{AmqpBus, Topology};
+use coursewire_services::events::bus::{Bus, InProcessBus};
+use coursewire_services::events::relay::{Hub, Relay};
 use coursewire_services::limits::window::parse_windows;
 use coursewire_services::limits::{self, OnError};
 use coursewire_services::store::Db;
@@ -62,6 +65,9 @@ pub struct Common {
     webhook_timeout: String,
     #[arg(long, env = "COURSEWIRE_WEBHOOK_ALLOW_PRIVATE_TARGETS", default_value_t = false, global = true)]
     webhook_allow_private_targets: bool,
+    /// How long published events stay in the event log.
+    #[arg(long, env = "COURSEWIRE_EVENT_RETENTION", default_value = "30d", global = true)]
+    event_retention: String,
     /// `text` or `json`; the level comes from RUST_LOG.
     #[arg(long, env = "COURSEWIRE_LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: String,
@@ -168,6 +174,7 @@ impl Common {
             .with_context(|| format!("--metrics-listen {:?} is not an address", self.metrics_listen))?;
         parse_durations(&self.webhook_retry_schedule).map_err(|e| anyhow::anyhow!("--webhook-retry-schedule: {e}"))?;
         parse_duration(&self.webhook_timeout).map_err(|e| anyhow::anyhow!("--webhook-timeout: {e}"))?;
+        parse_duration(&self.event_retention).map_err(|e| anyhow::anyhow!("--event-retention: {e}"))?;
         parse_windows(&self.rate_limits).map_err(|e| anyhow::anyhow!("--rate-limits: {e}"))?;
         self.trusted()?;
         if self.log_format != "text" && self.log_format != "json" {
@@ -300,8 +307,23 @@ async fn serve(common: Common, db: Db, clock: Arc<SystemClock>) -> anyhow::Resul
     let listener = tokio::net::TcpListener::bind(&common.listen)
         .await
         .with_context(|| format!("--listen {}: cannot bind", common.listen))?;
-    let state = Arc::new(AppState { db, clock, limiter });
-    server::serve(state, common.trusted()?, listener, shutdown_signal()).await
+    let hub = Arc::new(Hub::default());
+    let bus: Arc<dyn Bus> = match &common.amqp_url {
+        Some(url) => Arc::new(AmqpBus::new(Topology {
+            url: url.clone(),
+            exchange: common.amqp_exchange.clone(),
+            queue: common.amqp_queue.clone(),
+        })),
+        None => InProcessBus::new(),
+    };
+    let retention = parse_duration(&common.event_retention).map_err(anyhow::Error::msg)?;
+    let relay = Relay { db: db.clone(), bus, hub: hub.clone(), clock: clock.clone(), retention };
+    let relay = tokio::spawn(relay.run());
+    let state = Arc::new(AppState { db, clock, limiter, hub });
+    let served = server::serve(state, common.trusted()?, listener, shutdown_signal()).await;
+    // Rows not yet confirmed stay unpublished and go out after the next start.
+    relay.abort();
+    served
 }
 
 async fn shutdown_signal() {

@@ -31,4 +31,6 @@ pub struct AppState {
     pub db: Db,
     pub clock: SharedClock,
     pub limiter: std::sync::Arc<limits::Limiter>,
+    /// What the event relay tells readers (WatchEvents) and health.
+    pub hub: std::sync::Arc<events::relay::Hub>,
 }

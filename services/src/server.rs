@@ -91,10 +91,18 @@ pub async fn serve(
     Ok(())
 }
 
-/// Health is SERVING only while the database answers.
+/// Health is SERVING only while the database answers. The broker's state is reported as
+/// the service `coursewire.broker` and never takes the API down: events wait in the outbox.
 async fn follow_database_health(state: Arc<AppState>, health: tonic_health::server::HealthReporter) {
     let mut last = None;
+    let mut broker = None;
     loop {
+        let bus = *state.hub.bus_connected.borrow();
+        if broker != Some(bus) {
+            let status = if bus { ServingStatus::Serving } else { ServingStatus::NotServing };
+            health.set_service_status("coursewire.broker", status).await;
+            broker = Some(bus);
+        }
         let status = if state.db.is_healthy().await { ServingStatus::Serving } else { ServingStatus::NotServing };
         if last != Some(status) {
             if status == ServingStatus::NotServing {

@@ -1,6 +1,7 @@
 //! Test harness: the real server in-process on a free port, over a fresh SQLite file or a
 //! fresh Postgres database, with an organization and key made through the real code path.
 use std::sync::Arc;
+use std::time::Duration;
 
 use coursewire_proto::v1::account_service_client::AccountServiceClient;
 use coursewire_proto::v1::api_key_service_client::ApiKeyServiceClient;
@@ -15,6 +16,8 @@ use coursewire_proto::v1::user_service_client::UserServiceClient;
 use coursewire_services::AppState;
 use coursewire_services::auth::{self, NewKey};
 use coursewire_services::clock::{Clock, ManualClock, SystemClock};
+use coursewire_services::events::bus::{Bus, InProcessBus};
+use coursewire_services::events::relay::{Hub, Relay};
 use coursewire_services::limits::window::{ClassLimits, parse_windows};
 use coursewire_services::limits::{self, Limiter, MemoryBackend, OnError, RedisBackend};
 use coursewire_services::store::Db;
@@ -34,8 +37,10 @@ pub struct Harness {
     /// Key (scope `*`) of organization `acme`.
     pub key: String,
     channel: Channel,
+    pub hub: Arc<Hub>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
+    relay: Option<tokio::task::JoinHandle<()>>,
     cleanup: Cleanup,
 }
 
@@ -102,6 +107,17 @@ impl Harness {
 
     /// A harness whose limiter uses `limits` with `rate_limits` for every class.
     pub async fn start_with(backend: Backend, limits: Limits, rate_limits: &str) -> Option<Harness> {
+        Self::start_full(backend, limits, rate_limits, InProcessBus::new(), Hub::default()).await
+    }
+
+    /// A harness whose relay publishes to `bus`.
+    pub async fn start_full(
+        backend: Backend,
+        limits: Limits,
+        rate_limits: &str,
+        bus: Arc<dyn Bus>,
+        hub: Hub,
+    ) -> Option<Harness> {
         // Server logs go to the test's captured output, shown when it fails.
         let _ =
             tracing_subscriber::fmt().with_env_filter("warn,coursewire_services=info").with_test_writer().try_init();
@@ -131,7 +147,16 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let limiter = limits.limiter(rate_limits, clock.clone()).await?;
-        let state = Arc::new(AppState { db: db.clone(), clock: clock.clone(), limiter });
+        let hub = Arc::new(hub);
+        let relay = Relay {
+            db: db.clone(),
+            bus,
+            hub: hub.clone(),
+            clock: clock.clone(),
+            retention: Duration::from_secs(30 * 86400),
+        };
+        let relay = tokio::spawn(relay.run());
+        let state = Arc::new(AppState { db: db.clone(), clock: clock.clone(), limiter, hub: hub.clone() });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             coursewire_services::server::serve(state, vec![], listener, async {
@@ -141,7 +166,17 @@ impl Harness {
             .unwrap();
         });
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        Some(Harness { db, clock, key, channel, shutdown: Some(tx), server: Some(server), cleanup })
+        Some(Harness {
+            db,
+            clock,
+            key,
+            hub,
+            channel,
+            shutdown: Some(tx),
+            server: Some(server),
+            relay: Some(relay),
+            cleanup,
+        })
     }
 
     /// A second server on the same database (another replica, with its own caches).
@@ -149,7 +184,8 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let limiter = Limits::Memory.limiter("600/1m,5000/1h", self.clock.clone()).await.unwrap();
-        let state = Arc::new(AppState { db: self.db.clone(), clock: self.clock.clone(), limiter });
+        let state =
+            Arc::new(AppState { db: self.db.clone(), clock: self.clock.clone(), limiter, hub: self.hub.clone() });
         let server = tokio::spawn(async move {
             let _ = coursewire_services::server::serve(state, vec![], listener, std::future::pending()).await;
         });
@@ -242,8 +278,8 @@ impl Drop for Harness {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(server) = self.server.take() {
-            server.abort();
+        for task in [self.server.take(), self.relay.take()].into_iter().flatten() {
+            task.abort();
         }
         if let Cleanup::Postgres { admin_url, name } = &self.cleanup {
             let (admin_url, name) = (admin_url.clone(), name.clone());

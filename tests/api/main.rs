@@ -3,6 +3,7 @@
 mod fixtures;
 mod harness;
 
+mod amqp;
 mod auth;
 mod bad_input;
 mod batch_export;
@@ -16,3 +17,4 @@ mod paging;
 mod races;
 mod replicas;
 mod resources;
+mod watch;

@@ -90,6 +90,7 @@ const TABLE: &[(&str, Need, CallClass)] = &[
     ("/coursewire.v1.OrganizationService/UpdateOrganization", Platform, Modify),
     ("/coursewire.v1.EventService/ListEvents", Reads("events"), Read),
     ("/coursewire.v1.EventService/GetEvent", Reads("events"), Read),
+    ("/coursewire.v1.EventService/WatchEvents", Reads("events"), Read),
 ];
 
 /// Methods whose handler charges the rate limit per item (a batch counts its items).

@@ -2,10 +2,12 @@
 use std::sync::Arc;
 
 use coursewire_proto::v1::event_service_server::EventService;
-use coursewire_proto::v1::{Event, GetEventRequest, ListEventsRequest, ListEventsResponse};
+use coursewire_proto::v1::{Event, GetEventRequest, ListEventsRequest, ListEventsResponse, WatchEventsRequest};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use tonic::{Request, Response, Status};
+
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::AppState;
 use crate::auth::caller;
@@ -17,7 +19,7 @@ use crate::validate::Violations;
 
 pub struct EventApi(pub Arc<AppState>);
 
-fn event_from_row(r: &AnyRow) -> ApiResult<Event> {
+pub(super) fn event_from_row(r: &AnyRow) -> ApiResult<Event> {
     let body: String = r.try_get("body")?;
     let mut envelope: serde_json::Value = serde_json::from_str(&body).map_err(ApiError::internal)?;
     let data = serde_json::from_value(envelope["data"].take()).map_err(ApiError::internal)?;
@@ -30,6 +32,37 @@ fn event_from_row(r: &AnyRow) -> ApiResult<Event> {
         resource_id: r.try_get("resource_id")?,
         data: Some(data),
     })
+}
+
+pub(super) const COLUMNS: &str = "id, type, created_at, org_id, sequence, resource_id, body, position";
+
+/// ` AND (type = $n OR type LIKE $m …)` for the filters, with every value bound.
+pub(super) fn type_terms(types: &[String], binds: &mut Vec<String>) -> String {
+    if types.is_empty() {
+        return String::new();
+    }
+    let terms: Vec<String> = types
+        .iter()
+        .map(|t| {
+            binds.push(match t.strip_suffix('*') {
+                Some(prefix) => format!("{prefix}%"),
+                None => t.clone(),
+            });
+            format!("type {} ${}", if t.ends_with('*') { "LIKE" } else { "=" }, binds.len())
+        })
+        .collect();
+    format!(" AND ({})", terms.join(" OR "))
+}
+
+fn check_types(v: &mut Violations, types: &[String]) {
+    v.check(types.len() <= 50, "types", "at most 50 types");
+    for t in types {
+        v.check(
+            valid_type_filter(t),
+            "types",
+            "each must be an event type like `enrollment.completed` or `enrollment.*`",
+        );
+    }
 }
 
 /// `enrollment.completed` or a prefix pattern `enrollment.*`.
@@ -61,25 +94,9 @@ impl EventService for EventApi {
         let scope = format!("events|{}|{:?}|{}|{:?}", who.org(), r.types, r.resource_id, created_after);
         let page = Page::new(r.page_size, &r.page_token, &scope)?;
 
-        // Type filters become `type = $n` / `type LIKE $n` terms; every value is bound.
-        let mut sql = String::from(
-            "SELECT id, type, created_at, org_id, sequence, resource_id, body FROM events WHERE org_id = $1 AND id > $2",
-        );
+        let mut sql = format!("SELECT {COLUMNS} FROM events WHERE org_id = $1 AND id > $2");
         let mut binds: Vec<String> = vec![who.org().to_string(), page.after.clone()];
-        if !r.types.is_empty() {
-            let terms: Vec<String> = r
-                .types
-                .iter()
-                .map(|t| {
-                    binds.push(match t.strip_suffix('*') {
-                        Some(prefix) => format!("{prefix}%"),
-                        None => t.clone(),
-                    });
-                    format!("type {} ${}", if t.ends_with('*') { "LIKE" } else { "=" }, binds.len())
-                })
-                .collect();
-            sql.push_str(&format!(" AND ({})", terms.join(" OR ")));
-        }
+        sql.push_str(&type_terms(&r.types, &mut binds));
         if !r.resource_id.is_empty() {
             binds.push(r.resource_id.clone());
             sql.push_str(&format!(" AND resource_id = ${}", binds.len()));
@@ -102,13 +119,51 @@ impl EventService for EventApi {
         let mut v = Violations::default();
         check_id(&mut v, "id", "evt", id);
         v.finish()?;
-        let row = sqlx::query("SELECT id, type, created_at, org_id, sequence, resource_id, body FROM events WHERE id = $1 AND org_id = $2")
-            .bind(id)
-            .bind(who.org())
-            .fetch_optional(self.0.db.pool())
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::not_found("event", id))?;
+        let row =
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM events WHERE id = $1 AND org_id = $2")))
+                .bind(id)
+                .bind(who.org())
+                .fetch_optional(self.0.db.pool())
+                .await
+                .map_err(ApiError::from)?
+                .ok_or_else(|| ApiError::not_found("event", id))?;
         Ok(Response::new(event_from_row(&row)?))
+    }
+
+    type WatchEventsStream = ReceiverStream<Result<Event, Status>>;
+
+    async fn watch_events(
+        &self,
+        req: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let mut v = Violations::default();
+        check_types(&mut v, &r.types);
+        if !r.after_event_id.is_empty() {
+            check_id(&mut v, "after_event_id", "evt", &r.after_event_id);
+        }
+        v.finish()?;
+        let start = if !r.after_event_id.is_empty() {
+            let position: Option<Option<i64>> =
+                sqlx::query_scalar("SELECT position FROM events WHERE id = $1 AND org_id = $2")
+                    .bind(&r.after_event_id)
+                    .bind(who.org())
+                    .fetch_optional(self.0.db.pool())
+                    .await
+                    .map_err(ApiError::from)?;
+            match position {
+                None => return Err(ApiError::not_found("event", &r.after_event_id).into()),
+                Some(None) => {
+                    return Err(ApiError::unavailable("that event is not sequenced yet; retry in a moment").into());
+                }
+                Some(Some(p)) => p,
+            }
+        } else if r.from_start {
+            0
+        } else {
+            *self.0.hub.sequenced.borrow()
+        };
+        Ok(Response::new(super::watch::stream(self.0.clone(), who.org().to_string(), r.types, start)))
     }
 }

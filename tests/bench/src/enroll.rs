@@ -76,7 +76,7 @@ async fn measure(url: &str, name: &str) -> anyhow::Result<()> {
         Arc::new(SystemClock),
     )
     .await?;
-    let state = Arc::new(AppState { db: db.clone(), clock: Arc::new(SystemClock), limiter });
+    let state = Arc::new(AppState { db: db.clone(), clock: Arc::new(SystemClock), limiter, hub: Default::default() });
     tokio::spawn(coursewire_services::server::serve(state, vec![], listener, std::future::pending()));
     let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
 

@@ -88,7 +88,7 @@ pub async fn run() -> anyhow::Result<()> {
         Arc::new(SystemClock),
     )
     .await?;
-    let state = Arc::new(AppState { db, clock: Arc::new(SystemClock), limiter });
+    let state = Arc::new(AppState { db, clock: Arc::new(SystemClock), limiter, hub: Default::default() });
     tokio::spawn(coursewire_services::server::serve(state, vec![], listener, std::future::pending()));
 
     // Warm up both, then measure baseline, ours, baseline again (drift shows as a gap).

@@ -1,0 +1,317 @@
+//! The relay against real RabbitMQ (`COURSEWIRE_TEST_AMQP_URL`): properties and bodies,
+//! no loss through a broker outage (a TCP proxy we cut), replays after a crash between
+//! publish and mark, and two relays on one Postgres.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use coursewire_proto::v1::*;
+use coursewire_services::events::amqp::{AmqpBus, Topology};
+use coursewire_services::events::bus::{Bus, Outgoing};
+use coursewire_services::events::relay::{Hub, Relay};
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+
+use crate::fixtures::*;
+use crate::harness::{Backend, Harness, Limits, require_services};
+
+fn amqp_url() -> Option<String> {
+    match std::env::var("COURSEWIRE_TEST_AMQP_URL") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            assert!(!require_services(), "COURSEWIRE_TEST_AMQP_URL is required");
+            eprintln!("skipped: COURSEWIRE_TEST_AMQP_URL is not set");
+            None
+        }
+    }
+}
+
+/// Exchange and queue names of this test only.
+fn topology(url: &str) -> Topology {
+    let id = ulid::Ulid::new().to_string().to_lowercase();
+    Topology { url: url.into(), exchange: format!("test.{id}.events"), queue: format!("test.{id}.dispatcher") }
+}
+
+struct Received {
+    body: String,
+    message_id: String,
+    kind: String,
+    content_type: String,
+    delivery_mode: u8,
+    org: String,
+}
+
+/// A consumer on its own queue bound to `pattern`, collecting everything it receives.
+async fn consume(url: &str, t: &Topology, pattern: &str) -> (Connection, Arc<Mutex<Vec<Received>>>) {
+    let conn = Connection::connect(url, ConnectionProperties::default()).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    t.declare(&ch).await.unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch.queue_bind(
+        q.name().clone(),
+        t.exchange.as_str().into(),
+        pattern.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut consumer = ch
+        .basic_consume(q.name().clone(), "test".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            let p = &d.properties;
+            let org = p.headers().as_ref().and_then(|h| h.inner().get("organization_id").cloned());
+            sink.lock().await.push(Received {
+                body: String::from_utf8(d.data.clone()).unwrap(),
+                message_id: p.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default(),
+                kind: p.kind().as_ref().map(|s| s.to_string()).unwrap_or_default(),
+                content_type: p.content_type().as_ref().map(|s| s.to_string()).unwrap_or_default(),
+                delivery_mode: p.delivery_mode().unwrap_or(0),
+                org: match org {
+                    Some(AMQPValue::LongString(s)) => s.to_string(),
+                    _ => String::new(),
+                },
+            });
+            let _ = d.ack(BasicAckOptions::default()).await;
+        }
+    });
+    (conn, got)
+}
+
+async fn wait_for(got: &Arc<Mutex<Vec<Received>>>, n: usize, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while got.lock().await.len() < n {
+        assert!(tokio::time::Instant::now() < deadline, "received {} of {n}", got.lock().await.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn amqp_harness(backend: Backend, bus: Arc<dyn Bus>) -> Option<Harness> {
+    Harness::start_full(backend, Limits::Memory, "1000000/1m", bus, Hub::default()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_get_events_with_properties_and_the_logged_body() {
+    let Some(url) = amqp_url() else { return };
+    let t = topology(&url);
+    let (_conn, got) = consume(&url, &t, "enrollment.*").await;
+    let h = amqp_harness(Backend::Sqlite, Arc::new(AmqpBus::new(t.clone()))).await.unwrap();
+    let mut c = h.clients();
+    let w = world(&mut c).await;
+    let e = enroll(&mut c, &w.user.id, &w.published.id).await.unwrap();
+    c.enrollments
+        .complete_enrollment(CompleteEnrollmentRequest { id: e.id.clone(), ..Default::default() })
+        .await
+        .unwrap();
+    wait_for(&got, 2, Duration::from_secs(10)).await;
+    let got = got.lock().await;
+    assert_eq!(
+        got.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(),
+        ["enrollment.created", "enrollment.completed"],
+        "only the bound routing keys, in order"
+    );
+    for r in got.iter() {
+        let logged: String = sqlx::query_scalar("SELECT body FROM events WHERE id = $1")
+            .bind(&r.message_id)
+            .fetch_one(h.db.pool())
+            .await
+            .unwrap();
+        assert_eq!(r.body, logged, "the body is the logged envelope");
+        assert_eq!(r.content_type, "application/json");
+        assert_eq!(r.delivery_mode, 2, "persistent");
+        assert_eq!(r.org, "acme");
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["type"], r.kind.as_str());
+    }
+    let published: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE published_at IS NULL")
+        .fetch_one(h.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(published, 0, "every event is marked published after its confirm");
+}
+
+/// A TCP proxy to RabbitMQ that the test can cut (closing every connection and refusing
+/// new ones) and restore.
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    async fn start(target: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let (flag, target) = (cut.clone(), target.to_string());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                if flag.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let (flag, target) = (flag.clone(), target.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&target).await else { return };
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let watch_cut = async {
+                        while !flag.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! { _ = copy => {}, _ = watch_cut => {} }
+                });
+            }
+        });
+        Proxy { port, cut }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
+    }
+}
+
+fn broker_addr(url: &str) -> String {
+    let rest = url.split("://").nth(1).unwrap();
+    let host = rest.rsplit('@').next().unwrap().split('/').next().unwrap();
+    if host.contains(':') { host.to_string() } else { format!("{host}:5672") }
+}
+
+/// Checks every enrollment's events arrived, each resource's in sequence order; returns duplicates.
+fn check_order(got: &[Received], enrollments: usize) -> usize {
+    let mut last: HashMap<String, i64> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut duplicates = 0;
+    for r in got {
+        if !seen.insert(r.message_id.clone()) {
+            duplicates += 1;
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let resource = v["data"]["id"].as_str().unwrap().to_string();
+        let seq = v["sequence"].as_i64().unwrap();
+        let prev = last.insert(resource.clone(), seq).unwrap_or(0);
+        assert!(seq > prev, "{resource}: sequence {seq} after {prev}");
+    }
+    let created = got
+        .iter()
+        .filter(|r| r.kind == "enrollment.created")
+        .map(|r| &r.message_id)
+        .collect::<std::collections::HashSet<_>>();
+    assert_eq!(created.len(), enrollments);
+    duplicates
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_loses_nothing() {
+    let Some(url) = amqp_url() else { return };
+    let proxy = Proxy::start(&broker_addr(&url)).await;
+    let proxied = url.replacen(&broker_addr(&url), &format!("127.0.0.1:{}", proxy.port), 1);
+    let mut t = topology(&proxied);
+    let (_conn, got) = consume(&url, &Topology { url: url.clone(), ..t.clone() }, "#").await;
+    t.url = proxied;
+    let h = amqp_harness(Backend::Sqlite, Arc::new(AmqpBus::new(t))).await.unwrap();
+    let mut c = h.clients();
+    let w = world(&mut c).await;
+    let mut total_events = 4;
+    for i in 0..500 {
+        if i == 150 {
+            proxy.set_cut(true);
+        }
+        if i == 350 {
+            // About 10 s of outage while the API keeps committing.
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            assert!(!*h.hub.bus_connected.borrow(), "health reports the broker down");
+            h.clients().account.ping(PingRequest {}).await.expect("the API keeps answering");
+            proxy.set_cut(false);
+        }
+        let u = user(&mut c, &format!("o{i}@example.com")).await;
+        enroll(&mut c, &u.id, &w.published.id).await.unwrap();
+        total_events += 3; // user.created, domain_user.created, enrollment.created
+    }
+    wait_for(&got, total_events, Duration::from_secs(60)).await;
+    let got = got.lock().await;
+    let duplicates = check_order(&got, 500);
+    eprintln!("outage: {} messages for {total_events} events, {duplicates} duplicates", got.len());
+    assert!(*h.hub.bus_connected.borrow());
+}
+
+/// A bus that publishes, then fails once as if the relay died before marking the rows.
+struct CrashAfterPublish {
+    inner: AmqpBus,
+    crashed: AtomicBool,
+}
+
+#[tonic::async_trait]
+impl Bus for CrashAfterPublish {
+    async fn publish(&self, batch: &[Outgoing]) -> anyhow::Result<()> {
+        self.inner.publish(batch).await?;
+        if !self.crashed.swap(true, Ordering::SeqCst) {
+            anyhow::bail!("simulated crash between publish and mark");
+        }
+        Ok(())
+    }
+    fn connected(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_publish_and_mark_publishes_again() {
+    let Some(url) = amqp_url() else { return };
+    let t = topology(&url);
+    let (_conn, got) = consume(&url, &t, "#").await;
+    let bus = Arc::new(CrashAfterPublish { inner: AmqpBus::new(t), crashed: AtomicBool::new(false) });
+    let h = amqp_harness(Backend::Sqlite, bus).await.unwrap();
+    let mut c = h.clients();
+    let d = domain(&mut c, "crash.example.com").await;
+    wait_for(&got, 2, Duration::from_secs(10)).await;
+    let got = got.lock().await;
+    assert!(got.iter().all(|r| r.kind == "domain.created"));
+    assert_eq!(got[0].message_id, got[1].message_id, "the same event again, never lost");
+    assert!(got[0].body.contains(&d.id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_postgres_share_the_work_without_loss() {
+    let Some(url) = amqp_url() else { return };
+    let t = topology(&url);
+    let (_conn, got) = consume(&url, &t, "#").await;
+    let Some(h) = amqp_harness(Backend::Postgres, Arc::new(AmqpBus::new(t.clone()))).await else { return };
+    // A second API replica's relay on the same database: it waits while the first leads.
+    let second = Relay {
+        db: h.db.clone(),
+        bus: Arc::new(AmqpBus::new(t)),
+        hub: Arc::new(Hub::default()),
+        clock: h.clock.clone(),
+        retention: Duration::from_secs(86400),
+    };
+    let second = tokio::spawn(second.run());
+    let mut c = h.clients();
+    let w = world(&mut c).await;
+    for i in 0..100 {
+        let u = user(&mut c, &format!("p{i}@example.com")).await;
+        enroll(&mut c, &u.id, &w.published.id).await.unwrap();
+    }
+    let total = 4 + 300;
+    wait_for(&got, total, Duration::from_secs(30)).await;
+    let duplicates = check_order(&got.lock().await, 100);
+    assert_eq!(duplicates, 0, "one relay leads; the other publishes nothing twice");
+    second.abort();
+}
