@@ -319,10 +319,17 @@ async fn serve(common: Common, db: Db, clock: Arc<SystemClock>) -> anyhow::Resul
     let retention = parse_duration(&common.event_retention).map_err(anyhow::Error::msg)?;
     let relay = Relay { db: db.clone(), bus, hub: hub.clone(), clock: clock.clone(), retention };
     let relay = tokio::spawn(relay.run());
+    let metrics_addr = common.metrics_listen.parse().context("--metrics-listen")?;
+    let metrics = tokio::spawn(async move {
+        if let Err(e) = coursewire_services::metrics::serve(metrics_addr).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
     let state = Arc::new(AppState { db, clock, limiter, hub });
     let served = server::serve(state, common.trusted()?, listener, shutdown_signal()).await;
     // Rows not yet confirmed stay unpublished and go out after the next start.
     relay.abort();
+    metrics.abort();
     served
 }
 

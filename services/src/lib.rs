@@ -14,6 +14,7 @@ pub mod events;
 pub mod idempotency;
 pub mod ids;
 pub mod limits;
+pub mod metrics;
 pub mod organizations;
 pub mod page;
 pub mod published_courses;

@@ -32,11 +32,12 @@ fn readme_cookbook_works_verbatim() {
 
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
+    let metrics_port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_coursewire"))
         .current_dir(dir.path())
         .env_remove("COURSEWIRE_DATABASE_URL")
         .env_remove("COURSEWIRE_AMQP_URL")
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -74,6 +75,16 @@ fn readme_cookbook_works_verbatim() {
         "{stdout}"
     );
     assert!(stdout.contains("coursewire.v1.EnrollmentService") && stdout.contains("grpc.health.v1.Health"));
+
+    // Metrics are served in Prometheus text format.
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    std::io::Write::write_all(&mut socket, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut socket, &mut text).unwrap();
+    assert!(
+        text.contains("coursewire_events_published_total") && text.contains("coursewire_outbox_lag_seconds"),
+        "{text}"
+    );
 
     // SIGTERM shuts down cleanly.
     Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();

@@ -29,7 +29,8 @@ fn start(dir: &std::path::Path, redis: &str, limits: &str) -> (Process, u16) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_coursewire"))
         .current_dir(dir)
         .env_remove("COURSEWIRE_DATABASE_URL")
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--redis-url", redis, "--rate-limits", limits])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--redis-url", redis, "--rate-limits", limits])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -11,8 +11,11 @@ use std::time::Duration;
 use sqlx::{AnyConnection, Row};
 use tokio::sync::watch;
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use super::bus::{Bus, Outgoing};
 use crate::clock::SharedClock;
+use crate::metrics::metrics;
 use crate::store::{Backend, Db};
 
 /// Any fixed number; identifies the relay's advisory lock.
@@ -96,6 +99,7 @@ impl Relay {
         let mut backoff = Duration::from_millis(100);
         let mut broker_down = false;
         let mut last_prune = 0;
+        let mut last_lag = 0;
         loop {
             let sequenced = self.sequence(&mut lead, next).await?;
             if sequenced > 0 {
@@ -108,6 +112,7 @@ impl Relay {
                         tracing::info!("event bus reachable again; publishing the backlog");
                         broker_down = false;
                         self.hub.bus_connected.send_replace(true);
+                        metrics().broker_connected.store(1, Relaxed);
                     }
                     backoff = Duration::from_millis(100);
                     n
@@ -118,6 +123,7 @@ impl Relay {
                         tracing::warn!(error = %e, "cannot publish events; they wait in the outbox");
                         broker_down = true;
                         self.hub.bus_connected.send_replace(false);
+                        metrics().broker_connected.store(0, Relaxed);
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -125,6 +131,14 @@ impl Relay {
                 }
             };
             let now = self.clock.now_ms();
+            if now - last_lag >= 1000 {
+                last_lag = now;
+                let oldest: Option<i64> = self
+                    .exec_scalar(&mut lead, "SELECT MIN(created_at) FROM events WHERE published_at IS NULL", None)
+                    .await
+                    .ok();
+                metrics().outbox_lag_ms.store(oldest.map_or(0, |t| (now - t).max(0)), Relaxed);
+            }
             if now - last_prune > 60_000 {
                 last_prune = now;
                 self.prune(&mut lead, now).await?;
@@ -168,7 +182,12 @@ impl Relay {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(|e| PublishError::Db(e.into()))?;
-        self.bus.publish(&batch).await.map_err(PublishError::Bus)?;
+        let started = std::time::Instant::now();
+        if let Err(e) = self.bus.publish(&batch).await {
+            metrics().publish_failures.fetch_add(1, Relaxed);
+            return Err(PublishError::Bus(e));
+        }
+        metrics().published(batch.len() as u64, started.elapsed().as_millis() as u64);
         let (first, last) = (batch[0].position, batch[batch.len() - 1].position);
         let now = self.clock.now_ms();
         self.exec(

@@ -110,12 +110,20 @@ impl Limiter {
         let subjects = self.subjects(caller, class);
         let now = self.clock.now_ms();
         match self.backend.decide(&subjects, n, now).await {
-            Ok(states) => Ok(Some(verdict(&subjects, &states, n))),
+            Ok(states) => {
+                let v = verdict(&subjects, &states, n);
+                if !v.allowed {
+                    crate::metrics::metrics().rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(Some(v))
+            }
             Err(e) if self.on_error == OnError::Open => {
+                crate::metrics::metrics().limiter_backend_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(error = %e, "rate limit backend failed; admitting the call (--rate-limit-on-backend-error open)");
                 Ok(None)
             }
             Err(e) => {
+                crate::metrics::metrics().limiter_backend_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!(error = %e, "rate limit backend failed; refusing the call (--rate-limit-on-backend-error closed)");
                 Err(ApiError::unavailable("the rate limiter is unavailable"))
             }

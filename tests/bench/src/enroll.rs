@@ -193,7 +193,7 @@ async fn measure(url: &str, name: &str) -> anyhow::Result<()> {
 }
 
 /// An event body of the size a real `enrollment.created` has.
-fn sample_body() -> String {
+pub fn sample_body() -> String {
     let data = json!({"id": "enr_01jd3xkq7w8h2m4n6p8r0t2v4x", "user_id": "usr_01jd3xkq7w8h2m4n6p8r0t2v4x", "published_course_id": "pub_01jd3xkq7w8h2m4n6p8r0t2v4x",
         "course_id": "crs_01jd3xkq7w8h2m4n6p8r0t2v4x", "domain_id": "dom_01jd3xkq7w8h2m4n6p8r0t2v4x", "state": "ACTIVE", "enrolled_at": "2026-11-24T10:00:00.123Z",
         "progress": {"lessons_completed": 0, "lessons_required": 5, "percent": 0}, "sequence": "1", "updated_at": "2026-11-24T10:00:00.123Z", "etag": "\"1\""});

@@ -6,12 +6,14 @@
 //! - `enroll`: CreateEnrollment on Postgres vs pgbench running the same inserts in one
 //!   transaction, at the same concurrency.
 //! - `idle-rss`: resident memory of the all-in-one binary after start-up.
+//! - `relay`: outbox → RabbitMQ with confirms vs raw lapin, and commit→confirm lag.
 //! - `limiter`: rate limit decisions in memory and on Redis, against bare counters.
 //!
 //! Everything runs on loopback and stops by itself.
 mod enroll;
 mod limiter;
 mod ping;
+mod relay;
 mod rss;
 
 use std::time::Duration;
@@ -29,8 +31,9 @@ async fn main() -> anyhow::Result<()> {
         "enroll" => enroll::run().await,
         "idle-rss" => rss::run().await,
         "limiter" => limiter::run().await,
+        "relay" => relay::run().await,
         _ => {
-            eprintln!("usage: coursewire-bench ping|enroll|idle-rss|limiter");
+            eprintln!("usage: coursewire-bench ping|enroll|idle-rss|limiter|relay");
             std::process::exit(2);
         }
     }

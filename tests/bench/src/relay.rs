@@ -1,0 +1,149 @@
+//! The outbox relay on Postgres + RabbitMQ: events/s published with confirms vs raw lapin
+//! publishing the same bodies with the same batching (no database), and the lag between an
+//! event's commit and its confirm at a fixed rate.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coursewire_services::clock::{Clock, SystemClock};
+use coursewire_services::events::amqp::{AmqpBus, Topology};
+use coursewire_services::events::relay::{Hub, Relay};
+use coursewire_services::store::Db;
+use lapin::BasicProperties;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use serde_json::json;
+
+use crate::report;
+
+const BACKLOG: i64 = 20_000;
+const RATE_PER_S: i64 = 1000;
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.into())
+}
+
+pub async fn run() -> anyhow::Result<()> {
+    let admin = env_or("COURSEWIRE_BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+    let amqp = env_or("COURSEWIRE_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+    let name = format!("cw_bench_{}", SystemClock.now_ms());
+    let admin_pool = sqlx::PgPool::connect(&admin).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin_pool).await?;
+    let url = format!("{}/{name}", admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base));
+    let topology =
+        Topology { url: amqp.clone(), exchange: format!("{name}.events"), queue: format!("{name}.dispatcher") };
+    let result = measure(&url, &topology).await;
+    cleanup(&topology).await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+        .execute(&admin_pool)
+        .await;
+    result
+}
+
+async fn insert(db: &Db, from: i64, count: i64) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO events (id, org_id, type, resource_id, sequence, created_at, body) \
+         SELECT 'evt_' || lpad(n::text, 26, '0'), 'bench', 'enrollment.created', 'enr_' || lpad(n::text, 26, '0'), 1, $3, $4 \
+         FROM generate_series($1, $2) AS n",
+    )
+    .bind(from)
+    .bind(from + count - 1)
+    .bind(SystemClock.now_ms())
+    .bind(crate::enroll::sample_body())
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+async fn unpublished(db: &Db) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE published_at IS NULL").fetch_one(db.pool()).await?)
+}
+
+async fn measure(url: &str, topology: &Topology) -> anyhow::Result<()> {
+    let db = Db::connect(url).await?;
+    // Baseline: the same bodies through lapin, batches of 500 with confirms, no database.
+    let connection = topology.connect().await?;
+    let channel = connection.create_channel().await?;
+    topology.declare(&channel).await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let body = crate::enroll::sample_body();
+    let start = Instant::now();
+    for _ in 0..BACKLOG / 500 {
+        let mut confirms = Vec::new();
+        for _ in 0..500 {
+            let props = BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2);
+            confirms.push(
+                channel
+                    .basic_publish(
+                        topology.exchange.as_str().into(),
+                        "enrollment.created".into(),
+                        BasicPublishOptions::default(),
+                        body.as_bytes(),
+                        props,
+                    )
+                    .await?,
+            );
+        }
+        futures::future::try_join_all(confirms).await?;
+    }
+    let baseline = BACKLOG as f64 / start.elapsed().as_secs_f64();
+    let _ = connection.close(0, "done".into()).await;
+
+    // Ours: a backlog in the outbox, drained by the relay.
+    insert(&db, 1, BACKLOG).await?;
+    let hub = Arc::new(Hub::default());
+    let relay = Relay {
+        db: db.clone(),
+        bus: Arc::new(AmqpBus::new(topology.clone())),
+        hub,
+        clock: Arc::new(SystemClock),
+        retention: Duration::from_secs(86400),
+    };
+    let start = Instant::now();
+    let task = tokio::spawn(relay.run());
+    while unpublished(&db).await? > 0 {
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(120), "relay did not drain the backlog in 120 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ours = BACKLOG as f64 / start.elapsed().as_secs_f64();
+
+    // Lag at a fixed rate: 10 events every 10 ms for 5 s.
+    let mut next = BACKLOG + 1;
+    let phase = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while phase.elapsed() < Duration::from_secs(5) {
+        tick.tick().await;
+        insert(&db, next, RATE_PER_S / 100).await?;
+        next += RATE_PER_S / 100;
+    }
+    while unpublished(&db).await? > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task.abort();
+    let lags: Vec<i64> = sqlx::query_scalar("SELECT published_at - created_at FROM events WHERE id > $1 ORDER BY 1")
+        .bind(format!("evt_{BACKLOG:026}"))
+        .fetch_all(db.pool())
+        .await?;
+    let pct = |p: f64| lags.get(((lags.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0);
+    report(json!({
+        "scenario": "relay",
+        "published_per_s": ours.round(), "target_per_s": 5000,
+        "baseline_lapin_confirmed_per_s": baseline.round(),
+        "ratio": (ours / baseline * 1000.0).round() / 1000.0,
+        "backlog": BACKLOG,
+        "lag_at_fixed_rate": {"events_per_s": RATE_PER_S, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": lags.last().copied().unwrap_or(0)},
+    }));
+    Ok(())
+}
+
+async fn cleanup(t: &Topology) {
+    if let Ok(connection) = t.connect().await
+        && let Ok(channel) = connection.create_channel().await
+    {
+        for q in [t.queue.clone(), t.dead_letter_queue()] {
+            let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+        for x in [t.exchange.clone(), t.dead_letter_exchange()] {
+            let _ = channel.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
+        }
+        let _ = connection.close(0, "done".into()).await;
+    }
+}
