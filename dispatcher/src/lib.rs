@@ -1,3 +1,5 @@
 //! Coursewire's webhook dispatcher: turns events into durable, signed deliveries.
-//! The delivery pipeline arrives with the webhook issue; this crate holds its place in the
-//! workspace layout (ARCHITECTURE §1).
+//!
+//! Built so far: Standard Webhooks signing (`signing`). The delivery pipeline (intake,
+//! scheduler, sender, retries) is the webhook issue's remaining work.
+pub mod signing;

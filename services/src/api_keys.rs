@@ -9,7 +9,6 @@ use crate::AppState;
 use crate::auth::{self, KeyRecord, NewKey, caller};
 use crate::clock::opt_timestamp;
 use crate::error::ApiResult;
-use crate::ids::check_id;
 use crate::page::Page;
 use crate::resource::{mask_paths, opt_time};
 use crate::validate::Violations;
@@ -32,9 +31,7 @@ pub fn to_proto(k: &KeyRecord) -> ApiKey {
 }
 
 fn check(id: &str) -> ApiResult<()> {
-    let mut v = Violations::default();
-    check_id(&mut v, "id", "key", id);
-    v.finish()
+    crate::ids::require("id", "key", id)
 }
 
 #[tonic::async_trait]

@@ -14,7 +14,7 @@ use crate::clock::to_timestamp;
 use crate::error::{ApiError, ApiResult};
 use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
-use crate::ids::{check_id, is_id, new_id};
+use crate::ids::{is_id, new_id};
 use crate::page::Page;
 use crate::resource::{check_etag, etag, flag, mask_paths};
 use crate::store::Tx;
@@ -127,9 +127,7 @@ async fn replace_lessons(tx: &mut Tx, course_id: &str, lessons: &mut [Lesson], e
 }
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    let mut v = Violations::default();
-    check_id(&mut v, field, "crs", id);
-    v.finish()
+    crate::ids::require(field, "crs", id)
 }
 
 #[tonic::async_trait]

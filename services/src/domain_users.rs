@@ -127,9 +127,7 @@ pub(crate) async fn delete_where(tx: &mut Tx, org: &str, column: &'static str, v
 }
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    let mut v = Violations::default();
-    check_id(&mut v, field, "dus", id);
-    v.finish()
+    crate::ids::require(field, "dus", id)
 }
 
 #[tonic::async_trait]

@@ -14,7 +14,7 @@ use crate::clock::to_timestamp;
 use crate::error::{ApiError, ApiResult};
 use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
-use crate::ids::{check_id, new_id};
+use crate::ids::new_id;
 use crate::page::Page;
 use crate::resource::{check_etag, etag, mask_paths};
 use crate::store::{Tx, is_unique_violation};
@@ -24,19 +24,17 @@ pub struct DomainApi(pub Arc<AppState>);
 
 const COLUMNS: &str = "id, hostname, name, created_at, updated_at, sequence FROM domains";
 
-fn from_row(r: &AnyRow) -> Result<Domain, sqlx::Error> {
-    Ok(Domain {
+fn from_row(r: &AnyRow) -> Result<(Domain, i64), sqlx::Error> {
+    let sequence = r.try_get("sequence")?;
+    let domain = Domain {
         id: r.try_get("id")?,
         hostname: r.try_get("hostname")?,
         name: r.try_get("name")?,
         created_at: Some(to_timestamp(r.try_get("created_at")?)),
         updated_at: Some(to_timestamp(r.try_get("updated_at")?)),
-        etag: etag(r.try_get("sequence")?),
-    })
-}
-
-fn sequence(d: &Domain) -> i64 {
-    d.etag.trim_matches('"').parse().unwrap_or(0)
+        etag: etag(sequence),
+    };
+    Ok((domain, sequence))
 }
 
 fn validate(d: &mut Domain, v: &mut Violations) {
@@ -49,7 +47,8 @@ fn validate(d: &mut Domain, v: &mut Violations) {
     v.text("domain.name", &d.name, 200);
 }
 
-async fn insert_or_update(tx: &mut Tx, org: &str, d: &Domain, now: i64, create: bool) -> ApiResult<bool> {
+/// Inserts the domain, or updates it if it is still at `sequence`; false when it moved on.
+async fn save(tx: &mut Tx, org: &str, d: &Domain, sequence: i64, now: i64, create: bool) -> ApiResult<bool> {
     let q = if create {
         sqlx::query("INSERT INTO domains (id, org_id, hostname, name, created_at, updated_at, sequence) VALUES ($1, $2, $3, $4, $5, $5, 1)")
             .bind(&d.id)
@@ -64,7 +63,7 @@ async fn insert_or_update(tx: &mut Tx, org: &str, d: &Domain, now: i64, create: 
             .bind(&d.hostname)
             .bind(&d.name)
             .bind(now)
-            .bind(sequence(d))
+            .bind(sequence)
     };
     match q.execute(&mut **tx).await {
         Ok(done) => Ok(done.rows_affected() == 1),
@@ -80,7 +79,7 @@ pub(crate) async fn fetch<'e>(
     conn: impl sqlx::Executor<'e, Database = sqlx::Any>,
     org: &str,
     id: &str,
-) -> ApiResult<Domain> {
+) -> ApiResult<(Domain, i64)> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} WHERE id = $1 AND org_id = $2")))
         .bind(id)
         .bind(org)
@@ -91,9 +90,7 @@ pub(crate) async fn fetch<'e>(
 }
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    let mut v = Violations::default();
-    check_id(&mut v, field, "dom", id);
-    v.finish()
+    crate::ids::require(field, "dom", id)
 }
 
 #[tonic::async_trait]
@@ -115,7 +112,7 @@ impl DomainService for DomainApi {
         d.created_at = Some(to_timestamp(now));
         d.updated_at = d.created_at;
         d.etag = etag(1);
-        insert_or_update(&mut tx, who.org(), &d, now, true).await?;
+        save(&mut tx, who.org(), &d, 0, now, true).await?;
         events::record(
             &mut tx,
             Change { org: who.org(), kind: "domain.created", resource_id: &d.id, sequence: 1, data: &d, now },
@@ -129,7 +126,7 @@ impl DomainService for DomainApi {
     async fn get_domain(&self, req: Request<GetDomainRequest>) -> Result<Response<Domain>, Status> {
         let who = caller(&req)?;
         check("id", &req.get_ref().id)?;
-        Ok(Response::new(fetch(self.0.db.pool(), who.org(), &req.get_ref().id).await?))
+        Ok(Response::new(fetch(self.0.db.pool(), who.org(), &req.get_ref().id).await?.0))
     }
 
     async fn list_domains(&self, req: Request<ListDomainsRequest>) -> Result<Response<ListDomainsResponse>, Status> {
@@ -145,7 +142,8 @@ impl DomainService for DomainApi {
         .fetch_all(self.0.db.pool())
         .await
         .map_err(ApiError::from)?;
-        let mut domains = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>().map_err(ApiError::from)?;
+        let mut domains =
+            rows.iter().map(|r| from_row(r).map(|d| d.0)).collect::<Result<Vec<_>, _>>().map_err(ApiError::from)?;
         let next_page_token = page.finish(&mut domains, |d| &d.id);
         Ok(Response::new(ListDomainsResponse { domains, next_page_token }))
     }
@@ -158,8 +156,8 @@ impl DomainService for DomainApi {
         let paths = mask_paths(r.update_mask.as_ref(), &["hostname", "name"])?;
         let now = self.0.clock.now_ms();
         let mut tx = self.0.db.begin().await?;
-        let mut d = fetch(&mut *tx, who.org(), &patch.id).await?;
-        check_etag(&patch.etag, sequence(&d), "domain")?;
+        let (mut d, seq) = fetch(&mut *tx, who.org(), &patch.id).await?;
+        check_etag(&patch.etag, seq, "domain")?;
         for p in paths {
             match p {
                 "hostname" => d.hostname = patch.hostname.clone(),
@@ -169,10 +167,10 @@ impl DomainService for DomainApi {
         let mut v = Violations::default();
         validate(&mut d, &mut v);
         v.finish()?;
-        if !insert_or_update(&mut tx, who.org(), &d, now, false).await? {
+        if !save(&mut tx, who.org(), &d, seq, now, false).await? {
             return Err(ApiError::etag_mismatch("domain").into());
         }
-        let seq = sequence(&d) + 1;
+        let seq = seq + 1;
         d.etag = etag(seq);
         d.updated_at = Some(to_timestamp(now));
         events::record(
@@ -190,8 +188,8 @@ impl DomainService for DomainApi {
         check("id", &r.id)?;
         let now = self.0.clock.now_ms();
         let mut tx = self.0.db.begin().await?;
-        let mut d = fetch(&mut *tx, who.org(), &r.id).await?;
-        check_etag(&r.etag, sequence(&d), "domain")?;
+        let (mut d, seq) = fetch(&mut *tx, who.org(), &r.id).await?;
+        check_etag(&r.etag, seq, "domain")?;
         let published: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM published_courses WHERE domain_id = $1")
             .bind(&r.id)
             .fetch_one(&mut *tx)
@@ -212,7 +210,7 @@ impl DomainService for DomainApi {
             .execute(&mut *tx)
             .await
             .map_err(ApiError::from)?;
-        let seq = sequence(&d) + 1;
+        let seq = seq + 1;
         d.etag = etag(seq);
         events::record(
             &mut tx,

@@ -36,6 +36,13 @@ pub fn check_id(v: &mut Violations, field: &str, prefix: &str, id: &str) {
     }
 }
 
+/// INVALID_ARGUMENT unless `id` is an id of kind `prefix`.
+pub fn require(field: &str, prefix: &str, id: &str) -> crate::error::ApiResult<()> {
+    let mut v = Violations::default();
+    check_id(&mut v, field, prefix, id);
+    v.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,9 +54,7 @@ pub(crate) async fn fetch<'e>(
 }
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    let mut v = Violations::default();
-    check_id(&mut v, field, "pub", id);
-    v.finish()
+    crate::ids::require(field, "pub", id)
 }
 
 #[tonic::async_trait]

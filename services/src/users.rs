@@ -16,7 +16,7 @@ use crate::clock::to_timestamp;
 use crate::error::{ApiError, ApiResult};
 use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
-use crate::ids::{check_id, new_id};
+use crate::ids::new_id;
 use crate::page::Page;
 use crate::resource::{check_etag, etag, flag, mask_paths};
 use crate::store::{Tx, is_unique_violation};
@@ -134,9 +134,7 @@ pub(crate) async fn fetch<'e>(
 }
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    let mut v = Violations::default();
-    check_id(&mut v, field, "usr", id);
-    v.finish()
+    crate::ids::require(field, "usr", id)
 }
 
 #[tonic::async_trait]

@@ -31,9 +31,7 @@ pub const MAX_BATCH: usize = 1000;
 const EXPORT_CHUNK: i64 = 500;
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    let mut v = Violations::default();
-    check_id(&mut v, field, "enr", id);
-    v.finish()
+    crate::ids::require(field, "enr", id)
 }
 
 fn score_ok(v: &mut Violations, field: &str, score: Option<f64>) {

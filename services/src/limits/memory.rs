@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use super::window::{DAY_MS, Span, Window, WindowState, day_start};
+use super::window::{DAY_MS, Span, Window, WindowState, day_start, longest_sliding};
 use super::{Backend, Subject};
 
 #[derive(Default)]
@@ -91,12 +91,7 @@ impl Backend for MemoryBackend {
             subjects.iter().zip(&states).all(|(s, st)| s.windows.iter().zip(st).all(|(w, st)| st.count + n <= w.limit));
         if fits && n > 0 {
             for s in subjects {
-                let keep = s
-                    .windows
-                    .iter()
-                    .filter_map(|w| if let Span::Sliding(ms) = w.span { Some(ms) } else { None })
-                    .max()
-                    .unwrap_or(0);
+                let keep = longest_sliding(s.windows);
                 logs.entry(s.key.clone()).or_default().admit(n, now, keep);
             }
         }

@@ -3,7 +3,7 @@
 //! calendar windows use a counter per subject and UTC day.
 use redis::aio::ConnectionManager;
 
-use super::window::{DAY_MS, Span, WindowState, day_start};
+use super::window::{DAY_MS, Span, WindowState, day_start, longest_sliding};
 use super::{Backend, Subject};
 
 /// KEYS: per subject, its sorted set then its day counter.
@@ -99,12 +99,7 @@ impl Backend for RedisBackend {
         for s in subjects {
             invocation.key(format!("{}{}", self.prefix, s.key));
             invocation.key(format!("{}{}:day:{}", self.prefix, s.key, day_start(now) / DAY_MS));
-            let keep = s
-                .windows
-                .iter()
-                .filter_map(|w| if let Span::Sliding(ms) = w.span { Some(ms) } else { None })
-                .max()
-                .unwrap_or(0);
+            let keep = longest_sliding(s.windows);
             invocation.arg(s.windows.len()).arg(keep);
             for w in s.windows {
                 match w.span {

@@ -32,6 +32,11 @@ pub struct WindowState {
     pub reset_ms: i64,
 }
 
+/// The longest sliding window in ms (how long admissions must be kept), 0 if none.
+pub fn longest_sliding(windows: &[Window]) -> i64 {
+    windows.iter().filter_map(|w| if let Span::Sliding(ms) = w.span { Some(ms) } else { None }).max().unwrap_or(0)
+}
+
 /// Parses `600/1m,5000/1h` or `10000/day`.
 pub fn parse_windows(s: &str) -> Result<Vec<Window>, String> {
     s.split(',')
