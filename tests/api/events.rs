@@ -77,4 +77,37 @@ async fn a_failed_write_leaves_no_event(h: &Harness) {
     assert_eq!(types, ["domain.created", "course.created"]);
 }
 
-crate::backend_tests!(events_match_the_envelope, a_failed_write_leaves_no_event);
+async fn published_events_are_pruned_after_retention(h: &Harness) {
+    let mut c = h.clients();
+    let old = domain(&mut c, "old.example.com").await;
+    let unpublished = || async {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE published_at IS NULL")
+            .fetch_one(h.db.pool())
+            .await
+            .unwrap();
+        n
+    };
+    while unpublished().await > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // 31 days later the relay's next pass deletes it (retention is 30 days); newer events stay.
+    h.clock.advance(31 * 86_400_000);
+    let new = domain(&mut c, "new.example.com").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left: Vec<String> =
+            sqlx::query_scalar("SELECT resource_id FROM events").fetch_all(h.db.pool()).await.unwrap();
+        if !left.contains(&old.id) {
+            assert!(left.contains(&new.id), "only events past retention are deleted");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the old event was not pruned");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+crate::backend_tests!(
+    events_match_the_envelope,
+    a_failed_write_leaves_no_event,
+    published_events_are_pruned_after_retention
+);
