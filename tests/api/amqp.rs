@@ -14,11 +14,11 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
 use crate::fixtures::*;
 use crate::harness::{Backend, Harness, Limits, require_services};
+use crate::proxy::Proxy;
 
 fn amqp_url() -> Option<String> {
     match std::env::var("COURSEWIRE_TEST_AMQP_URL") {
@@ -145,46 +145,6 @@ async fn consumers_get_events_with_properties_and_the_logged_body() {
         .await
         .unwrap();
     assert_eq!(published, 0, "every event is marked published after its confirm");
-}
-
-/// A TCP proxy to RabbitMQ that the test can cut (closing every connection and refusing
-/// new ones) and restore.
-struct Proxy {
-    port: u16,
-    cut: Arc<AtomicBool>,
-}
-
-impl Proxy {
-    async fn start(target: &str) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(AtomicBool::new(false));
-        let (flag, target) = (cut.clone(), target.to_string());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
-                if flag.load(Ordering::SeqCst) {
-                    continue; // dropped: refused
-                }
-                let (flag, target) = (flag.clone(), target.clone());
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(&target).await else { return };
-                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
-                    let watch_cut = async {
-                        while !flag.load(Ordering::SeqCst) {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    };
-                    tokio::select! { _ = copy => {}, _ = watch_cut => {} }
-                });
-            }
-        });
-        Proxy { port, cut }
-    }
-
-    fn set_cut(&self, cut: bool) {
-        self.cut.store(cut, Ordering::SeqCst);
-    }
 }
 
 fn broker_addr(url: &str) -> String {

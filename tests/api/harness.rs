@@ -59,6 +59,8 @@ pub enum Limits {
     Memory,
     /// Real Redis at `COURSEWIRE_TEST_REDIS_URL`, with keys unique to this harness.
     Redis,
+    /// Redis through a proxy on this local port, with this policy for backend errors.
+    RedisVia(u16, OnError),
 }
 
 impl Limits {
@@ -76,8 +78,17 @@ impl Limits {
                 let prefix = format!("cwtest:{}:", ulid::Ulid::new());
                 Arc::new(RedisBackend::connect(&url, &prefix).await.expect("connect to COURSEWIRE_TEST_REDIS_URL"))
             }
+            Limits::RedisVia(port, _) => {
+                let prefix = format!("cwtest:{}:", ulid::Ulid::new());
+                Arc::new(
+                    RedisBackend::connect(&format!("redis://127.0.0.1:{port}"), &prefix)
+                        .await
+                        .expect("connect through the proxy"),
+                )
+            }
         };
-        Some(Arc::new(Limiter::new(backend, defaults, OnError::Open, clock)))
+        let on_error = if let Limits::RedisVia(_, policy) = self { policy } else { OnError::Open };
+        Some(Arc::new(Limiter::new(backend, defaults, on_error, clock)))
     }
 }
 

@@ -222,3 +222,30 @@ limiter_tests!(
     a_daily_window_resets_at_midnight_utc,
     org_overrides_and_key_limits,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_fails_open_or_closed_as_configured() {
+    let Ok(url) = std::env::var("COURSEWIRE_TEST_REDIS_URL") else {
+        assert!(!crate::harness::require_services(), "COURSEWIRE_TEST_REDIS_URL is required");
+        return;
+    };
+    let target = url.trim_start_matches("redis://").split('/').next().unwrap().to_string();
+    for policy in [coursewire_services::limits::OnError::Open, coursewire_services::limits::OnError::Closed] {
+        let proxy = crate::proxy::Proxy::start(&target).await;
+        let h = Harness::start_with(Backend::Sqlite, Limits::RedisVia(proxy.port, policy), "600/1m").await.unwrap();
+        let mut c = h.clients();
+        let ok = c.account.ping(PingRequest {}).await.unwrap();
+        assert_eq!(header(ok.metadata(), "x-ratelimit-remaining"), "599");
+        proxy.set_cut(true);
+        tokio::time::sleep(Duration::from_millis(100)).await; // the proxy drops its connections
+        let r = c.account.ping(PingRequest {}).await;
+        match policy {
+            coursewire_services::limits::OnError::Open => {
+                r.expect("fail open: admitted while Redis is unreachable");
+            }
+            coursewire_services::limits::OnError::Closed => {
+                assert_err(r, Code::Unavailable, "UNAVAILABLE");
+            }
+        }
+    }
+}

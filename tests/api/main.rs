@@ -14,6 +14,7 @@ mod isolation;
 mod keys;
 mod limits;
 mod paging;
+mod proxy;
 mod races;
 mod replicas;
 mod resources;

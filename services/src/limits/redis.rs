@@ -75,6 +75,9 @@ end
 return out
 "#;
 
+/// Longest a decision may wait for Redis.
+const DECISION_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub struct RedisBackend {
     conn: ConnectionManager,
     script: redis::Script,
@@ -109,7 +112,11 @@ impl Backend for RedisBackend {
             }
         }
         let mut conn = self.conn.clone();
-        let raw: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+        // A slow or unreachable Redis must not stall API calls: give up and let the
+        // --rate-limit-on-backend-error policy decide.
+        let raw: Vec<i64> = tokio::time::timeout(DECISION_TIMEOUT, invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|_| anyhow::anyhow!("Redis did not answer within {DECISION_TIMEOUT:?}"))??;
         let mut values = raw.chunks_exact(3);
         Ok(subjects
             .iter()
