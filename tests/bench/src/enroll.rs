@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use coursewire_proto::v1::*;
 use coursewire_services::AppState;
-use coursewire_services::auth::{self, NewKey};
 use coursewire_services::clock::{Clock, SystemClock};
 use coursewire_services::store::Db;
 use serde_json::json;
@@ -46,17 +45,7 @@ pub async fn run() -> anyhow::Result<()> {
 
 async fn measure(url: &str, name: &str) -> anyhow::Result<()> {
     let db = Db::connect(url).await?;
-    let now = SystemClock.now_ms();
-    auth::create_org(&db, "bench", "Bench", now).await.map_err(|e| anyhow::anyhow!(e.message))?;
-    let new = NewKey {
-        org_id: Some("bench".into()),
-        label: "bench".into(),
-        scopes: vec![],
-        allowed_cidrs: vec![],
-        expires_at: None,
-        rate_limit: String::new(),
-    };
-    let (_, key) = auth::create_key(&db, new, now).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    let key = crate::bench_org(&db).await?;
     // Learners for both sides, inserted directly: only enrollment is measured.
     sqlx::query(
         "INSERT INTO users (id, org_id, email, email_lower, first_name, last_name, active, created_at, updated_at, sequence) \

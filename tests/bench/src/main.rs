@@ -43,3 +43,20 @@ async fn main() -> anyhow::Result<()> {
 pub fn report(value: serde_json::Value) {
     println!("{value}");
 }
+
+/// Organization `bench` and a key for it (scope `*`), made through the real code path.
+pub async fn bench_org(db: &coursewire_services::store::Db) -> anyhow::Result<String> {
+    use coursewire_services::auth::{self, NewKey};
+    use coursewire_services::clock::{Clock, SystemClock};
+    let now = SystemClock.now_ms();
+    auth::create_org(db, "bench", "Bench", now).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    let new = NewKey {
+        org_id: Some("bench".into()),
+        label: "bench".into(),
+        scopes: vec![],
+        allowed_cidrs: vec![],
+        expires_at: None,
+        rate_limit: String::new(),
+    };
+    Ok(auth::create_key(db, new, now).await.map_err(|e| anyhow::anyhow!(e.message))?.1)
+}

@@ -7,8 +7,7 @@ use coursewire_proto::v1::account_service_client::AccountServiceClient;
 use coursewire_proto::v1::account_service_server::{AccountService, AccountServiceServer};
 use coursewire_proto::v1::{PingRequest, WhoAmIRequest, WhoAmIResponse};
 use coursewire_services::AppState;
-use coursewire_services::auth::{self, NewKey};
-use coursewire_services::clock::{Clock, SystemClock};
+use coursewire_services::clock::SystemClock;
 use coursewire_services::store::Db;
 use serde_json::json;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -67,17 +66,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let db = Db::connect(&format!("sqlite:{}", dir.path().join("bench.db").display())).await?;
-    let now = SystemClock.now_ms();
-    auth::create_org(&db, "bench", "Bench", now).await.map_err(|e| anyhow::anyhow!(e.message))?;
-    let new = NewKey {
-        org_id: Some("bench".into()),
-        label: "bench".into(),
-        scopes: vec![],
-        allowed_cidrs: vec![],
-        expires_at: None,
-        rate_limit: String::new(),
-    };
-    let (_, key) = auth::create_key(&db, new, now).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    let key = crate::bench_org(&db).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     // The default limits are far above what one phase sends, so the limiter is on but never refuses.
