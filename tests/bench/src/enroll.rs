@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use coursewire_proto::v1::*;
-use coursewire_services::AppState;
 use coursewire_services::clock::{Clock, SystemClock};
 use coursewire_services::store::Db;
 use serde_json::json;
@@ -56,17 +55,7 @@ async fn measure(url: &str, name: &str) -> anyhow::Result<()> {
     .execute(db.pool())
     .await?;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let limiter = coursewire_services::limits::build(
-        "100000000/1m",
-        None,
-        coursewire_services::limits::OnError::Open,
-        Arc::new(SystemClock),
-    )
-    .await?;
-    let state = Arc::new(AppState { db: db.clone(), clock: Arc::new(SystemClock), limiter, hub: Default::default() });
-    tokio::spawn(coursewire_services::server::serve(state, vec![], listener, std::future::pending()));
+    let addr = crate::start_server(db.clone()).await?;
     let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
 
     let mut c = coursewire_proto::v1::domain_service_client::DomainServiceClient::new(channel.clone());

@@ -60,3 +60,19 @@ pub async fn bench_org(db: &coursewire_services::store::Db) -> anyhow::Result<St
     };
     Ok(auth::create_key(db, new, now).await.map_err(|e| anyhow::anyhow!(e.message))?.1)
 }
+
+/// The real server on a free port, with the rate limit layer on but set far above what one
+/// phase sends, so every call takes a real decision and none is refused.
+pub async fn start_server(db: coursewire_services::store::Db) -> anyhow::Result<std::net::SocketAddr> {
+    use std::sync::Arc;
+
+    use coursewire_services::clock::SystemClock;
+    use coursewire_services::limits::{self, OnError};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let limiter = limits::build("100000000/1m", None, OnError::Open, Arc::new(SystemClock)).await?;
+    let state =
+        Arc::new(coursewire_services::AppState { db, clock: Arc::new(SystemClock), limiter, hub: Default::default() });
+    tokio::spawn(coursewire_services::server::serve(state, vec![], listener, std::future::pending()));
+    Ok(addr)
+}

@@ -6,8 +6,6 @@ use std::time::Instant;
 use coursewire_proto::v1::account_service_client::AccountServiceClient;
 use coursewire_proto::v1::account_service_server::{AccountService, AccountServiceServer};
 use coursewire_proto::v1::{PingRequest, WhoAmIRequest, WhoAmIResponse};
-use coursewire_services::AppState;
-use coursewire_services::clock::SystemClock;
 use coursewire_services::store::Db;
 use serde_json::json;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -67,18 +65,7 @@ pub async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = Db::connect(&format!("sqlite:{}", dir.path().join("bench.db").display())).await?;
     let key = crate::bench_org(&db).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    // The default limits are far above what one phase sends, so the limiter is on but never refuses.
-    let limiter = coursewire_services::limits::build(
-        "100000000/1m",
-        None,
-        coursewire_services::limits::OnError::Open,
-        Arc::new(SystemClock),
-    )
-    .await?;
-    let state = Arc::new(AppState { db, clock: Arc::new(SystemClock), limiter, hub: Default::default() });
-    tokio::spawn(coursewire_services::server::serve(state, vec![], listener, std::future::pending()));
+    let addr = crate::start_server(db).await?;
 
     // Warm up both, then measure baseline, ours, baseline again (drift shows as a gap).
     drive(bare_addr, None).await?;
