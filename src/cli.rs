@@ -3,9 +3,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use coursewire_dispatcher::{Config as DispatcherConfig, Dispatcher, Source};
 use coursewire_services::auth::{self, NewKey};
 use coursewire_services::clock::{Clock, SystemClock, rfc3339};
-use coursewire_services::config::{parse_duration, parse_durations};
+use coursewire_services::config::parse_duration;
 use coursewire_services::events::amqp::{AmqpBus, Topology};
 use coursewire_services::events::bus::{Bus, InProcessBus};
 use coursewire_services::events::relay::{Hub, Relay};
@@ -63,8 +64,12 @@ pub struct Common {
     webhook_retry_schedule: String,
     #[arg(long, env = "COURSEWIRE_WEBHOOK_TIMEOUT", default_value = "15s", global = true)]
     webhook_timeout: String,
+    /// Allow loopback and private webhook addresses (local development and tests only).
     #[arg(long, env = "COURSEWIRE_WEBHOOK_ALLOW_PRIVATE_TARGETS", default_value_t = false, global = true)]
     webhook_allow_private_targets: bool,
+    /// Disable a webhook endpoint whose attempts have all failed for this long.
+    #[arg(long, env = "COURSEWIRE_WEBHOOK_DISABLE_AFTER", default_value = "5d", global = true)]
+    webhook_disable_after: String,
     /// How long published events stay in the event log.
     #[arg(long, env = "COURSEWIRE_EVENT_RETENTION", default_value = "30d", global = true)]
     event_retention: String,
@@ -146,12 +151,6 @@ enum KeysCommand {
     },
 }
 
-pub fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" { builder.json().init() } else { builder.init() }
-}
-
 impl Common {
     fn trusted(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
         self.trusted_proxies
@@ -164,6 +163,17 @@ impl Common {
             .collect()
     }
 
+    fn dispatcher_config(&self) -> anyhow::Result<DispatcherConfig> {
+        let mut config = DispatcherConfig::from_flags(
+            &self.webhook_retry_schedule,
+            &self.webhook_timeout,
+            self.webhook_allow_private_targets,
+        )?;
+        config.disable_after =
+            parse_duration(&self.webhook_disable_after).map_err(|e| anyhow::anyhow!("--webhook-disable-after: {e}"))?;
+        Ok(config)
+    }
+
     /// Checks every value up front so bad config fails at start, naming the flag.
     fn validate(&self) -> anyhow::Result<()> {
         self.listen
@@ -172,8 +182,7 @@ impl Common {
         self.metrics_listen
             .parse::<std::net::SocketAddr>()
             .with_context(|| format!("--metrics-listen {:?} is not an address", self.metrics_listen))?;
-        parse_durations(&self.webhook_retry_schedule).map_err(|e| anyhow::anyhow!("--webhook-retry-schedule: {e}"))?;
-        parse_duration(&self.webhook_timeout).map_err(|e| anyhow::anyhow!("--webhook-timeout: {e}"))?;
+        self.dispatcher_config()?;
         parse_duration(&self.event_retention).map_err(|e| anyhow::anyhow!("--event-retention: {e}"))?;
         parse_windows(&self.rate_limits).map_err(|e| anyhow::anyhow!("--rate-limits: {e}"))?;
         self.trusted()?;
@@ -196,13 +205,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run => {
             bootstrap(&db, clock.now_ms()).await?;
-            serve(common, db, clock).await
+            serve(common, db, clock, true).await
         }
         Command::Api => {
             if common.amqp_url.is_none() {
                 bail!("`coursewire api` needs --amqp-url (COURSEWIRE_AMQP_URL): events leave through RabbitMQ");
             }
-            serve(common, db, clock).await
+            serve(common, db, clock, false).await
         }
         Command::Orgs(OrgsCommand::Create { id, name }) => {
             auth::create_org(&db, &id, &name, clock.now_ms()).await.map_err(api_error)?;
@@ -301,20 +310,34 @@ async fn bootstrap(db: &Db, now: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(common: Common, db: Db, clock: Arc<SystemClock>) -> anyhow::Result<()> {
+/// The API and relay, plus the dispatcher when `with_dispatcher` (the all-in-one).
+async fn serve(common: Common, db: Db, clock: Arc<SystemClock>, with_dispatcher: bool) -> anyhow::Result<()> {
     let on_error = if common.rate_limit_on_backend_error == "closed" { OnError::Closed } else { OnError::Open };
     let limiter = limits::build(&common.rate_limits, common.redis_url.as_deref(), on_error, clock.clone()).await?;
     let listener = tokio::net::TcpListener::bind(&common.listen)
         .await
         .with_context(|| format!("--listen {}: cannot bind", common.listen))?;
     let hub = Arc::new(Hub::default());
-    let bus: Arc<dyn Bus> = match &common.amqp_url {
-        Some(url) => Arc::new(AmqpBus::new(Topology {
-            url: url.clone(),
-            exchange: common.amqp_exchange.clone(),
-            queue: common.amqp_queue.clone(),
-        })),
-        None => InProcessBus::new(),
+    let topology = common.amqp_url.as_ref().map(|url| Topology {
+        url: url.clone(),
+        exchange: common.amqp_exchange.clone(),
+        queue: common.amqp_queue.clone(),
+    });
+    let in_process = InProcessBus::new();
+    let (bus, source): (Arc<dyn Bus>, Source) = match topology {
+        Some(t) => (Arc::new(AmqpBus::new(t.clone())), Source::Amqp(t)),
+        None => (in_process.clone(), Source::InProcess(in_process.subscribe())),
+    };
+    // Stopping: the API drains its calls, then the dispatcher finishes its attempts.
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let dispatcher = if with_dispatcher {
+        let dispatcher = Dispatcher::new(db.clone(), clock.clone(), common.dispatcher_config()?)?;
+        let mut stopped = stopped.clone();
+        Some(tokio::spawn(dispatcher.run(source, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })))
+    } else {
+        None
     };
     let retention = parse_duration(&common.event_retention).map_err(anyhow::Error::msg)?;
     let relay = Relay { db: db.clone(), bus, hub: hub.clone(), clock: clock.clone(), retention };
@@ -326,29 +349,13 @@ async fn serve(common: Common, db: Db, clock: Arc<SystemClock>) -> anyhow::Resul
         }
     });
     let state = Arc::new(AppState { db, clock, limiter, hub });
-    let served = server::serve(state, common.trusted()?, listener, shutdown_signal()).await;
+    let served = server::serve(state, common.trusted()?, listener, server::shutdown_signal()).await;
+    let _ = stopping.send(true);
+    if let Some(dispatcher) = dispatcher {
+        dispatcher.await??;
+    }
     // Rows not yet confirmed stay unpublished and go out after the next start.
     relay.abort();
     metrics.abort();
     served
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down: finishing in-flight calls");
 }

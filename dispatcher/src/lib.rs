@@ -1,5 +1,308 @@
-//! Coursewire's webhook dispatcher: turns events into durable, signed deliveries.
-//!
-//! Built so far: Standard Webhooks signing (`signing`). The delivery pipeline (intake,
-//! scheduler, sender, retries) is the webhook issue's remaining work.
+//! The webhook dispatcher: turns events into deliveries (intake), takes due deliveries under a
+//! lease, signs and POSTs them (sender), and records every attempt with what follows it
+//! (schedule). Any number of dispatchers can share one database.
+pub mod guard;
+pub mod intake;
+mod queue;
+pub mod schedule;
+mod sender;
 pub mod signing;
+mod slots;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coursewire_services::clock::SharedClock;
+use coursewire_services::config::{parse_duration, parse_durations};
+use coursewire_services::events::amqp::Topology;
+use coursewire_services::events::bus::Handoff;
+use coursewire_services::metrics::metrics;
+use coursewire_services::store::Db;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
+
+use queue::{Claimed, Outcome};
+use schedule::{Next, Response};
+use sender::Sender;
+use slots::Slots;
+
+/// Deliveries taken per claim.
+const CLAIM_BATCH: usize = 200;
+/// Outcomes written per transaction.
+const RECORD_BATCH: usize = 256;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Delays before attempts 2, 3, … (`--webhook-retry-schedule`).
+    pub retry_schedule: Vec<Duration>,
+    /// Per attempt (`--webhook-timeout`).
+    pub timeout: Duration,
+    pub allow_private_targets: bool,
+    /// An endpoint whose attempts all failed this long is disabled.
+    pub disable_after: Duration,
+    /// In-flight attempts per endpoint unless the endpoint sets its own cap.
+    pub endpoint_concurrency: u32,
+    /// In-flight attempts of this process.
+    pub max_in_flight: usize,
+    /// How often to look for due work that no local event announced (retries, other replicas).
+    pub poll_interval: Duration,
+}
+
+impl Config {
+    /// From the CLI's text values; errors name the flag.
+    pub fn from_flags(schedule: &str, timeout: &str, allow_private: bool) -> anyhow::Result<Config> {
+        Ok(Config {
+            retry_schedule: parse_durations(schedule).map_err(|e| anyhow::anyhow!("--webhook-retry-schedule: {e}"))?,
+            timeout: parse_duration(timeout).map_err(|e| anyhow::anyhow!("--webhook-timeout: {e}"))?,
+            allow_private_targets: allow_private,
+            ..Config::default()
+        })
+    }
+
+    /// How long a claimed delivery stays ours: long enough for the attempt and its record.
+    fn lease(&self) -> Duration {
+        self.timeout * 2 + Duration::from_secs(5)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            retry_schedule: parse_durations("5s,5m,30m,2h,5h,10h,10h").expect("valid default"),
+            timeout: Duration::from_secs(15),
+            allow_private_targets: false,
+            disable_after: Duration::from_secs(5 * 86_400),
+            endpoint_concurrency: 16,
+            max_in_flight: 512,
+            poll_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Where events come from.
+pub enum Source {
+    /// The all-in-one's relay, in the same process (`InProcessBus::subscribe`, taken before
+    /// the relay starts so no event is handed over before anyone listens).
+    InProcess(mpsc::Receiver<Handoff>),
+    /// The `coursewire.dispatcher` queue.
+    Amqp(Topology),
+}
+
+/// What intake and the delivery loop share.
+pub struct Shared {
+    pub db: Db,
+    pub clock: SharedClock,
+    /// Woken when deliveries were created or an attempt finished.
+    pub wake: Notify,
+}
+
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+    config: Config,
+    sender: Arc<Sender>,
+    slots: Arc<Slots>,
+    /// Deliveries with an attempt in flight (released if shutdown cuts them off).
+    in_flight: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Dispatcher {
+    pub fn new(db: Db, clock: SharedClock, config: Config) -> anyhow::Result<Dispatcher> {
+        let sender = Arc::new(Sender::new(config.timeout, config.allow_private_targets)?);
+        let slots = Arc::new(Slots::new(config.endpoint_concurrency));
+        let shared = Arc::new(Shared { db, clock, wake: Notify::new() });
+        Ok(Dispatcher { shared, config, sender, slots, in_flight: Default::default() })
+    }
+
+    /// Runs until `shutdown` completes; then takes no new work, gives attempts in flight up to
+    /// the webhook timeout to finish and be recorded, and hands back what is left.
+    pub async fn run(self, source: Source, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let (stop_tx, stop) = watch::channel(false);
+        let intake = match source {
+            Source::InProcess(handoffs) => {
+                tokio::spawn(intake::in_process(self.shared.clone(), handoffs, stop.clone()))
+            }
+            Source::Amqp(topology) => tokio::spawn(intake::amqp(self.shared.clone(), topology, stop.clone())),
+        };
+        let (outcomes_tx, outcomes) = mpsc::channel(4096);
+        let recorder = tokio::spawn(record_outcomes(self.shared.clone(), outcomes, self.config.disable_after));
+        let mut attempts = JoinSet::new();
+        tokio::select! {
+            _ = shutdown => {},
+            _ = self.deliver(&mut attempts, outcomes_tx, stop.clone()) => {},
+        }
+        tracing::info!(in_flight = attempts.len(), "dispatcher stopping: finishing attempts in flight");
+        let _ = stop_tx.send(true);
+        let _ = intake.await;
+        let grace = self.config.timeout + Duration::from_secs(1);
+        if tokio::time::timeout(grace, async { while attempts.join_next().await.is_some() {} }).await.is_err() {
+            attempts.abort_all();
+        }
+        // Every sender of outcomes is gone now, so the recorder drains the channel and ends.
+        let _ = recorder.await;
+        let cut_off: Vec<String> = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        queue::release(&self.shared.db, &cut_off).await?;
+        Ok(())
+    }
+
+    async fn deliver(
+        &self,
+        attempts: &mut JoinSet<()>,
+        outcomes: mpsc::Sender<Outcome>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut last_gauge = std::time::Instant::now() - Duration::from_secs(60);
+        loop {
+            while attempts.try_join_next().is_some() {}
+            let now = self.shared.clock.now_ms();
+            if last_gauge.elapsed() >= Duration::from_secs(5) {
+                last_gauge = std::time::Instant::now();
+                if let Ok(due) = queue::due(&self.shared.db, now).await {
+                    metrics().deliveries_due.store(due, Relaxed);
+                }
+            }
+            let room = self.config.max_in_flight.saturating_sub(attempts.len()).min(CLAIM_BATCH);
+            let claimed = if room == 0 {
+                Vec::new()
+            } else {
+                let lease_until = now + self.config.lease().as_millis() as i64;
+                match queue::claim(&self.shared.db, now, lease_until, room, &self.slots.busy()).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot claim deliveries; retrying");
+                        Vec::new()
+                    }
+                }
+            };
+            if claimed.is_empty() {
+                tokio::select! {
+                    _ = self.shared.wake.notified() => {},
+                    _ = tokio::time::sleep(self.config.poll_interval) => {},
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                continue;
+            }
+            if let Err(e) = self.start(claimed, attempts, &outcomes, now).await {
+                tracing::warn!(error = %e, "cannot load what the claimed deliveries need; their leases will lapse");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    /// Starts an attempt for every claimed delivery whose endpoint has room; gives back the rest.
+    async fn start(
+        &self,
+        claimed: Vec<Claimed>,
+        attempts: &mut JoinSet<()>,
+        outcomes: &mpsc::Sender<Outcome>,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let mut endpoint_ids: Vec<&str> = claimed.iter().map(|c| c.endpoint_id.as_str()).collect();
+        endpoint_ids.sort_unstable();
+        endpoint_ids.dedup();
+        let endpoints = queue::endpoints(&self.shared.db, &endpoint_ids, now).await?;
+        let event_ids: Vec<&str> = claimed.iter().map(|c| c.event_id.as_str()).collect();
+        let bodies = queue::bodies(&self.shared.db, &event_ids).await?;
+        let mut give_back = Vec::new();
+        for delivery in claimed {
+            let Some(endpoint) = endpoints.get(&delivery.endpoint_id).cloned() else {
+                continue; // deleted since the claim, with its deliveries
+            };
+            let Some(body) = bodies.get(&delivery.event_id).cloned() else {
+                // The event log no longer holds it (retention): nothing left to send.
+                let outcome = Outcome {
+                    attempted_at: now,
+                    duration_ms: 0,
+                    status: 0,
+                    error: "event_expired",
+                    body: String::new(),
+                    next: Next::Failed,
+                    delivery,
+                };
+                let _ = outcomes.send(outcome).await;
+                continue;
+            };
+            if !self.slots.try_start(&delivery.endpoint_id, endpoint.max_concurrency, endpoint.max_rate) {
+                give_back.push(delivery.id);
+                continue;
+            }
+            self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(delivery.id.clone());
+            let (shared, sender, slots, config) =
+                (self.shared.clone(), self.sender.clone(), self.slots.clone(), self.config.clone());
+            let (outcomes, in_flight) = (outcomes.clone(), self.in_flight.clone());
+            attempts.spawn(async move {
+                let attempted_at = shared.clock.now_ms();
+                let attempt = sender.send(&endpoint, &delivery.event_id, &body, attempted_at).await;
+                slots.finish(&delivery.endpoint_id);
+                shared.wake.notify_one();
+                let ok = matches!(attempt.response, Response::Status { code: 200..=299, .. });
+                metrics().attempted(&delivery.endpoint_id, ok, attempt.duration_ms as u64);
+                let next = schedule::next(
+                    &config.retry_schedule,
+                    delivery.attempts + 1,
+                    delivery.single,
+                    &attempt.response,
+                    shared.clock.now_ms(),
+                    &mut rand::rng(),
+                );
+                let (status, error) = match attempt.response {
+                    Response::Status { code, .. } => (code, ""),
+                    Response::Error(kind) => (0, kind),
+                };
+                let id = delivery.id.clone();
+                let outcome = Outcome {
+                    delivery,
+                    attempted_at,
+                    duration_ms: attempt.duration_ms,
+                    status,
+                    error,
+                    body: attempt.body,
+                    next,
+                };
+                if outcomes.send(outcome).await.is_ok() {
+                    in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                }
+            });
+        }
+        queue::release(&self.shared.db, &give_back).await
+    }
+}
+
+/// Writes outcomes in batches (one transaction each) until every sender is gone.
+async fn record_outcomes(shared: Arc<Shared>, mut outcomes: mpsc::Receiver<Outcome>, disable_after: Duration) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while outcomes.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let now = shared.clock.now_ms();
+            match queue::record(&shared.db, &batch, now, disable_after.as_millis() as i64).await {
+                Ok(disabled) => {
+                    for id in disabled {
+                        tracing::warn!(endpoint = %id, "webhook endpoint disabled");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    // The leases keep the deliveries ours a while; after that another attempt is made.
+                    tracing::warn!(error = %e, "cannot record webhook attempts; retrying");
+                    if backoff > Duration::from_secs(5) {
+                        break;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+            }
+        }
+        for o in batch.drain(..) {
+            match o.next {
+                Next::Delivered => metrics().deliveries_succeeded.fetch_add(1, Relaxed),
+                Next::Failed | Next::Gone => metrics().deliveries_failed.fetch_add(1, Relaxed),
+                Next::RetryAt(_) => 0,
+            };
+        }
+        // Deliveries just handed back may be due again at once (and the endpoint has room).
+        shared.wake.notify_one();
+    }
+}

@@ -1,7 +1,82 @@
-//! `coursewire-dispatcher`: the webhook dispatcher as its own process.
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "coursewire-dispatcher: the webhook delivery pipeline is not built yet; run `coursewire` (all-in-one) meanwhile"
-    );
-    std::process::ExitCode::FAILURE
+//! `coursewire-dispatcher`: the webhook dispatcher as its own process. It consumes the
+//! `coursewire.dispatcher` queue and shares the API's database; run as many as you like.
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use coursewire_dispatcher::{Config, Dispatcher, Source};
+use coursewire_services::clock::SystemClock;
+use coursewire_services::config::{init_logging, parse_duration};
+use coursewire_services::events::amqp::Topology;
+use coursewire_services::store::Db;
+
+#[derive(Parser)]
+#[command(
+    name = "coursewire-dispatcher",
+    version,
+    about = "Coursewire webhook dispatcher: signed deliveries with retries"
+)]
+struct Cli {
+    /// The API's database (postgres://…).
+    #[arg(long, env = "COURSEWIRE_DATABASE_URL", default_value = "sqlite:coursewire-data/coursewire.db")]
+    database_url: String,
+    #[arg(long, env = "COURSEWIRE_AMQP_URL")]
+    amqp_url: Option<String>,
+    #[arg(long, env = "COURSEWIRE_AMQP_EXCHANGE", default_value = "coursewire.events")]
+    amqp_exchange: String,
+    #[arg(long, env = "COURSEWIRE_AMQP_QUEUE", default_value = "coursewire.dispatcher")]
+    amqp_queue: String,
+    /// Prometheus metrics listen address (`/metrics`).
+    #[arg(long, env = "COURSEWIRE_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    metrics_listen: String,
+    /// Delays between attempts after the first, each with ±20% jitter.
+    #[arg(long, env = "COURSEWIRE_WEBHOOK_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h")]
+    webhook_retry_schedule: String,
+    #[arg(long, env = "COURSEWIRE_WEBHOOK_TIMEOUT", default_value = "15s")]
+    webhook_timeout: String,
+    /// Allow loopback and private addresses (local development and tests only).
+    #[arg(long, env = "COURSEWIRE_WEBHOOK_ALLOW_PRIVATE_TARGETS", default_value_t = false)]
+    webhook_allow_private_targets: bool,
+    /// Disable an endpoint whose attempts have all failed for this long.
+    #[arg(long, env = "COURSEWIRE_WEBHOOK_DISABLE_AFTER", default_value = "5d")]
+    webhook_disable_after: String,
+    #[arg(long, env = "COURSEWIRE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Some(amqp_url) = cli.amqp_url else {
+        anyhow::bail!("coursewire-dispatcher needs --amqp-url (COURSEWIRE_AMQP_URL): it consumes events from RabbitMQ");
+    };
+    let mut config =
+        Config::from_flags(&cli.webhook_retry_schedule, &cli.webhook_timeout, cli.webhook_allow_private_targets)?;
+    config.disable_after =
+        parse_duration(&cli.webhook_disable_after).map_err(|e| anyhow::anyhow!("--webhook-disable-after: {e}"))?;
+    let metrics_addr =
+        cli.metrics_listen.parse().with_context(|| format!("--metrics-listen {:?}", cli.metrics_listen))?;
+    let db = Db::connect(&cli.database_url).await?;
+    let metrics = tokio::spawn(async move {
+        if let Err(e) = coursewire_services::metrics::serve(metrics_addr).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    let topology = Topology { url: amqp_url, exchange: cli.amqp_exchange, queue: cli.amqp_queue };
+    let dispatcher = Dispatcher::new(db, Arc::new(SystemClock), config)?;
+    tracing::info!("dispatcher started");
+    let result = dispatcher.run(Source::Amqp(topology), coursewire_services::server::shutdown_signal()).await;
+    metrics.abort();
+    result
 }

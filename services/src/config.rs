@@ -1,4 +1,4 @@
-//! Parsing of configuration values shared by the binaries (durations like `30d`).
+//! Configuration shared by the binaries: durations like `30d`, and logging.
 use std::time::Duration;
 
 /// Parses `250ms`, `5s`, `5m`, `2h`, `30d`.
@@ -21,6 +21,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Parses a comma-separated list of durations (`5s,5m,30m`).
 pub fn parse_durations(s: &str) -> Result<Vec<Duration>, String> {
     s.split(',').map(parse_duration).collect()
+}
+
+/// Logs to stderr as `text` or `json`; the level comes from RUST_LOG.
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" { builder.json().init() } else { builder.init() }
 }
 
 #[cfg(test)]

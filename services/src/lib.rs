@@ -23,6 +23,7 @@ pub mod server;
 pub mod store;
 pub mod users;
 pub mod validate;
+pub mod webhooks;
 
 use clock::SharedClock;
 use store::Db;

@@ -14,6 +14,7 @@ use coursewire_proto::v1::event_service_server::EventServiceServer;
 use coursewire_proto::v1::organization_service_server::OrganizationServiceServer;
 use coursewire_proto::v1::published_course_service_server::PublishedCourseServiceServer;
 use coursewire_proto::v1::user_service_server::UserServiceServer;
+use coursewire_proto::v1::webhook_service_server::WebhookServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
@@ -32,6 +33,7 @@ use crate::limits::RateLimitLayer;
 use crate::organizations::OrganizationApi;
 use crate::published_courses::PublishedCourseApi;
 use crate::users::UserApi;
+use crate::webhooks::WebhookApi;
 
 /// Largest request or response message, in bytes (a full batch of 1,000 items fits).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -85,6 +87,7 @@ pub async fn serve(
         .add_service(limited!(DomainUserServiceServer, DomainUserApi(state.clone())))
         .add_service(limited!(EnrollmentServiceServer, EnrollmentApi(state.clone())))
         .add_service(limited!(EventServiceServer, EventApi(state.clone())))
+        .add_service(limited!(WebhookServiceServer, WebhookApi(state.clone())))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     health_task.abort();
@@ -117,4 +120,25 @@ async fn follow_database_health(state: Arc<AppState>, health: tonic_health::serv
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// Completes on Ctrl-C or SIGTERM: what both binaries stop on.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight calls");
 }

@@ -104,7 +104,7 @@ async fn wait_for(got: &Arc<Mutex<Vec<Received>>>, n: usize, within: Duration) {
 }
 
 async fn amqp_harness(backend: Backend, bus: Arc<dyn Bus>) -> Option<Harness> {
-    Harness::start_full(backend, Limits::Memory, "1000000/1m", bus, Hub::default()).await
+    Harness::start_full(backend, Limits::Memory, "1000000/1m", bus, Hub::default(), None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,3 +94,7 @@ pub fn violations(s: &Status) -> Vec<String> {
 pub fn meta(s: &Status, key: &str) -> Option<String> {
     s.get_details_error_info().and_then(|i| i.metadata.get(key).cloned())
 }
+
+pub fn timestamp(ms: i64) -> pbjson_types::Timestamp {
+    coursewire_services::clock::to_timestamp(ms)
+}

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use coursewire_dispatcher::{Config as DispatcherConfig, Dispatcher, Source};
 use coursewire_proto::v1::account_service_client::AccountServiceClient;
 use coursewire_proto::v1::api_key_service_client::ApiKeyServiceClient;
 use coursewire_proto::v1::course_service_client::CourseServiceClient;
@@ -13,6 +14,7 @@ use coursewire_proto::v1::event_service_client::EventServiceClient;
 use coursewire_proto::v1::organization_service_client::OrganizationServiceClient;
 use coursewire_proto::v1::published_course_service_client::PublishedCourseServiceClient;
 use coursewire_proto::v1::user_service_client::UserServiceClient;
+use coursewire_proto::v1::webhook_service_client::WebhookServiceClient;
 use coursewire_services::AppState;
 use coursewire_services::auth::{self, NewKey};
 use coursewire_services::clock::{Clock, ManualClock, SystemClock};
@@ -41,16 +43,65 @@ pub struct Harness {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
     relay: Option<tokio::task::JoinHandle<()>>,
+    dispatcher: Option<Dispatching>,
     cleanup: Cleanup,
+}
+
+/// The in-process dispatcher and the switch that stops it gracefully.
+struct Dispatching {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// The dispatcher settings of test harnesses: a short schedule, loopback receivers allowed.
+pub fn dispatcher_config() -> DispatcherConfig {
+    DispatcherConfig {
+        retry_schedule: [100, 200, 400].map(Duration::from_millis).to_vec(),
+        timeout: Duration::from_secs(2),
+        allow_private_targets: true,
+        poll_interval: Duration::from_millis(20),
+        ..DispatcherConfig::default()
+    }
 }
 
 enum Cleanup {
     /// Held so the folder (and database) lives as long as the harness.
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
-    Postgres {
-        admin_url: String,
-        name: String,
-    },
+    Postgres(#[allow(dead_code)] TestDatabase),
+}
+
+/// A fresh Postgres database, dropped (with its connections) when this is dropped.
+pub struct TestDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    pub async fn create(admin_url: &str) -> TestDatabase {
+        let name = format!("cw_test_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let admin = sqlx::PgPool::connect(admin_url).await.expect("connect to COURSEWIRE_TEST_DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+        admin.close().await;
+        TestDatabase { url: with_database(admin_url, &name), admin_url: admin_url.to_string(), name }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs outside async context rules; use a helper thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                if let Ok(admin) = sqlx::PgPool::connect(&admin_url).await {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 /// Which rate limit backend a harness uses.
@@ -118,7 +169,19 @@ impl Harness {
 
     /// A harness whose limiter uses `limits` with `rate_limits` for every class.
     pub async fn start_with(backend: Backend, limits: Limits, rate_limits: &str) -> Option<Harness> {
-        Self::start_full(backend, limits, rate_limits, InProcessBus::new(), Hub::default()).await
+        Self::start_dispatching(backend, limits, rate_limits, dispatcher_config()).await
+    }
+
+    /// Like the all-in-one: the relay hands events in-process to a dispatcher run with `config`.
+    pub async fn start_dispatching(
+        backend: Backend,
+        limits: Limits,
+        rate_limits: &str,
+        config: DispatcherConfig,
+    ) -> Option<Harness> {
+        let bus = InProcessBus::new();
+        let source = Source::InProcess(bus.subscribe());
+        Self::start_full(backend, limits, rate_limits, bus, Hub::default(), Some((config, source))).await
     }
 
     /// A harness whose relay publishes to `bus`.
@@ -128,6 +191,7 @@ impl Harness {
         rate_limits: &str,
         bus: Arc<dyn Bus>,
         hub: Hub,
+        dispatch: Option<(DispatcherConfig, Source)>,
     ) -> Option<Harness> {
         // Server logs go to the test's captured output, shown when it fails.
         let _ =
@@ -143,11 +207,8 @@ impl Harness {
                     eprintln!("skipped: COURSEWIRE_TEST_DATABASE_URL is not set");
                     return None;
                 };
-                let name = format!("cw_test_{}", ulid::Ulid::new().to_string().to_lowercase());
-                let admin = sqlx::PgPool::connect(&admin_url).await.expect("connect to COURSEWIRE_TEST_DATABASE_URL");
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
-                admin.close().await;
-                (with_database(&admin_url, &name), Cleanup::Postgres { admin_url, name })
+                let db = TestDatabase::create(&admin_url).await;
+                (db.url.clone(), Cleanup::Postgres(db))
             }
         };
         let db = Db::connect(&url).await.expect("connect and migrate");
@@ -176,6 +237,14 @@ impl Harness {
             .await
             .unwrap();
         });
+        let dispatcher = dispatch.map(|(config, source)| {
+            let (stop, mut stopped) = tokio::sync::watch::channel(false);
+            let dispatcher = Dispatcher::new(db.clone(), clock.clone(), config).unwrap();
+            let task = tokio::spawn(dispatcher.run(source, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }));
+            Dispatching { stop, task }
+        });
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         Some(Harness {
             db,
@@ -186,6 +255,7 @@ impl Harness {
             shutdown: Some(tx),
             server: Some(server),
             relay: Some(relay),
+            dispatcher,
             cleanup,
         })
     }
@@ -202,6 +272,13 @@ impl Harness {
         });
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         Replica { channel, server }
+    }
+
+    /// Stops the dispatcher as SIGTERM would: no new work, attempts in flight finish.
+    pub async fn stop_dispatcher(&mut self) {
+        let d = self.dispatcher.take().expect("this harness runs a dispatcher");
+        let _ = d.stop.send(true);
+        d.task.await.unwrap().unwrap();
     }
 
     pub fn channel(&self) -> Channel {
@@ -292,21 +369,15 @@ impl Drop for Harness {
         for task in [self.server.take(), self.relay.take()].into_iter().flatten() {
             task.abort();
         }
-        if let Cleanup::Postgres { admin_url, name } = &self.cleanup {
-            let (admin_url, name) = (admin_url.clone(), name.clone());
+        if let Some(d) = self.dispatcher.take() {
+            d.task.abort();
+        }
+        if let Cleanup::Postgres(_) = &self.cleanup {
+            // Close our connections first, so dropping the database does not have to cut them.
             let pool = self.db.pool().clone();
-            // Drop runs outside async context rules; use a helper thread with its own runtime.
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                rt.block_on(async move {
-                    pool.close().await;
-                    if let Ok(admin) = sqlx::PgPool::connect(&admin_url).await {
-                        let _ =
-                            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                                .execute(&admin)
-                                .await;
-                    }
-                });
+                rt.block_on(pool.close());
             })
             .join();
         }
@@ -342,6 +413,12 @@ pub struct Clients {
     pub events: EventServiceClient<Authed>,
     pub keys: ApiKeyServiceClient<Authed>,
     pub orgs: OrganizationServiceClient<Authed>,
+    pub webhooks: WebhookServiceClient<Authed>,
+}
+
+/// Clients for a server started some other way (a real process).
+pub fn clients_for(channel: Channel, key: WithKey) -> Clients {
+    Clients::new(channel, key)
 }
 
 impl Clients {
@@ -358,6 +435,7 @@ impl Clients {
             events: EventServiceClient::new(svc()),
             keys: ApiKeyServiceClient::new(svc()),
             orgs: OrganizationServiceClient::new(svc()),
+            webhooks: WebhookServiceClient::new(svc()),
         }
     }
 }

@@ -95,7 +95,9 @@ async fn replay_then_live_without_gap_or_duplicate(h: &Harness) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_closed_and_can_resume() {
     let hub = Hub { watch_buffer: 5, slow_consumer_timeout: Duration::from_millis(300), ..Hub::default() };
-    let h = Harness::start_full(Backend::Sqlite, Limits::Memory, "100000/1m", InProcessBus::new(), hub).await.unwrap();
+    let h = Harness::start_full(Backend::Sqlite, Limits::Memory, "100000/1m", InProcessBus::new(), hub, None)
+        .await
+        .unwrap();
     let mut c = h.clients();
     // Large events (~125 KB each), so the transport's own buffers (HTTP/2 windows) fill quickly.
     const N: usize = 40;

@@ -91,6 +91,22 @@ const TABLE: &[(&str, Need, CallClass)] = &[
     ("/coursewire.v1.EventService/ListEvents", Reads("events"), Read),
     ("/coursewire.v1.EventService/GetEvent", Reads("events"), Read),
     ("/coursewire.v1.EventService/WatchEvents", Reads("events"), Read),
+    ("/coursewire.v1.WebhookService/CreateWebhook", Writes("webhooks"), Modify),
+    ("/coursewire.v1.WebhookService/GetWebhook", Reads("webhooks"), Read),
+    ("/coursewire.v1.WebhookService/ListWebhooks", Reads("webhooks"), Read),
+    ("/coursewire.v1.WebhookService/UpdateWebhook", Writes("webhooks"), Modify),
+    ("/coursewire.v1.WebhookService/DeleteWebhook", Writes("webhooks"), Remove),
+    // Reading a secret is a read call, but only keys that may write webhooks can do it.
+    ("/coursewire.v1.WebhookService/GetWebhookSecret", Writes("webhooks"), Read),
+    ("/coursewire.v1.WebhookService/RotateWebhookSecret", Writes("webhooks"), Modify),
+    ("/coursewire.v1.WebhookService/EnableWebhook", Writes("webhooks"), Modify),
+    ("/coursewire.v1.WebhookService/DisableWebhook", Writes("webhooks"), Modify),
+    ("/coursewire.v1.WebhookService/SendTestEvent", Writes("webhooks"), Modify),
+    ("/coursewire.v1.WebhookService/ListDeliveries", Reads("webhooks"), Read),
+    ("/coursewire.v1.WebhookService/GetDelivery", Reads("webhooks"), Read),
+    ("/coursewire.v1.WebhookService/ListAttempts", Reads("webhooks"), Read),
+    ("/coursewire.v1.WebhookService/RetryDelivery", Writes("webhooks"), Modify),
+    ("/coursewire.v1.WebhookService/ReplayEvents", Writes("webhooks"), Modify),
 ];
 
 /// Methods whose handler charges the rate limit per item (a batch counts its items).

@@ -1,8 +1,8 @@
 //! Where the relay hands events: RabbitMQ in production, or an in-process channel that the
 //! embedded dispatcher reads. Both sit behind one trait, so both modes share the relay.
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::broadcast;
+use tokio::sync::{mpsc, oneshot};
 
 /// One outbox row on its way out.
 #[derive(Clone, Debug)]
@@ -24,31 +24,47 @@ pub trait Bus: Send + Sync + 'static {
     fn connected(&self) -> bool;
 }
 
-/// The embedded default: events go to in-process subscribers (the dispatcher).
+/// A batch handed to the in-process subscriber; it answers on `accepted` once the events
+/// are durable on its side (the dispatcher: its deliveries are committed). That answer is
+/// the in-process counterpart of a publisher confirm.
+pub struct Handoff {
+    pub events: Vec<Outgoing>,
+    pub accepted: oneshot::Sender<()>,
+}
+
+/// The embedded default: events go to one in-process subscriber (the dispatcher).
+#[derive(Default)]
 pub struct InProcessBus {
-    sender: broadcast::Sender<Arc<Outgoing>>,
+    subscriber: Mutex<Option<mpsc::Sender<Handoff>>>,
 }
 
 impl InProcessBus {
     pub fn new() -> Arc<Self> {
-        Arc::new(InProcessBus { sender: broadcast::channel(4096).0 })
+        Arc::new(InProcessBus::default())
     }
 
-    /// A new subscriber sees events published from now on; if it lags behind the channel,
-    /// it is told how many it missed and the event log has them.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Outgoing>> {
-        self.sender.subscribe()
+    /// Makes the caller the subscriber (replacing any earlier one). Until someone
+    /// subscribes, publishing succeeds at once: the event log keeps every event.
+    pub fn subscribe(&self) -> mpsc::Receiver<Handoff> {
+        let (tx, rx) = mpsc::channel(4);
+        *self.subscriber.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
     }
 }
 
 #[tonic::async_trait]
 impl Bus for InProcessBus {
     async fn publish(&self, batch: &[Outgoing]) -> anyhow::Result<()> {
-        for event in batch {
-            // No subscriber is fine: the event log keeps every event.
-            let _ = self.sender.send(Arc::new(event.clone()));
-        }
-        Ok(())
+        let subscriber = self.subscriber.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(subscriber) = subscriber else {
+            return Ok(());
+        };
+        let (accepted, answer) = oneshot::channel();
+        subscriber
+            .send(Handoff { events: batch.to_vec(), accepted })
+            .await
+            .map_err(|_| anyhow::anyhow!("the in-process dispatcher stopped"))?;
+        answer.await.map_err(|_| anyhow::anyhow!("the in-process dispatcher did not accept the events"))
     }
 
     fn connected(&self) -> bool {

@@ -16,6 +16,32 @@ use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::new_id;
 
+/// Every event type (ARCHITECTURE §6); webhook filters are checked against it.
+pub const EVENT_TYPES: &[&str] = &[
+    "domain.created",
+    "domain.updated",
+    "domain.deleted",
+    "user.created",
+    "user.updated",
+    "user.deleted",
+    "course.created",
+    "course.updated",
+    "course.deleted",
+    "published_course.created",
+    "published_course.updated",
+    "published_course.deleted",
+    "domain_user.created",
+    "domain_user.updated",
+    "domain_user.deleted",
+    "enrollment.created",
+    "enrollment.updated",
+    "enrollment.progressed",
+    "enrollment.completed",
+    "enrollment.deleted",
+    "webhook.test",
+    "webhook.disabled",
+];
+
 #[derive(Serialize)]
 struct Envelope<'a, T: Serialize> {
     id: &'a str,

@@ -1,0 +1,117 @@
+//! Deliveries (one event to one endpoint) and their attempts: the rows the dispatcher works
+//! through and the API lists, retries and replays.
+use coursewire_proto::v1::delivery::State;
+use coursewire_proto::v1::{Delivery, DeliveryAttempt};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use crate::clock::{opt_timestamp, to_timestamp};
+use crate::error::{ApiError, ApiResult};
+use crate::ids::new_id;
+
+pub const PENDING: &str = "pending";
+pub const SUCCEEDED: &str = "succeeded";
+pub const FAILED: &str = "failed";
+/// The most deliveries one ReplayEvents call creates.
+pub const MAX_REPLAY: usize = 10_000;
+
+pub(crate) const COLUMNS: &str = "id, endpoint_id, event_id, event_type, state, attempts, next_attempt_at, \
+    last_status, last_error, created_at, updated_at FROM webhook_deliveries";
+
+pub(crate) fn from_row(r: &AnyRow) -> Result<Delivery, sqlx::Error> {
+    let state: String = r.try_get("state")?;
+    let state = match state.as_str() {
+        PENDING => State::Pending,
+        SUCCEEDED => State::Succeeded,
+        _ => State::Failed,
+    };
+    Ok(Delivery {
+        id: r.try_get("id")?,
+        webhook_id: r.try_get("endpoint_id")?,
+        event_id: r.try_get("event_id")?,
+        event_type: r.try_get("event_type")?,
+        state: state as i32,
+        attempt_count: r.try_get::<i64, _>("attempts")? as i32,
+        next_attempt_at: opt_timestamp((state == State::Pending).then(|| r.try_get("next_attempt_at")).transpose()?),
+        last_status_code: r.try_get::<i64, _>("last_status")? as i32,
+        last_error: r.try_get("last_error")?,
+        created_at: Some(to_timestamp(r.try_get("created_at")?)),
+        updated_at: Some(to_timestamp(r.try_get("updated_at")?)),
+    })
+}
+
+pub(crate) fn attempt_from_row(r: &AnyRow) -> Result<DeliveryAttempt, sqlx::Error> {
+    Ok(DeliveryAttempt {
+        id: r.try_get("id")?,
+        delivery_id: r.try_get("delivery_id")?,
+        attempted_at: Some(to_timestamp(r.try_get("attempted_at")?)),
+        duration_ms: r.try_get("duration_ms")?,
+        status_code: r.try_get::<i64, _>("status")? as i32,
+        error: r.try_get("error")?,
+        response_body: r.try_get("response_body")?,
+    })
+}
+
+pub(crate) async fn fetch(conn: &mut AnyConnection, org: &str, id: &str) -> ApiResult<Delivery> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} WHERE id = $1 AND org_id = $2")))
+        .bind(id)
+        .bind(org)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| ApiError::not_found("delivery", id))?;
+    Ok(from_row(&row)?)
+}
+
+/// One event for one endpoint, due at once.
+pub struct NewDelivery<'a> {
+    pub org: &'a str,
+    pub endpoint_id: &'a str,
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    /// '' from the event stream; a replay's id for replays.
+    pub origin: &'a str,
+}
+
+/// Rows per INSERT statement (Postgres allows 65,535 parameters; SQLite 32,766).
+const INSERT_CHUNK: usize = 500;
+
+/// Inserts deliveries, skipping any that already exist (same event, endpoint and origin),
+/// so an event delivered twice by the bus makes one delivery. Returns how many were new.
+pub async fn insert(conn: &mut AnyConnection, rows: &[NewDelivery<'_>], now: i64) -> ApiResult<u64> {
+    let mut inserted = 0;
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut sql = String::from(
+            "INSERT INTO webhook_deliveries (id, org_id, endpoint_id, event_id, event_type, origin, state, attempts, \
+             single_attempt, next_attempt_at, lease_until, last_status, last_error, created_at, updated_at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let p = i * 6;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, 'pending', 0, 0, ${n}, 0, 0, '', ${n}, ${n})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6,
+                n = chunk.len() * 6 + 1
+            ));
+        }
+        sql.push_str(" ON CONFLICT (endpoint_id, event_id, origin) DO NOTHING");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for d in chunk {
+            q = q
+                .bind(new_id("dlv"))
+                .bind(d.org)
+                .bind(d.endpoint_id)
+                .bind(d.event_id)
+                .bind(d.event_type)
+                .bind(d.origin);
+        }
+        inserted += q.bind(now).execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(inserted)
+}

@@ -1,0 +1,205 @@
+//! Webhooks through real processes: the all-in-one `coursewire` delivering to the README's
+//! Python receiver, and `coursewire api` + two `coursewire-dispatcher`s on Postgres and
+//! RabbitMQ, one of them killed with SIGKILL mid-way.
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use coursewire_proto::v1::*;
+use tonic::transport::Channel;
+
+use crate::harness::{Clients, WithKey, require_services};
+use crate::receiver::{Receiver, Reply};
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn dispatcher_bin() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_coursewire")).with_file_name("coursewire-dispatcher");
+    assert!(bin.exists(), "{} is built by `cargo test --workspace`", bin.display());
+    bin
+}
+
+/// Starts `cmd`, waits for a stderr line containing `ready`, and returns the process and
+/// every stderr line up to it.
+fn spawn(mut cmd: Command, ready: &str) -> (Process, Vec<String>) {
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        let done = line.contains(ready);
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(seen.last().is_some_and(|l| l.contains(ready)), "never printed {ready:?}: {seen:#?}");
+    std::thread::spawn(move || lines.for_each(drop));
+    (Process(child), seen)
+}
+
+async fn clients(port: u16, key: &str) -> Clients {
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
+    crate::harness::clients_for(channel, WithKey(format!("Bearer {key}").parse().unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_in_one_delivers_to_the_readme_python_receiver() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme.split("<!-- partner-receiver:start -->").nth(1).unwrap();
+    let script = block.split("<!-- partner-receiver:end -->").next().unwrap();
+    let script = script.trim().trim_start_matches("```python").trim_end_matches("```");
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coursewire"));
+    cmd.current_dir(dir.path())
+        .env_remove("COURSEWIRE_DATABASE_URL")
+        .env_remove("COURSEWIRE_AMQP_URL")
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--webhook-allow-private-targets");
+    let (mut server, lines) = spawn(cmd, "listening");
+    let key = lines.iter().find_map(|l| l.split_whitespace().find(|w| w.starts_with("sk_")).map(String::from));
+    let mut c = clients(port, &key.expect("bootstrap key")).await;
+
+    let receiver_port = free_port();
+    let url = format!("http://127.0.0.1:{receiver_port}/");
+    let (_, secret) = crate::webhooks::create_hook(&mut c, &url, &["enrollment.*"]).await;
+    let mut python = Command::new("python3")
+        .args(["-c", script])
+        .env("COURSEWIRE_WEBHOOK_SECRET", &secret)
+        .env("PORT", receiver_port.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let python_out = BufReader::new(python.stdout.take().unwrap());
+    let _python = Process(python);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", receiver_port)).is_err() {
+        assert!(Instant::now() < deadline, "the Python receiver did not start (is standardwebhooks installed?)");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A forged request is refused by the receiver (it really verifies).
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", receiver_port)).unwrap();
+    let forged = "POST / HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\
+        webhook-id: evt_forged\r\nwebhook-timestamp: 1700000000\r\nwebhook-signature: v1,AAAA\r\n\r\n{}";
+    std::io::Write::write_all(&mut socket, forged.as_bytes()).unwrap();
+    let mut answer = [0u8; 12];
+    std::io::Read::read_exact(&mut socket, &mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.0 400", "the receiver refuses a bad signature");
+
+    let w = crate::fixtures::world(&mut c).await;
+    let e = crate::fixtures::enroll(&mut c, &w.user.id, &w.published.id).await.unwrap();
+    c.enrollments
+        .complete_enrollment(CompleteEnrollmentRequest { id: e.id.clone(), ..Default::default() })
+        .await
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || python_out.lines().map_while(Result::ok).for_each(|l| drop(tx.send(l))));
+    let mut types = Vec::new();
+    while types.len() < 2 {
+        let line = rx.recv_timeout(Duration::from_secs(15)).expect("the receiver verified and printed the events");
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert!(fields[0].starts_with("evt_") && fields[2] == e.id, "{line}");
+        types.push(fields[1].to_string());
+    }
+    types.sort();
+    assert_eq!(types, vec!["enrollment.completed", "enrollment.created"]);
+
+    Command::new("kill").arg("-TERM").arg(server.0.id().to_string()).status().unwrap();
+    let status = server.0.wait().unwrap();
+    assert!(status.success(), "SIGTERM exits cleanly: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dispatchers_lose_nothing_when_one_is_killed() {
+    let (Ok(pg), Ok(amqp)) = (std::env::var("COURSEWIRE_TEST_DATABASE_URL"), std::env::var("COURSEWIRE_TEST_AMQP_URL"))
+    else {
+        assert!(!require_services(), "COURSEWIRE_TEST_DATABASE_URL and COURSEWIRE_TEST_AMQP_URL are required");
+        return;
+    };
+    let db = crate::harness::TestDatabase::create(&pg).await;
+    let suffix = ulid::Ulid::new().to_string().to_lowercase();
+    let (exchange, queue) = (format!("cwtest.{suffix}.events"), format!("cwtest.{suffix}.dispatcher"));
+    let common = |cmd: &mut Command| {
+        cmd.env_remove("COURSEWIRE_REDIS_URL")
+            .args(["--database-url", &db.url, "--amqp-url", &amqp])
+            .args(["--amqp-exchange", &exchange, "--amqp-queue", &queue])
+            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--webhook-allow-private-targets", "--webhook-timeout", "2s"]);
+    };
+    let bin = env!("CARGO_BIN_EXE_coursewire");
+    let out = Command::new(bin).args(["orgs", "create", "acme", "--database-url", &db.url]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new(bin).args(["keys", "create", "--org", "acme", "--database-url", &db.url]).output().unwrap();
+    let key = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string();
+
+    let port = free_port();
+    let mut api = Command::new(bin);
+    common(&mut api);
+    api.args(["api", "--listen", &format!("127.0.0.1:{port}"), "--rate-limits", "100000/1m"]);
+    let (_api, _) = spawn(api, "listening");
+    let mut dispatchers = Vec::new();
+    for _ in 0..2 {
+        let mut d = Command::new(dispatcher_bin());
+        common(&mut d);
+        dispatchers.push(spawn(d, "consuming events").0);
+    }
+
+    let mut c = clients(port, &key).await;
+    // Two endpoints × 500 events = 1,000 deliveries; each answer takes 10 ms and each
+    // endpoint takes 4 at a time, so the deliveries take a few seconds.
+    let receiver = Receiver::start(|_| Reply { delay: Duration::from_millis(10), ..Reply::status(204) }).await;
+    for path in ["a", "b"] {
+        let w = Webhook {
+            url: format!("{}?{path}", receiver.url),
+            event_types: vec!["user.created".into()],
+            max_concurrency: 4,
+            ..Default::default()
+        };
+        c.webhooks.create_webhook(CreateWebhookRequest { webhook: Some(w), request_id: String::new() }).await.unwrap();
+    }
+    let mut writer = clients(port, &key).await;
+    let writes = tokio::spawn(async move {
+        for i in 0..500 {
+            crate::fixtures::user(&mut writer, &format!("learner{i}@example.com")).await;
+        }
+    });
+    receiver.wait_for(200, Duration::from_secs(30)).await;
+    let victim = dispatchers.remove(0);
+    Command::new("kill").arg("-KILL").arg(victim.0.id().to_string()).status().unwrap();
+    drop(victim);
+    let at_kill = receiver.received().len();
+    assert!(at_kill < 1000, "the kill came mid-way ({at_kill} requests had arrived)");
+    writes.await.unwrap();
+
+    // Leases of the killed dispatcher lapse (2 × timeout + 5 s) and the survivor retakes them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        // One delivery is one event at one endpoint (the endpoints differ in their query).
+        let mut seen: HashMap<(String, String), usize> = HashMap::new();
+        for r in receiver.received() {
+            *seen.entry((r.header("webhook-id").to_string(), r.uri.clone())).or_default() += 1;
+        }
+        if seen.len() >= 1000 {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "only {} of 1,000 deliveries arrived", seen.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let total: usize = seen.values().sum();
+    eprintln!("all 1,000 deliveries arrived ({at_kill} requests before the kill); {} duplicates", total - 1000);
+    assert_eq!(seen.len(), 1000);
+}
