@@ -23,7 +23,7 @@ fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-fn authed<T>(msg: T, key: &str) -> Request<T> {
+pub fn authed<T>(msg: T, key: &str) -> Request<T> {
     let mut req = Request::new(msg);
     req.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
     req
@@ -46,47 +46,12 @@ async fn measure(url: &str, name: &str) -> anyhow::Result<()> {
     let db = Db::connect(url).await?;
     let key = crate::bench_org(&db).await?;
     // Learners for both sides, inserted directly: only enrollment is measured.
-    sqlx::query(
-        "INSERT INTO users (id, org_id, email, email_lower, first_name, last_name, active, created_at, updated_at, sequence) \
-         SELECT 'usr_' || lpad(n::text, 26, '0'), 'bench', 'l' || n || '@example.com', 'l' || n || '@example.com', 'L', 'N', 1, 0, 0, 1 \
-         FROM generate_series(1, $1) AS n",
-    )
-    .bind(LEARNERS * 2)
-    .execute(db.pool())
-    .await?;
+    insert_users(&db, LEARNERS * 2).await?;
 
     let addr = crate::start_server(db.clone()).await?;
     let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
 
-    let mut c = coursewire_proto::v1::domain_service_client::DomainServiceClient::new(channel.clone());
-    let domain = c
-        .create_domain(authed(
-            CreateDomainRequest {
-                domain: Some(Domain { hostname: "bench.example.com".into(), name: "B".into(), ..Default::default() }),
-                request_id: String::new(),
-            },
-            &key,
-        ))
-        .await?
-        .into_inner();
-    let mut courses = coursewire_proto::v1::course_service_client::CourseServiceClient::new(channel.clone());
-    let lessons = (0..5).map(|i| Lesson { title: format!("L{i}"), required: true, ..Default::default() }).collect();
-    let course = courses
-        .create_course(authed(
-            CreateCourseRequest {
-                course: Some(Course { title: "Bench".into(), lessons, ..Default::default() }),
-                request_id: String::new(),
-            },
-            &key,
-        ))
-        .await?
-        .into_inner();
-    let mut published =
-        coursewire_proto::v1::published_course_service_client::PublishedCourseServiceClient::new(channel.clone());
-    let p = PublishedCourse { course_id: course.id.clone(), domain_id: domain.id.clone(), ..Default::default() };
-    let publish = authed(CreatePublishedCourseRequest { published_course: Some(p), request_id: String::new() }, &key);
-    let ours_pub = published.create_published_course(publish).await?.into_inner();
-
+    let ours_pub = published_course(channel.clone(), &key).await?;
     // Ours: CreateEnrollment for learners 1..LEARNERS.
     let next = Arc::new(AtomicU64::new(1));
     let start = Instant::now();
@@ -94,7 +59,7 @@ async fn measure(url: &str, name: &str) -> anyhow::Result<()> {
         .map(|_| {
             let mut client =
                 coursewire_proto::v1::enrollment_service_client::EnrollmentServiceClient::new(channel.clone());
-            let (next, key, pub_id) = (next.clone(), key.clone(), ours_pub.id.clone());
+            let (next, key, pub_id) = (next.clone(), key.clone(), ours_pub.clone());
             tokio::spawn(async move {
                 while start.elapsed() < PHASE {
                     let n = next.fetch_add(1, Ordering::Relaxed);
@@ -113,6 +78,11 @@ async fn measure(url: &str, name: &str) -> anyhow::Result<()> {
     }
     let ours = (next.load(Ordering::Relaxed) - 1) as f64 / start.elapsed().as_secs_f64();
 
+    let (dom, crs): (String, String) =
+        sqlx::query_as("SELECT domain_id, course_id FROM published_courses WHERE id = $1")
+            .bind(&ours_pub)
+            .fetch_one(db.pool())
+            .await?;
     // Baseline: the same three inserts (plus a sequence draw for unique learners) in pgbench.
     let script = format!(
         "SELECT nextval('bench_learner') + {LEARNERS} AS n \\gset\n\
@@ -122,9 +92,7 @@ async fn measure(url: &str, name: &str) -> anyhow::Result<()> {
          INSERT INTO enrollments (id, org_id, user_id, published_course_id, course_id, domain_id, state, enrolled_at, updated_at, sequence) VALUES ('enr_' || lpad(:n::text, 26, '0'), 'bench', 'usr_' || lpad(:n::text, 26, '0'), '{pubid}', '{crs}', '{dom}', 'ACTIVE', 0, 0, 1);\n\
          INSERT INTO events (id, org_id, type, resource_id, sequence, created_at, body) VALUES ('evt_' || lpad(:n::text, 26, '0'), 'bench', 'enrollment.created', 'enr_' || lpad(:n::text, 26, '0'), 1, 0, '{body}');\n\
          COMMIT;\n",
-        dom = domain.id,
-        pubid = ours_pub.id,
-        crs = course.id,
+        pubid = ours_pub,
         body = sample_body(),
     );
     sqlx::query("CREATE SEQUENCE bench_learner").execute(db.pool()).await?;
@@ -176,4 +144,33 @@ pub fn sample_body() -> String {
         "course_id": "crs_01jd3xkq7w8h2m4n6p8r0t2v4x", "domain_id": "dom_01jd3xkq7w8h2m4n6p8r0t2v4x", "state": "ACTIVE", "enrolled_at": "2026-11-24T10:00:00.123Z",
         "progress": {"lessons_completed": 0, "lessons_required": 5, "percent": 0}, "sequence": "1", "updated_at": "2026-11-24T10:00:00.123Z", "etag": "\"1\""});
     json!({"id": "evt_01jd3xkq7w8h2m4n6p8r0t2v4x", "type": "enrollment.created", "created_at": "2026-11-24T10:00:00.123Z", "organization_id": "bench", "sequence": 1, "data": data}).to_string()
+}
+
+/// Learners `usr_000…1` to `count`, inserted directly (setup, never measured).
+pub async fn insert_users(db: &Db, count: i64) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO users (id, org_id, email, email_lower, first_name, last_name, active, created_at, updated_at, sequence) \
+         SELECT 'usr_' || lpad(n::text, 26, '0'), 'bench', 'l' || n || '@example.com', 'l' || n || '@example.com', 'L', 'N', 1, 0, 0, 1 \
+         FROM generate_series(1, $1) AS n",
+    )
+    .bind(count)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// A domain and a five-lesson course published to it, through the API; the published course's id.
+pub async fn published_course(channel: Channel, key: &str) -> anyhow::Result<String> {
+    let mut c = coursewire_proto::v1::domain_service_client::DomainServiceClient::new(channel.clone());
+    let d = Domain { hostname: "bench.example.com".into(), name: "B".into(), ..Default::default() };
+    let domain = c.create_domain(authed(CreateDomainRequest { domain: Some(d), request_id: String::new() }, key)).await?;
+    let mut courses = coursewire_proto::v1::course_service_client::CourseServiceClient::new(channel.clone());
+    let lessons = (0..5).map(|i| Lesson { title: format!("L{i}"), required: true, ..Default::default() }).collect();
+    let course = Course { title: "Bench".into(), lessons, ..Default::default() };
+    let course =
+        courses.create_course(authed(CreateCourseRequest { course: Some(course), request_id: String::new() }, key)).await?;
+    let mut published = coursewire_proto::v1::published_course_service_client::PublishedCourseServiceClient::new(channel);
+    let p = PublishedCourse { course_id: course.into_inner().id, domain_id: domain.into_inner().id, ..Default::default() };
+    let publish = authed(CreatePublishedCourseRequest { published_course: Some(p), request_id: String::new() }, key);
+    Ok(published.create_published_course(publish).await?.into_inner().id)
 }

@@ -8,13 +8,21 @@
 //! - `idle-rss`: resident memory of the all-in-one binary after start-up.
 //! - `relay`: outbox → RabbitMQ with confirms vs raw lapin, and commit→confirm lag.
 //! - `limiter`: rate limit decisions in memory and on Redis, against bare counters.
+//! - `dispatch`: webhook deliveries/s and latency with 1, 10 and 100 endpoints, against a bare
+//!   HTTP client posting to the same receiver.
+//! - `e2e`: CreateEnrollment commit → signed POST received, through `coursewire api` and
+//!   `coursewire-dispatcher` on Postgres + RabbitMQ, at fixed rates and flat out.
 //!
 //! Everything runs on loopback and stops by itself.
+mod dispatch;
+mod e2e;
 mod enroll;
 mod limiter;
 mod ping;
+mod receiver;
 mod relay;
 mod rss;
+mod scratch;
 
 use std::time::Duration;
 
@@ -32,8 +40,10 @@ async fn main() -> anyhow::Result<()> {
         "idle-rss" => rss::run().await,
         "limiter" => limiter::run().await,
         "relay" => relay::run().await,
+        "dispatch" => dispatch::run().await,
+        "e2e" => e2e::run().await,
         _ => {
-            eprintln!("usage: coursewire-bench ping|enroll|idle-rss|limiter|relay");
+            eprintln!("usage: coursewire-bench ping|enroll|idle-rss|limiter|relay|dispatch|e2e");
             std::process::exit(2);
         }
     }

@@ -17,24 +17,10 @@ use crate::report;
 const BACKLOG: i64 = 20_000;
 const RATE_PER_S: i64 = 1000;
 
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.into())
-}
-
 pub async fn run() -> anyhow::Result<()> {
-    let admin = env_or("COURSEWIRE_BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
-    let amqp = env_or("COURSEWIRE_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
-    let name = format!("cw_bench_{}", SystemClock.now_ms());
-    let admin_pool = sqlx::PgPool::connect(&admin).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin_pool).await?;
-    let url = format!("{}/{name}", admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base));
-    let topology =
-        Topology { url: amqp.clone(), exchange: format!("{name}.events"), queue: format!("{name}.dispatcher") };
-    let result = measure(&url, &topology).await;
-    cleanup(&topology).await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-        .execute(&admin_pool)
-        .await;
+    let scratch = crate::scratch::Scratch::create("relay").await?;
+    let result = measure(&scratch.url, &scratch.topology).await;
+    scratch.remove().await;
     result
 }
 
@@ -134,7 +120,7 @@ async fn measure(url: &str, topology: &Topology) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn cleanup(t: &Topology) {
+pub async fn cleanup(t: &Topology) {
     if let Ok(connection) = t.connect().await
         && let Ok(channel) = connection.create_channel().await
     {
