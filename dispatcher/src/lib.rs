@@ -3,14 +3,15 @@
 //! (schedule). Any number of dispatchers can share one database.
 pub mod guard;
 pub mod intake;
+mod lanes;
 mod queue;
 pub mod schedule;
 mod sender;
 pub mod signing;
-mod slots;
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,12 +23,11 @@ use coursewire_services::events::bus::Handoff;
 use coursewire_services::metrics::metrics;
 use coursewire_services::store::Db;
 use tokio::sync::{Notify, mpsc, watch};
-use tokio::task::JoinSet;
 
+use lanes::Lanes;
 use queue::{Claimed, Outcome};
 use schedule::{Next, Response};
 use sender::Sender;
-use slots::Slots;
 
 /// Deliveries taken per claim.
 const CLAIM_BATCH: usize = 200;
@@ -99,63 +99,103 @@ pub struct Shared {
     pub wake: Notify,
 }
 
-pub struct Dispatcher {
+/// A claimed delivery with what its attempt needs.
+struct Job {
+    delivery: Claimed,
+    endpoint: Arc<queue::Endpoint>,
+    body: Arc<str>,
+}
+
+pub struct Dispatcher(Arc<Inner>);
+
+struct Inner {
     shared: Arc<Shared>,
     config: Config,
-    sender: Arc<Sender>,
-    slots: Arc<Slots>,
-    /// Deliveries with an attempt in flight (released if shutdown cuts them off).
-    in_flight: Arc<Mutex<HashSet<String>>>,
+    sender: Sender,
+    lanes: Lanes<Job>,
+    /// Deliveries with an attempt in flight (handed back if shutdown cuts them off).
+    in_flight: Mutex<HashSet<String>>,
+    /// Attempts running; `idle` is notified when it drops to zero.
+    running: AtomicUsize,
+    idle: Notify,
+    /// Where finished attempts go to be recorded; taken away at shutdown, so the recorder
+    /// ends once the last attempt that got through has been written.
+    outcomes: Mutex<Option<mpsc::Sender<Outcome>>>,
+    outcomes_rx: Mutex<Option<mpsc::Receiver<Outcome>>>,
 }
 
 impl Dispatcher {
     pub fn new(db: Db, clock: SharedClock, config: Config) -> anyhow::Result<Dispatcher> {
-        let sender = Arc::new(Sender::new(config.timeout, config.allow_private_targets)?);
-        let slots = Arc::new(Slots::new(config.endpoint_concurrency));
+        let sender = Sender::new(config.timeout, config.allow_private_targets)?;
+        let lanes = Lanes::new(config.endpoint_concurrency);
         let shared = Arc::new(Shared { db, clock, wake: Notify::new() });
-        Ok(Dispatcher { shared, config, sender, slots, in_flight: Default::default() })
+        let (outcomes, outcomes_rx) = mpsc::channel(4096);
+        Ok(Dispatcher(Arc::new(Inner {
+            shared,
+            config,
+            sender,
+            lanes,
+            in_flight: Mutex::default(),
+            running: AtomicUsize::new(0),
+            idle: Notify::new(),
+            outcomes: Mutex::new(Some(outcomes)),
+            outcomes_rx: Mutex::new(Some(outcomes_rx)),
+        })))
     }
 
     /// Runs until `shutdown` completes; then takes no new work, gives attempts in flight up to
     /// the webhook timeout to finish and be recorded, and hands back what is left.
     pub async fn run(self, source: Source, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let inner = self.0;
         let (stop_tx, stop) = watch::channel(false);
         let intake = match source {
             Source::InProcess(handoffs) => {
-                tokio::spawn(intake::in_process(self.shared.clone(), handoffs, stop.clone()))
+                tokio::spawn(intake::in_process(inner.shared.clone(), handoffs, stop.clone()))
             }
-            Source::Amqp(topology) => tokio::spawn(intake::amqp(self.shared.clone(), topology, stop.clone())),
+            Source::Amqp(topology) => tokio::spawn(intake::amqp(inner.shared.clone(), topology, stop.clone())),
         };
-        let (outcomes_tx, outcomes) = mpsc::channel(4096);
-        let recorder = tokio::spawn(record_outcomes(self.shared.clone(), outcomes, self.config.disable_after));
-        let mut attempts = JoinSet::new();
+        let outcomes = inner.outcomes_rx.lock().unwrap_or_else(|p| p.into_inner()).take().expect("run once");
+        let recorder = tokio::spawn(record_outcomes(inner.shared.clone(), outcomes, inner.config.disable_after));
         tokio::select! {
             _ = shutdown => {},
-            _ = self.deliver(&mut attempts, outcomes_tx, stop.clone()) => {},
+            _ = inner.deliver(stop.clone()) => {},
         }
-        tracing::info!(in_flight = attempts.len(), "dispatcher stopping: finishing attempts in flight");
         let _ = stop_tx.send(true);
         let _ = intake.await;
-        let grace = self.config.timeout + Duration::from_secs(1);
-        if tokio::time::timeout(grace, async { while attempts.join_next().await.is_some() {} }).await.is_err() {
-            attempts.abort_all();
-        }
-        // Every sender of outcomes is gone now, so the recorder drains the channel and ends.
-        let _ = recorder.await;
-        let cut_off: Vec<String> = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
-        queue::release(&self.shared.db, &cut_off).await?;
-        Ok(())
+        let queued: Vec<String> = inner.lanes.drain().into_iter().map(|j| j.delivery.id).collect();
+        queue::release(&inner.shared.db, &queued).await?;
+        tracing::info!(in_flight = inner.running.load(Relaxed), "dispatcher stopping: finishing attempts in flight");
+        let grace = inner.config.timeout + Duration::from_secs(1);
+        let _ = tokio::time::timeout(grace, async {
+            while inner.running.load(Relaxed) > 0 {
+                let idle = inner.idle.notified();
+                if inner.running.load(Relaxed) == 0 {
+                    break;
+                }
+                idle.await;
+            }
+        })
+        .await;
+        // Outcomes sent so far get recorded; attempts still running after the grace period are
+        // handed back and made again later (at least once).
+        drop(inner.outcomes.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let _ = tokio::time::timeout(Duration::from_secs(10), recorder).await;
+        let cut_off: Vec<String> = inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        queue::release(&inner.shared.db, &cut_off).await
+    }
+}
+
+impl Inner {
+    fn outcome_sender(&self) -> Option<mpsc::Sender<Outcome>> {
+        self.outcomes.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    async fn deliver(
-        &self,
-        attempts: &mut JoinSet<()>,
-        outcomes: mpsc::Sender<Outcome>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    async fn deliver(self: &Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut last_gauge = std::time::Instant::now() - Duration::from_secs(60);
         loop {
-            while attempts.try_join_next().is_some() {}
+            for job in self.lanes.ready() {
+                self.launch(job);
+            }
             let now = self.shared.clock.now_ms();
             if last_gauge.elapsed() >= Duration::from_secs(5) {
                 last_gauge = std::time::Instant::now();
@@ -163,12 +203,16 @@ impl Dispatcher {
                     metrics().deliveries_due.store(due, Relaxed);
                 }
             }
-            let room = self.config.max_in_flight.saturating_sub(attempts.len()).min(CLAIM_BATCH);
+            // Room for two rounds: what runs now and what waits in the lanes behind it.
+            let (running, queued) = self.lanes.load();
+            let room = (self.config.max_in_flight * 2).saturating_sub(running + queued).min(CLAIM_BATCH);
             let claimed = if room == 0 {
                 Vec::new()
             } else {
                 let lease_until = now + self.config.lease().as_millis() as i64;
-                match queue::claim(&self.shared.db, now, lease_until, room, &self.slots.busy()).await {
+                let full = self.lanes.full();
+                let cap = self.config.endpoint_concurrency;
+                match queue::claim(&self.shared.db, now, lease_until, room, cap, &full).await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot claim deliveries; retrying");
@@ -184,28 +228,21 @@ impl Dispatcher {
                 }
                 continue;
             }
-            if let Err(e) = self.start(claimed, attempts, &outcomes, now).await {
+            if let Err(e) = self.start(claimed, now).await {
                 tracing::warn!(error = %e, "cannot load what the claimed deliveries need; their leases will lapse");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
 
-    /// Starts an attempt for every claimed delivery whose endpoint has room; gives back the rest.
-    async fn start(
-        &self,
-        claimed: Vec<Claimed>,
-        attempts: &mut JoinSet<()>,
-        outcomes: &mpsc::Sender<Outcome>,
-        now: i64,
-    ) -> anyhow::Result<()> {
+    /// Puts every claimed delivery in its endpoint's lane, starting those with room.
+    async fn start(self: &Arc<Self>, claimed: Vec<Claimed>, now: i64) -> anyhow::Result<()> {
         let mut endpoint_ids: Vec<&str> = claimed.iter().map(|c| c.endpoint_id.as_str()).collect();
         endpoint_ids.sort_unstable();
         endpoint_ids.dedup();
         let endpoints = queue::endpoints(&self.shared.db, &endpoint_ids, now).await?;
         let event_ids: Vec<&str> = claimed.iter().map(|c| c.event_id.as_str()).collect();
         let bodies = queue::bodies(&self.shared.db, &event_ids).await?;
-        let mut give_back = Vec::new();
         for delivery in claimed {
             let Some(endpoint) = endpoints.get(&delivery.endpoint_id).cloned() else {
                 continue; // deleted since the claim, with its deliveries
@@ -221,52 +258,68 @@ impl Dispatcher {
                     next: Next::Failed,
                     delivery,
                 };
-                let _ = outcomes.send(outcome).await;
+                if let Some(outcomes) = self.outcome_sender() {
+                    let _ = outcomes.send(outcome).await;
+                }
                 continue;
             };
-            if !self.slots.try_start(&delivery.endpoint_id, endpoint.max_concurrency, endpoint.max_rate) {
-                give_back.push(delivery.id);
-                continue;
+            let (cap, rate) = (endpoint.max_concurrency, endpoint.max_rate);
+            let lane = delivery.endpoint_id.clone();
+            if let Some(job) = self.lanes.admit(&lane, cap, rate, Job { delivery, endpoint, body }) {
+                self.launch(job);
             }
-            self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(delivery.id.clone());
-            let (shared, sender, slots, config) =
-                (self.shared.clone(), self.sender.clone(), self.slots.clone(), self.config.clone());
-            let (outcomes, in_flight) = (outcomes.clone(), self.in_flight.clone());
-            attempts.spawn(async move {
-                let attempted_at = shared.clock.now_ms();
-                let attempt = sender.send(&endpoint, &delivery.event_id, &body, attempted_at).await;
-                slots.finish(&delivery.endpoint_id);
-                shared.wake.notify_one();
-                let ok = matches!(attempt.response, Response::Status { code: 200..=299, .. });
-                metrics().attempted(&delivery.endpoint_id, ok, attempt.duration_ms as u64);
-                let next = schedule::next(
-                    &config.retry_schedule,
-                    delivery.attempts + 1,
-                    delivery.single,
-                    &attempt.response,
-                    shared.clock.now_ms(),
-                    &mut rand::rng(),
-                );
-                let (status, error) = match attempt.response {
-                    Response::Status { code, .. } => (code, ""),
-                    Response::Error(kind) => (0, kind),
-                };
-                let id = delivery.id.clone();
-                let outcome = Outcome {
-                    delivery,
-                    attempted_at,
-                    duration_ms: attempt.duration_ms,
-                    status,
-                    error,
-                    body: attempt.body,
-                    next,
-                };
-                if outcomes.send(outcome).await.is_ok() {
-                    in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                }
-            });
         }
-        queue::release(&self.shared.db, &give_back).await
+        Ok(())
+    }
+
+    /// Runs one attempt; when it ends, the next job waiting in the same lane starts.
+    fn launch(self: &Arc<Self>, job: Job) {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(job.delivery.id.clone());
+        self.running.fetch_add(1, Relaxed);
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let Job { delivery, endpoint, body } = job;
+            let attempted_at = inner.shared.clock.now_ms();
+            let attempt = inner.sender.send(&endpoint, &delivery.event_id, &body, attempted_at).await;
+            let ok = matches!(attempt.response, Response::Status { code: 200..=299, .. });
+            metrics().attempted(&delivery.endpoint_id, ok, attempt.duration_ms as u64);
+            let next = schedule::next(
+                &inner.config.retry_schedule,
+                delivery.attempts + 1,
+                delivery.single,
+                &attempt.response,
+                inner.shared.clock.now_ms(),
+                &mut rand::rng(),
+            );
+            let (status, error) = match attempt.response {
+                Response::Status { code, .. } => (code, ""),
+                Response::Error(kind) => (0, kind),
+            };
+            let (id, lane) = (delivery.id.clone(), delivery.endpoint_id.clone());
+            let outcome = Outcome {
+                delivery,
+                attempted_at,
+                duration_ms: attempt.duration_ms,
+                status,
+                error,
+                body: attempt.body,
+                next,
+            };
+            let sent = match inner.outcome_sender() {
+                Some(outcomes) => outcomes.send(outcome).await.is_ok(),
+                None => false,
+            };
+            if sent {
+                inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            }
+            if let Some(next) = inner.lanes.finish(&lane) {
+                inner.launch(next);
+            }
+            if inner.running.fetch_sub(1, Relaxed) == 1 {
+                inner.idle.notify_waiters();
+            }
+            inner.shared.wake.notify_one();
+        });
     }
 }
 

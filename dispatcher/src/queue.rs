@@ -53,26 +53,53 @@ pub struct Outcome {
     pub next: Next,
 }
 
-/// Leases up to `limit` due deliveries of enabled endpoints, skipping `busy` endpoints.
-pub async fn claim(db: &Db, now: i64, lease_until: i64, limit: usize, busy: &[String]) -> Result<Vec<Claimed>> {
+/// Due rows one claim looks at.
+const SCAN: usize = 2000;
+
+/// Leases up to `limit` due deliveries of enabled endpoints, at most as many per endpoint as
+/// it may have in flight (its concurrency cap, or its rate if lower), skipping `full` ones.
+pub async fn claim(
+    db: &Db,
+    now: i64,
+    lease_until: i64,
+    limit: usize,
+    default_cap: u32,
+    full: &[String],
+) -> Result<Vec<Claimed>> {
     let mut skip = String::new();
-    for i in 0..busy.len() {
+    for i in 0..full.len() {
         skip.push_str(if i == 0 { " AND d.endpoint_id NOT IN (" } else { ", " });
-        skip.push_str(&format!("${}", i + 4));
+        skip.push_str(&format!("${}", i + 5));
     }
-    if !busy.is_empty() {
+    if !full.is_empty() {
         skip.push(')');
     }
-    let lock = if db.backend == Backend::Postgres { " FOR UPDATE OF d SKIP LOCKED" } else { "" };
+    let lock = if db.backend == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+    // The earliest due rows (at most SCAN, through the partial index) are ranked per endpoint,
+    // so a long backlog costs no more per claim than a short one.
     let sql = format!(
         "UPDATE webhook_deliveries SET lease_until = $1 WHERE id IN (\
-           SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
-           WHERE d.state = 'pending' AND d.next_attempt_at <= $2 AND d.lease_until <= $2 AND e.disabled_at IS NULL{skip} \
-           ORDER BY d.next_attempt_at LIMIT $3{lock}) \
+           SELECT id FROM webhook_deliveries WHERE id IN (\
+             SELECT id FROM (\
+               SELECT id, ROW_NUMBER() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at) AS rn, room FROM (\
+                 SELECT d.id, d.endpoint_id, d.next_attempt_at, \
+                   CASE WHEN e.max_rate > 0 AND e.max_rate < e.max_concurrency THEN e.max_rate \
+                        WHEN e.max_concurrency > 0 THEN e.max_concurrency \
+                        WHEN e.max_rate > 0 AND e.max_rate < $4 THEN e.max_rate ELSE $4 END AS room \
+                 FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
+                 WHERE d.state = 'pending' AND d.next_attempt_at <= $2 AND d.lease_until <= $2 \
+                   AND e.disabled_at IS NULL{skip} \
+                 ORDER BY d.next_attempt_at LIMIT {SCAN}) due) ranked \
+             WHERE rn <= room) \
+           ORDER BY next_attempt_at LIMIT $3{lock}) \
          RETURNING id, org_id, endpoint_id, event_id, attempts, single_attempt"
     );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(lease_until).bind(now).bind(limit as i64);
-    for id in busy {
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit as i64)
+        .bind(i64::from(default_cap));
+    for id in full {
         q = q.bind(id);
     }
     let mut tx = db.begin().await.map_err(db_err)?;
@@ -162,72 +189,125 @@ pub async fn endpoints(db: &Db, ids: &[&str], now: i64) -> Result<HashMap<String
     Ok(out)
 }
 
-/// Records attempts and their consequences in one transaction: the attempt row, the
-/// delivery's new state, the endpoint's failure streak, and disabling the endpoint on 410 or
-/// after `disable_after_ms` of failures only. Returns the endpoints it disabled.
+/// Rows per multi-row statement when recording.
+const RECORD_CHUNK: usize = 100;
+
+/// `SELECT $a AS c1, $b AS c2 … UNION ALL SELECT …`: `rows` rows of `columns`, numbered from
+/// `$first`. A portable stand-in for `VALUES` with named columns (SQLite and Postgres).
+fn rows_of(columns: &[&str], rows: usize, first: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let fields: Vec<String> =
+                columns.iter().enumerate().map(|(i, c)| format!("${} AS {c}", first + r * columns.len() + i)).collect();
+            format!("SELECT {}", fields.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}
+
+/// Records attempts and their consequences in one transaction, a few statements per batch:
+/// the attempt rows, the deliveries' new states, the endpoints' failure streaks, and
+/// disabling endpoints on 410 or after `disable_after_ms` of failures only. Returns the
+/// endpoints it disabled.
 pub async fn record(db: &Db, outcomes: &[Outcome], now: i64, disable_after_ms: i64) -> Result<Vec<String>> {
     let mut tx = db.begin().await.map_err(db_err)?;
-    let mut disabled = Vec::new();
-    for o in outcomes {
-        let d = &o.delivery;
-        sqlx::query(
+    for chunk in outcomes.chunks(RECORD_CHUNK) {
+        // Only while the delivery exists: its endpoint may have been deleted meanwhile.
+        let cols = ["id", "delivery_id", "attempted_at", "duration_ms", "status", "error", "response_body"];
+        let sql = format!(
             "INSERT INTO webhook_attempts (id, delivery_id, attempted_at, duration_ms, status, error, response_body) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(new_id("att"))
-        .bind(&d.id)
-        .bind(o.attempted_at)
-        .bind(o.duration_ms)
-        .bind(i64::from(o.status))
-        .bind(o.error)
-        .bind(&o.body)
-        .execute(&mut *tx)
-        .await?;
-        let (state, next_at) = match o.next {
-            Next::Delivered => ("succeeded", 0),
-            Next::RetryAt(at) => ("pending", at),
-            Next::Failed | Next::Gone => ("failed", 0),
-        };
-        sqlx::query(
-            "UPDATE webhook_deliveries SET state = $2, attempts = attempts + 1, next_attempt_at = $3, lease_until = 0, \
-             single_attempt = 0, last_status = $4, last_error = $5, updated_at = $6 WHERE id = $1",
-        )
-        .bind(&d.id)
-        .bind(state)
-        .bind(next_at)
-        .bind(i64::from(o.status))
-        .bind(o.error)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let streak = if o.next == Next::Delivered {
-            "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL"
-        } else {
-            "UPDATE webhook_endpoints SET failing_since = $2 WHERE id = $1 AND failing_since IS NULL"
-        };
-        let mut q = sqlx::query(streak).bind(&d.endpoint_id);
-        if o.next != Next::Delivered {
-            q = q.bind(o.attempted_at);
+             SELECT v.* FROM ({}) v WHERE EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = v.delivery_id)",
+            rows_of(&cols, chunk.len(), 1)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for o in chunk {
+            q = q
+                .bind(new_id("att"))
+                .bind(&o.delivery.id)
+                .bind(o.attempted_at)
+                .bind(o.duration_ms)
+                .bind(i64::from(o.status))
+                .bind(o.error)
+                .bind(&o.body);
         }
         q.execute(&mut *tx).await?;
-        let reason = if o.next == Next::Gone {
-            Some("the endpoint answered 410 Gone".to_string())
-        } else if o.next != Next::Delivered {
-            let since: Option<i64> = sqlx::query_scalar("SELECT failing_since FROM webhook_endpoints WHERE id = $1")
-                .bind(&d.endpoint_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .flatten();
-            since
-                .filter(|s| now - s >= disable_after_ms)
-                .map(|s| format!("every delivery failed since {}", coursewire_services::clock::rfc3339(s)))
-        } else {
-            None
-        };
-        if let Some(reason) = reason
-            && endpoint::disable(&mut tx, &d.org, &d.endpoint_id, &reason, now).await.map_err(db_err)?
-        {
-            disabled.push(d.endpoint_id.clone());
+
+        let cols = ["id", "state", "next_at", "status", "error"];
+        let sql = format!(
+            "UPDATE webhook_deliveries SET state = v.state, attempts = attempts + 1, next_attempt_at = v.next_at, \
+             lease_until = 0, single_attempt = 0, last_status = v.status, last_error = v.error, updated_at = $1 \
+             FROM ({}) v WHERE webhook_deliveries.id = v.id",
+            rows_of(&cols, chunk.len(), 2)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        for o in chunk {
+            let (state, next_at) = match o.next {
+                Next::Delivered => ("succeeded", 0),
+                Next::RetryAt(at) => ("pending", at),
+                Next::Failed | Next::Gone => ("failed", 0),
+            };
+            q = q.bind(&o.delivery.id).bind(state).bind(next_at).bind(i64::from(o.status)).bind(o.error);
+        }
+        q.execute(&mut *tx).await?;
+    }
+
+    // Failure streaks: an endpoint's last outcome in the batch decides.
+    let mut last: HashMap<&str, &Outcome> = HashMap::new();
+    for o in outcomes {
+        last.insert(&o.delivery.endpoint_id, o);
+    }
+    let (ok, failing): (Vec<&str>, Vec<&str>) = last.keys().copied().partition(|id| last[id].next == Next::Delivered);
+    let first_failure = outcomes.iter().filter(|o| o.next != Next::Delivered).map(|o| o.attempted_at).min();
+    if !ok.is_empty() {
+        let sql = format!(
+            "UPDATE webhook_endpoints SET failing_since = NULL WHERE failing_since IS NOT NULL AND id IN ({})",
+            placeholders(1, ok.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in &ok {
+            q = q.bind(*id);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    if let Some(first_failure) = first_failure
+        && !failing.is_empty()
+    {
+        let sql = format!(
+            "UPDATE webhook_endpoints SET failing_since = $1 WHERE failing_since IS NULL AND id IN ({})",
+            placeholders(2, failing.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(first_failure);
+        for id in &failing {
+            q = q.bind(*id);
+        }
+        q.execute(&mut *tx).await?;
+    }
+
+    // Endpoints to disable: 410 Gone, or failing for too long.
+    let mut disable: Vec<(String, String, String)> = outcomes
+        .iter()
+        .filter(|o| o.next == Next::Gone)
+        .map(|o| (o.delivery.endpoint_id.clone(), o.delivery.org.clone(), "the endpoint answered 410 Gone".into()))
+        .collect();
+    if !failing.is_empty() {
+        let sql = format!(
+            "SELECT id, org_id, failing_since FROM webhook_endpoints \
+             WHERE disabled_at IS NULL AND failing_since <= $1 AND id IN ({})",
+            placeholders(2, failing.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now - disable_after_ms);
+        for id in &failing {
+            q = q.bind(*id);
+        }
+        for r in q.fetch_all(&mut *tx).await? {
+            let since = coursewire_services::clock::rfc3339(r.try_get("failing_since")?);
+            disable.push((r.try_get("id")?, r.try_get("org_id")?, format!("every delivery failed since {since}")));
+        }
+    }
+    let mut disabled = Vec::new();
+    for (id, org, reason) in disable {
+        if endpoint::disable(&mut tx, &org, &id, &reason, now).await.map_err(db_err)? {
+            disabled.push(id);
         }
     }
     tx.commit().await.map_err(db_err)?;

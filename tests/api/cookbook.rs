@@ -68,6 +68,7 @@ fn readme_cookbook_works_verbatim() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "cookbook failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("\"state\": \"COMPLETED\""), "{stdout}");
+    assert!(stdout.contains("\"secret\": \"whsec_"), "CreateWebhook shows the signing secret: {stdout}");
     assert!(
         stdout.trim_end().ends_with(
             "1 enrollment.created\n2 enrollment.progressed\n3 enrollment.progressed\n4 enrollment.completed"

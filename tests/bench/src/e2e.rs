@@ -59,14 +59,19 @@ async fn measure(scratch: &crate::scratch::Scratch) -> anyhow::Result<()> {
     let key = crate::bench_org(&db).await?;
     let users = 40_000;
     crate::enroll::insert_users(&db, users as i64).await?;
-    let shared = ["--database-url", url, "--amqp-url", &t.url, "--amqp-exchange", &t.exchange, "--amqp-queue", &t.queue];
+    let shared =
+        ["--database-url", url, "--amqp-url", &t.url, "--amqp-exchange", &t.exchange, "--amqp-queue", &t.queue];
     let port = free_port();
     let mut api = tokio::process::Command::new(&coursewire);
     api.arg("api").args(shared).args(["--listen", &format!("127.0.0.1:{port}"), "--rate-limits", "100000000/1m"]);
     api.args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())]);
     let api = spawn(&mut api, "listening").await?;
     let mut dispatcher = tokio::process::Command::new(bin("coursewire-dispatcher")?);
-    dispatcher.args(shared).args(["--webhook-allow-private-targets", "--metrics-listen", &format!("127.0.0.1:{}", free_port())]);
+    dispatcher.args(shared).args([
+        "--webhook-allow-private-targets",
+        "--metrics-listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
     let dispatcher = spawn(&mut dispatcher, "consuming events").await?;
     let pids = [api.id().unwrap_or_default(), dispatcher.id().unwrap_or_default()];
 
@@ -120,8 +125,11 @@ async fn measure(scratch: &crate::scratch::Scratch) -> anyhow::Result<()> {
         while calls.join_next().await.is_some() {}
         receiver.wait_for(sent, Duration::from_secs(60)).await?;
         let committed = committed.lock().unwrap();
-        let mut latency: Vec<f64> =
-            receiver.take().iter().map(|(id, at)| at.saturating_duration_since(committed[id]).as_secs_f64() * 1000.0).collect();
+        let mut latency: Vec<f64> = receiver
+            .take()
+            .iter()
+            .map(|(id, at)| at.saturating_duration_since(committed[id]).as_secs_f64() * 1000.0)
+            .collect();
         let peak = *peak_rss.lock().unwrap();
         report(json!({
             "scenario": "e2e", "events_per_s": rate, "events": sent,

@@ -163,14 +163,18 @@ pub async fn insert_users(db: &Db, count: i64) -> anyhow::Result<()> {
 pub async fn published_course(channel: Channel, key: &str) -> anyhow::Result<String> {
     let mut c = coursewire_proto::v1::domain_service_client::DomainServiceClient::new(channel.clone());
     let d = Domain { hostname: "bench.example.com".into(), name: "B".into(), ..Default::default() };
-    let domain = c.create_domain(authed(CreateDomainRequest { domain: Some(d), request_id: String::new() }, key)).await?;
+    let domain =
+        c.create_domain(authed(CreateDomainRequest { domain: Some(d), request_id: String::new() }, key)).await?;
     let mut courses = coursewire_proto::v1::course_service_client::CourseServiceClient::new(channel.clone());
     let lessons = (0..5).map(|i| Lesson { title: format!("L{i}"), required: true, ..Default::default() }).collect();
     let course = Course { title: "Bench".into(), lessons, ..Default::default() };
-    let course =
-        courses.create_course(authed(CreateCourseRequest { course: Some(course), request_id: String::new() }, key)).await?;
-    let mut published = coursewire_proto::v1::published_course_service_client::PublishedCourseServiceClient::new(channel);
-    let p = PublishedCourse { course_id: course.into_inner().id, domain_id: domain.into_inner().id, ..Default::default() };
+    let course = courses
+        .create_course(authed(CreateCourseRequest { course: Some(course), request_id: String::new() }, key))
+        .await?;
+    let mut published =
+        coursewire_proto::v1::published_course_service_client::PublishedCourseServiceClient::new(channel);
+    let p =
+        PublishedCourse { course_id: course.into_inner().id, domain_id: domain.into_inner().id, ..Default::default() };
     let publish = authed(CreatePublishedCourseRequest { published_course: Some(p), request_id: String::new() }, key);
     Ok(published.create_published_course(publish).await?.into_inner().id)
 }

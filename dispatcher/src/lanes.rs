@@ -1,0 +1,162 @@
+//! One lane per endpoint in this process: at most `cap` attempts in flight, an optional rate
+//! cap (a token bucket holding one second of tokens), and a short queue of claimed deliveries
+//! waiting for room. A slow or busy endpoint only ever waits on its own lane, and a full lane
+//! is left out of the next claim, so it never takes capacity from the others.
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Instant;
+
+struct Lane<J> {
+    in_flight: u32,
+    cap: u32,
+    rate: u32,
+    tokens: f64,
+    refilled: Instant,
+    queue: VecDeque<J>,
+}
+
+impl<J> Lane<J> {
+    fn refill(&mut self, now: Instant) {
+        if self.rate > 0 {
+            let earned = now.duration_since(self.refilled).as_secs_f64() * f64::from(self.rate);
+            self.tokens = (self.tokens + earned).min(f64::from(self.rate));
+        }
+        self.refilled = now;
+    }
+
+    /// Takes a place for one attempt if the caps allow.
+    fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.in_flight >= self.cap || (self.rate > 0 && self.tokens < 1.0) {
+            return false;
+        }
+        self.in_flight += 1;
+        if self.rate > 0 {
+            self.tokens -= 1.0;
+        }
+        true
+    }
+}
+
+pub struct Lanes<J> {
+    default_cap: u32,
+    lanes: Mutex<HashMap<String, Lane<J>>>,
+}
+
+impl<J> Lanes<J> {
+    pub fn new(default_cap: u32) -> Self {
+        Lanes { default_cap, lanes: Mutex::default() }
+    }
+
+    /// The effective concurrency cap for an endpoint's setting (0 = default).
+    pub fn cap(&self, setting: u32) -> u32 {
+        if setting == 0 { self.default_cap } else { setting }
+    }
+
+    /// Returns the job if it may start now; otherwise queues it behind the lane's others.
+    pub fn admit(&self, endpoint: &str, cap: u32, rate: u32, job: J) -> Option<J> {
+        self.admit_at(endpoint, cap, rate, job, Instant::now())
+    }
+
+    fn admit_at(&self, endpoint: &str, cap: u32, rate: u32, job: J, now: Instant) -> Option<J> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let lane = lanes.entry(endpoint.to_string()).or_insert_with(|| Lane {
+            in_flight: 0,
+            cap: 0,
+            rate,
+            tokens: f64::from(rate),
+            refilled: now,
+            queue: VecDeque::new(),
+        });
+        lane.cap = self.cap(cap);
+        lane.rate = rate;
+        if lane.queue.is_empty() && lane.take(now) {
+            return Some(job);
+        }
+        lane.queue.push_back(job);
+        None
+    }
+
+    /// An attempt ended: frees its place and returns the next queued job if it may start.
+    pub fn finish(&self, endpoint: &str) -> Option<J> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let lane = lanes.get_mut(endpoint)?;
+        lane.in_flight = lane.in_flight.saturating_sub(1);
+        let next = if !lane.queue.is_empty() && lane.take(Instant::now()) { lane.queue.pop_front() } else { None };
+        if lane.in_flight == 0 && lane.queue.is_empty() && lane.rate == 0 {
+            lanes.remove(endpoint);
+        }
+        next
+    }
+
+    /// Queued jobs whose lane has room again (rate-capped lanes refill over time).
+    pub fn ready(&self) -> Vec<J> {
+        let now = Instant::now();
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for lane in lanes.values_mut() {
+            while !lane.queue.is_empty() && lane.take(now) {
+                out.extend(lane.queue.pop_front());
+            }
+        }
+        out
+    }
+
+    /// Endpoints whose queue is full: the next claim leaves them out.
+    pub fn full(&self) -> Vec<String> {
+        let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        lanes.iter().filter(|(_, l)| l.queue.len() as u32 >= l.cap).map(|(id, _)| id.clone()).collect()
+    }
+
+    /// Attempts in flight and jobs queued, over all lanes.
+    pub fn load(&self) -> (usize, usize) {
+        let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        lanes.values().fold((0, 0), |(f, q), l| (f + l.in_flight as usize, q + l.queue.len()))
+    }
+
+    /// Empties every queue (shutdown: the jobs are handed back).
+    pub fn drain(&self) -> Vec<J> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        lanes.values_mut().flat_map(|l| l.queue.drain(..)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn concurrency_cap_queues_then_hands_over() {
+        let lanes = Lanes::new(2);
+        assert_eq!(lanes.admit("a", 0, 0, 1), Some(1));
+        assert_eq!(lanes.admit("a", 0, 0, 2), Some(2));
+        assert_eq!(lanes.admit("a", 0, 0, 3), None, "third waits");
+        assert_eq!(lanes.admit("a", 0, 0, 4), None);
+        assert_eq!(lanes.admit("b", 0, 0, 9), Some(9), "other endpoints unaffected");
+        assert_eq!(lanes.full(), vec!["a".to_string()]);
+        assert_eq!(lanes.load(), (3, 2));
+        assert_eq!(lanes.finish("a"), Some(3), "the next queued job takes the freed place, in order");
+        assert_eq!(lanes.finish("a"), Some(4));
+        assert!(lanes.full().is_empty());
+        assert_eq!(lanes.admit("c", 3, 0, 5), Some(5));
+        assert_eq!(lanes.drain(), Vec::<i32>::new());
+    }
+
+    #[test]
+    fn rate_cap_per_endpoint() {
+        let lanes = Lanes::new(100);
+        let t0 = Instant::now();
+        let started = (0..10).filter_map(|j| lanes.admit_at("a", 0, 3, j, t0)).count();
+        assert_eq!(started, 3, "one second of tokens");
+        let mut lanes_now = lanes.lanes.lock().unwrap();
+        let lane = lanes_now.get_mut("a").unwrap();
+        lane.in_flight = 0;
+        assert!(!lane.take(t0 + Duration::from_millis(200)), "no token yet after 0.2 s");
+        assert!(lane.take(t0 + Duration::from_millis(340)), "a token came back after 1/3 s");
+        assert!(!lane.take(t0 + Duration::from_millis(340)));
+        drop(lanes_now);
+        assert_eq!(lanes.drain().len(), 7, "the rest waited in the queue");
+    }
+}
