@@ -102,10 +102,10 @@ impl<J> Lanes<J> {
         out
     }
 
-    /// Endpoints whose queue is full: the next claim leaves them out.
-    pub fn full(&self) -> Vec<String> {
+    /// Endpoints with `rounds` × their cap queued: the next claim leaves them out.
+    pub fn full(&self, rounds: u32) -> Vec<String> {
         let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        lanes.iter().filter(|(_, l)| l.queue.len() as u32 >= l.cap).map(|(id, _)| id.clone()).collect()
+        lanes.iter().filter(|(_, l)| l.queue.len() as u32 >= l.cap * rounds).map(|(id, _)| id.clone()).collect()
     }
 
     /// Attempts in flight and jobs queued, over all lanes.
@@ -135,11 +135,12 @@ mod tests {
         assert_eq!(lanes.admit("a", 0, 0, 3), None, "third waits");
         assert_eq!(lanes.admit("a", 0, 0, 4), None);
         assert_eq!(lanes.admit("b", 0, 0, 9), Some(9), "other endpoints unaffected");
-        assert_eq!(lanes.full(), vec!["a".to_string()]);
+        assert_eq!(lanes.full(1), vec!["a".to_string()]);
+        assert!(lanes.full(2).is_empty());
         assert_eq!(lanes.load(), (3, 2));
         assert_eq!(lanes.finish("a"), Some(3), "the next queued job takes the freed place, in order");
         assert_eq!(lanes.finish("a"), Some(4));
-        assert!(lanes.full().is_empty());
+        assert!(lanes.full(1).is_empty());
         assert_eq!(lanes.admit("c", 3, 0, 5), Some(5));
         assert_eq!(lanes.drain(), Vec::<i32>::new());
     }

@@ -62,9 +62,10 @@ impl Config {
         })
     }
 
-    /// How long a claimed delivery stays ours: long enough for the attempt and its record.
+    /// How long a claimed delivery stays ours: long enough to wait in its endpoint's lane
+    /// behind the rounds claimed with it, make the attempt and record it.
     fn lease(&self) -> Duration {
-        self.timeout * 2 + Duration::from_secs(5)
+        self.timeout * (queue::QUEUED_ROUNDS + 2) + Duration::from_secs(5)
     }
 }
 
@@ -126,7 +127,7 @@ struct Inner {
 
 impl Dispatcher {
     pub fn new(db: Db, clock: SharedClock, config: Config) -> anyhow::Result<Dispatcher> {
-        let sender = Sender::new(config.timeout, config.allow_private_targets)?;
+        let sender = Sender::new(config.timeout, config.allow_private_targets, config.max_in_flight)?;
         let lanes = Lanes::new(config.endpoint_concurrency);
         let shared = Arc::new(Shared { db, clock, wake: Notify::new() });
         let (outcomes, outcomes_rx) = mpsc::channel(4096);
@@ -203,14 +204,15 @@ impl Inner {
                     metrics().deliveries_due.store(due, Relaxed);
                 }
             }
-            // Room for two rounds: what runs now and what waits in the lanes behind it.
+            // Room for what runs now and the rounds that wait in the lanes behind it.
             let (running, queued) = self.lanes.load();
-            let room = (self.config.max_in_flight * 2).saturating_sub(running + queued).min(CLAIM_BATCH);
+            let most = self.config.max_in_flight * (queue::QUEUED_ROUNDS as usize + 1);
+            let room = most.saturating_sub(running + queued).min(CLAIM_BATCH);
             let claimed = if room == 0 {
                 Vec::new()
             } else {
                 let lease_until = now + self.config.lease().as_millis() as i64;
-                let full = self.lanes.full();
+                let full = self.lanes.full(queue::QUEUED_ROUNDS);
                 let cap = self.config.endpoint_concurrency;
                 match queue::claim(&self.shared.db, now, lease_until, room, cap, &full).await {
                     Ok(c) => c,

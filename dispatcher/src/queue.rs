@@ -55,9 +55,12 @@ pub struct Outcome {
 
 /// Due rows one claim looks at.
 const SCAN: usize = 2000;
+/// How many rounds of an endpoint's cap one claim may take (they wait in its lane).
+pub const QUEUED_ROUNDS: u32 = 4;
 
 /// Leases up to `limit` due deliveries of enabled endpoints, at most as many per endpoint as
-/// it may have in flight (its concurrency cap, or its rate if lower), skipping `full` ones.
+/// it may have in flight (its concurrency cap, or its rate if lower) times QUEUED_ROUNDS,
+/// skipping `full` ones.
 pub async fn claim(
     db: &Db,
     now: i64,
@@ -90,7 +93,7 @@ pub async fn claim(
                  WHERE d.state = 'pending' AND d.next_attempt_at <= $2 AND d.lease_until <= $2 \
                    AND e.disabled_at IS NULL{skip} \
                  ORDER BY d.next_attempt_at LIMIT {SCAN}) due) ranked \
-             WHERE rn <= room) \
+             WHERE rn <= room * {QUEUED_ROUNDS}) \
            ORDER BY next_attempt_at LIMIT $3{lock}) \
          RETURNING id, org_id, endpoint_id, event_id, attempts, single_attempt"
     );

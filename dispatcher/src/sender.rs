@@ -26,7 +26,7 @@ pub struct Attempt {
 }
 
 impl Sender {
-    pub fn new(timeout: Duration, allow_private: bool) -> anyhow::Result<Sender> {
+    pub fn new(timeout: Duration, allow_private: bool, max_in_flight: usize) -> anyhow::Result<Sender> {
         // TLS uses ring, like the rest of the process; installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
@@ -34,7 +34,8 @@ impl Sender {
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .pool_max_idle_per_host(64)
+            // Many endpoints may share one host: keep a connection for every attempt that may run.
+            .pool_max_idle_per_host(max_in_flight)
             .pool_idle_timeout(Duration::from_secs(60))
             .dns_resolver(Arc::new(GuardedResolver::system(allow_private)))
             .user_agent(format!("Coursewire-Webhooks/{}", env!("CARGO_PKG_VERSION")))

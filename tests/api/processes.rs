@@ -185,7 +185,7 @@ async fn two_dispatchers_lose_nothing_when_one_is_killed() {
     assert!(at_kill < 1000, "the kill came mid-way ({at_kill} requests had arrived)");
     writes.await.unwrap();
 
-    // Leases of the killed dispatcher lapse (2 × timeout + 5 s) and the survivor retakes them.
+    // Leases of the killed dispatcher lapse (6 × timeout + 5 s) and the survivor retakes them.
     let deadline = Instant::now() + Duration::from_secs(60);
     let seen = loop {
         // One delivery is one event at one endpoint (the endpoints differ in their query).
