@@ -156,6 +156,20 @@ impl tonic::service::Interceptor for WithKey {
 
 pub type Authed = InterceptedService<Channel, WithKey>;
 
+/// A child process (a real binary) killed when the test lets go of it.
+pub struct Process(pub std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// `COURSEWIRE_REQUIRE_SERVICES=1` turns a missing service into a failure.
 pub fn require_services() -> bool {
     std::env::var("COURSEWIRE_REQUIRE_SERVICES").is_ok_and(|v| v == "1")

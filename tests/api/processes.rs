@@ -4,27 +4,14 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use coursewire_proto::v1::*;
 use tonic::transport::Channel;
 
-use crate::harness::{Clients, WithKey, require_services};
+use crate::harness::{Clients, Process, WithKey, free_port, require_services};
 use crate::receiver::{Receiver, Reply};
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn dispatcher_bin() -> PathBuf {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_coursewire")).with_file_name("coursewire-dispatcher");

@@ -1,7 +1,7 @@
 //! Two real `coursewire` processes sharing one database and one Redis: together they admit
 //! exactly the organization's limit, not one call more.
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use coursewire_proto::v1::PingRequest;
@@ -9,20 +9,7 @@ use coursewire_proto::v1::account_service_client::AccountServiceClient;
 use futures::StreamExt;
 use tonic::transport::Channel;
 
-use crate::harness::{WithKey, require_services};
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::harness::{Process, WithKey, free_port, require_services};
 
 fn start(dir: &std::path::Path, redis: &str, limits: &str) -> (Process, u16) {
     let port = free_port();
