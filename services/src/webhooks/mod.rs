@@ -55,6 +55,19 @@ async fn next_event_sequence(tx: &mut Tx, id: &str) -> ApiResult<i64> {
         .await?)
 }
 
+type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Binds the settings a caller chooses, in column order: url, description, event_types,
+/// headers, max_rate, max_concurrency (Create and Update store the same ones).
+fn bind_settings<'q>(q: Query<'q>, w: &'q Webhook) -> ApiResult<Query<'q>> {
+    Ok(q.bind(&w.url)
+        .bind(&w.description)
+        .bind(serde_json::to_string(&w.event_types).map_err(ApiError::internal)?)
+        .bind(headers_json(&w.headers))
+        .bind(i64::from(w.max_rate_per_second))
+        .bind(i64::from(w.max_concurrency)))
+}
+
 async fn set_state(
     tx: &mut Tx,
     org: &str,
@@ -103,24 +116,14 @@ impl WebhookService for WebhookApi {
         w.disabled_reason.clear();
         w.disabled_at = None;
         let secret = new_secret();
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO webhook_endpoints (id, org_id, url, description, event_types, headers, max_rate, \
              max_concurrency, secret, disabled_reason, sequence, event_sequence, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, '', 1, 0, $10, $10)",
         )
         .bind(&w.id)
-        .bind(who.org())
-        .bind(&w.url)
-        .bind(&w.description)
-        .bind(serde_json::to_string(&w.event_types).map_err(ApiError::internal)?)
-        .bind(headers_json(&w.headers))
-        .bind(i64::from(w.max_rate_per_second))
-        .bind(i64::from(w.max_concurrency))
-        .bind(&secret)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(ApiError::from)?;
+        .bind(who.org());
+        bind_settings(insert, &w)?.bind(&secret).bind(now).execute(&mut *tx).await.map_err(ApiError::from)?;
         let out = CreateWebhookResponse { webhook: Some(w), secret };
         Idempotency::save(&idem, &mut tx, &out, now).await?;
         tx.commit().await?;
@@ -180,23 +183,13 @@ impl WebhookService for WebhookApi {
         let mut v = Violations::default();
         validate(&mut w, &mut v);
         v.finish()?;
-        let done = sqlx::query(
+        let update = sqlx::query(
             "UPDATE webhook_endpoints SET url = $3, description = $4, event_types = $5, headers = $6, max_rate = $7, \
              max_concurrency = $8, updated_at = $9, sequence = sequence + 1 WHERE id = $1 AND org_id = $2 AND sequence = $10",
         )
         .bind(&w.id)
-        .bind(who.org())
-        .bind(&w.url)
-        .bind(&w.description)
-        .bind(serde_json::to_string(&w.event_types).map_err(ApiError::internal)?)
-        .bind(headers_json(&w.headers))
-        .bind(i64::from(w.max_rate_per_second))
-        .bind(i64::from(w.max_concurrency))
-        .bind(now)
-        .bind(seq)
-        .execute(&mut *tx)
-        .await
-        .map_err(ApiError::from)?;
+        .bind(who.org());
+        let done = bind_settings(update, &w)?.bind(now).bind(seq).execute(&mut *tx).await.map_err(ApiError::from)?;
         if done.rows_affected() != 1 {
             return Err(ApiError::etag_mismatch("webhook").into());
         }
