@@ -1,10 +1,10 @@
 //! Standard Webhooks signatures: `v1,` + base64(HMAC-SHA256(secret, "{id}.{timestamp}.{body}")),
-//! with secrets written `whsec_` + base64(32 random bytes). During a rotation both the old
+//! with secrets written `whsec_` + base64(32 random bytes) (made by the API:
+//! `coursewire_services::webhooks::endpoint::new_secret`). During a rotation both the old
 //! and the new secret sign, and the header carries both signatures, space-separated.
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, KeyInit, Mac};
-use rand::RngCore;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
@@ -21,13 +21,6 @@ impl std::fmt::Debug for Secret {
 }
 
 impl Secret {
-    /// A new random 32-byte secret.
-    pub fn generate() -> Secret {
-        let mut key = vec![0u8; 32];
-        rand::rng().fill_bytes(&mut key);
-        Secret(key)
-    }
-
     /// Parses `whsec_<base64>`.
     pub fn parse(text: &str) -> Result<Secret, String> {
         let encoded = text.strip_prefix(PREFIX).ok_or_else(|| format!("webhook secrets start with {PREFIX}"))?;
@@ -68,6 +61,8 @@ pub fn signature_header(secrets: &[Secret], id: &str, timestamp: i64, body: &[u8
 
 #[cfg(test)]
 mod tests {
+    use coursewire_services::webhooks::endpoint::new_secret;
+
     use super::*;
 
     /// The test vector published with the Standard Webhooks specification.
@@ -80,7 +75,7 @@ mod tests {
 
     #[test]
     fn rotation_signs_with_both_secrets() {
-        let (old, new) = (Secret::generate(), Secret::generate());
+        let (old, new) = (Secret::parse(&new_secret()).unwrap(), Secret::parse(&new_secret()).unwrap());
         let header = signature_header(&[new.clone(), old.clone()], "evt_1", 1700000000, b"{}");
         assert_eq!(header.split(' ').count(), 2);
         assert!(old.verify("evt_1", 1700000000, b"{}", &header));
@@ -91,7 +86,7 @@ mod tests {
 
     #[test]
     fn secrets_round_trip_and_never_print() {
-        let s = Secret::generate();
+        let s = Secret::parse(&new_secret()).unwrap();
         assert!(s.expose().starts_with("whsec_"));
         assert_eq!(Secret::parse(&s.expose()).unwrap(), s);
         assert_eq!(format!("{s:?}"), "Secret(…)");
