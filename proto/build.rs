@@ -19,6 +19,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor_path)
+        // Ordered maps: a message encodes to the same bytes every time, so request
+        // fingerprints (idempotency) are canonical.
+        .btree_map(".")
+        // Our codec answers undecodable requests with INVALID_ARGUMENT (see src/codec.rs).
+        .codec_path("crate::codec::Codec")
         .skip_protoc_run()
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
@@ -29,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register_descriptors(&set)?
         .extern_path(".google.protobuf", "::pbjson_types")
         .preserve_proto_field_names()
+        .btree_map(["."])
         .build(&[".coursewire"])?;
     Ok(())
 }

@@ -12,8 +12,10 @@ use coursewire_services::events::bus::{Bus, InProcessBus};
 use coursewire_services::events::relay::{Hub, Relay};
 use coursewire_services::limits::window::parse_windows;
 use coursewire_services::limits::{self, OnError};
+use coursewire_services::retention::Retention;
+use coursewire_services::secrets::Keyring;
 use coursewire_services::store::Db;
-use coursewire_services::{AppState, organizations, server};
+use coursewire_services::{AppState, organizations, server, webhooks};
 
 #[derive(Parser)]
 #[command(name = "coursewire", version, about = "Coursewire: learning resources over gRPC, events and signed webhooks")]
@@ -73,6 +75,26 @@ pub struct Common {
     /// How long published events stay in the event log.
     #[arg(long, env = "COURSEWIRE_EVENT_RETENTION", default_value = "30d", global = true)]
     event_retention: String,
+    /// How long webhook deliveries and their attempts are kept.
+    #[arg(long, env = "COURSEWIRE_DELIVERY_RETENTION", default_value = "30d", global = true)]
+    delivery_retention: String,
+    /// Base64 of 32 random bytes (`openssl rand -base64 32`): seals webhook secrets and custom
+    /// header values at rest and signs page tokens. Required with Postgres; the embedded
+    /// default keeps a generated one in its data directory.
+    #[arg(long, env = "COURSEWIRE_SECRETS_KEY", hide_env_values = true, global = true)]
+    secrets_key: Option<String>,
+    /// Earlier secrets keys, still accepted for opening values while rotating (comma-separated).
+    #[arg(
+        long,
+        env = "COURSEWIRE_PREVIOUS_SECRETS_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        global = true
+    )]
+    previous_secrets_keys: Vec<String>,
+    /// WatchEvents and ExportEnrollments streams one organization may hold open per process.
+    #[arg(long, env = "COURSEWIRE_MAX_STREAMS_PER_ORG", default_value_t = 8, global = true)]
+    max_streams_per_org: usize,
     /// `text` or `json`; the level comes from RUST_LOG.
     #[arg(long, env = "COURSEWIRE_LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: String,
@@ -92,6 +114,16 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage the key that seals secrets at rest.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Re-seal every webhook secret and header value with --secrets-key. Run it after every
+    /// process has the new key as --secrets-key and the old one in --previous-secrets-keys.
+    RotateKey,
 }
 
 #[derive(Subcommand)]
@@ -163,6 +195,14 @@ impl Common {
             .collect()
     }
 
+    fn keyring(&self) -> anyhow::Result<Arc<Keyring>> {
+        Ok(Arc::new(Keyring::for_database(
+            &self.database_url,
+            self.secrets_key.as_deref(),
+            &self.previous_secrets_keys,
+        )?))
+    }
+
     fn dispatcher_config(&self) -> anyhow::Result<DispatcherConfig> {
         let mut config = DispatcherConfig::from_flags(
             &self.webhook_retry_schedule,
@@ -184,6 +224,10 @@ impl Common {
             .with_context(|| format!("--metrics-listen {:?} is not an address", self.metrics_listen))?;
         self.dispatcher_config()?;
         parse_duration(&self.event_retention).map_err(|e| anyhow::anyhow!("--event-retention: {e}"))?;
+        parse_duration(&self.delivery_retention).map_err(|e| anyhow::anyhow!("--delivery-retention: {e}"))?;
+        if self.max_streams_per_org == 0 {
+            bail!("--max-streams-per-org must be at least 1");
+        }
         parse_windows(&self.rate_limits).map_err(|e| anyhow::anyhow!("--rate-limits: {e}"))?;
         self.trusted()?;
         if self.log_format != "text" && self.log_format != "json" {
@@ -196,22 +240,28 @@ impl Common {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let common = cli.common;
     common.validate()?;
+    let command = cli.command.unwrap_or(Command::Run);
+    // Roles that touch sealed secrets check the key before anything else happens.
+    let secrets = match command {
+        Command::Run | Command::Api | Command::Secrets(_) => Some(common.keyring()?),
+        _ => None,
+    };
     let clock = Arc::new(SystemClock);
     let db = Db::connect(&common.database_url).await?;
-    match cli.command.unwrap_or(Command::Run) {
+    match command {
         Command::Migrate => {
             println!("migrations applied");
             Ok(())
         }
         Command::Run => {
             bootstrap(&db, clock.now_ms()).await?;
-            serve(common, db, clock, true).await
+            serve(common, db, clock, secrets.expect("checked above"), true).await
         }
         Command::Api => {
             if common.amqp_url.is_none() {
                 bail!("`coursewire api` needs --amqp-url (COURSEWIRE_AMQP_URL): events leave through RabbitMQ");
             }
-            serve(common, db, clock, false).await
+            serve(common, db, clock, secrets.expect("checked above"), false).await
         }
         Command::Orgs(OrgsCommand::Create { id, name }) => {
             auth::create_org(&db, &id, &name, clock.now_ms()).await.map_err(api_error)?;
@@ -234,6 +284,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => keys(cmd, &db, clock.now_ms()).await,
+        Command::Secrets(SecretsCommand::RotateKey) => {
+            let keyring = secrets.expect("checked above");
+            let n = webhooks::endpoint::reseal(&db, &keyring, false).await?;
+            println!("re-sealed the secrets of {n} webhook endpoint(s) with key {}", keyring.primary_id());
+            Ok(())
+        }
     }
 }
 
@@ -256,7 +312,7 @@ async fn keys(cmd: KeysCommand, db: &Db, now: i64) -> anyhow::Result<()> {
                 None => None,
             };
             let new = NewKey { org_id: org, label, scopes, allowed_cidrs: allow_ip, expires_at, rate_limit };
-            let (key, secret) = auth::create_key(db, new, now).await.map_err(api_error)?;
+            let (key, secret) = auth::create_key(db, new, now, None).await.map_err(api_error)?;
             println!("id: {}\nprefix: {}\nscopes: {}", key.id, key.prefix, key.scopes.0.join(","));
             println!("{secret}");
         }
@@ -281,7 +337,7 @@ async fn keys(cmd: KeysCommand, db: &Db, now: i64) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { org, key_id } => {
-            auth::revoke_key(db, &org, &key_id, now).await.map_err(api_error)?;
+            auth::revoke_key(db, &org, &key_id, now, None).await.map_err(api_error)?;
             println!("revoked {key_id}");
         }
     }
@@ -303,7 +359,7 @@ async fn bootstrap(db: &Db, now: i64) -> anyhow::Result<()> {
         expires_at: None,
         rate_limit: String::new(),
     };
-    let (_, secret) = auth::create_key(db, new, now).await.map_err(api_error)?;
+    let (_, secret) = auth::create_key(db, new, now, None).await.map_err(api_error)?;
     eprintln!(
         "\nCreated organization `default` with a bootstrap API key (shown only once):\n\n    {secret}\n\nTry: export CW_KEY={secret}\n"
     );
@@ -311,7 +367,18 @@ async fn bootstrap(db: &Db, now: i64) -> anyhow::Result<()> {
 }
 
 /// The API and relay, plus the dispatcher when `with_dispatcher` (the all-in-one).
-async fn serve(common: Common, db: Db, clock: Arc<SystemClock>, with_dispatcher: bool) -> anyhow::Result<()> {
+async fn serve(
+    common: Common,
+    db: Db,
+    clock: Arc<SystemClock>,
+    secrets: Arc<Keyring>,
+    with_dispatcher: bool,
+) -> anyhow::Result<()> {
+    // Rows written before secrets were sealed (an upgrade) are sealed now.
+    let sealed = webhooks::endpoint::reseal(&db, &secrets, true).await?;
+    if sealed > 0 {
+        tracing::info!(endpoints = sealed, "sealed webhook secrets stored in clear by an earlier version");
+    }
     let on_error = if common.rate_limit_on_backend_error == "closed" { OnError::Closed } else { OnError::Open };
     let limiter = limits::build(&common.rate_limits, common.redis_url.as_deref(), on_error, clock.clone()).await?;
     let listener = tokio::net::TcpListener::bind(&common.listen)
@@ -331,7 +398,7 @@ async fn serve(common: Common, db: Db, clock: Arc<SystemClock>, with_dispatcher:
     // Stopping: the API drains its calls, then the dispatcher finishes its attempts.
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     let dispatcher = if with_dispatcher {
-        let dispatcher = Dispatcher::new(db.clone(), clock.clone(), common.dispatcher_config()?)?;
+        let dispatcher = Dispatcher::new(db.clone(), clock.clone(), secrets.clone(), common.dispatcher_config()?)?;
         let mut stopped = stopped.clone();
         Some(tokio::spawn(dispatcher.run(source, async move {
             let _ = stopped.wait_for(|s| *s).await;
@@ -339,16 +406,22 @@ async fn serve(common: Common, db: Db, clock: Arc<SystemClock>, with_dispatcher:
     } else {
         None
     };
-    let retention = parse_duration(&common.event_retention).map_err(anyhow::Error::msg)?;
-    let relay = Relay { db: db.clone(), bus, hub: hub.clone(), clock: clock.clone(), retention };
+    let relay = Relay { db: db.clone(), bus, hub: hub.clone(), clock: clock.clone() };
     let relay = tokio::spawn(relay.run());
+    let retention = Retention {
+        db: db.clone(),
+        clock: clock.clone(),
+        events: parse_duration(&common.event_retention).map_err(anyhow::Error::msg)?,
+        deliveries: parse_duration(&common.delivery_retention).map_err(anyhow::Error::msg)?,
+    };
+    let retention = tokio::spawn(retention.run());
     let metrics_addr = common.metrics_listen.parse().context("--metrics-listen")?;
     let metrics = tokio::spawn(async move {
         if let Err(e) = coursewire_services::metrics::serve(metrics_addr).await {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     });
-    let state = Arc::new(AppState { db, clock, limiter, hub });
+    let state = Arc::new(AppState::new(db, clock, limiter, hub, secrets, common.max_streams_per_org));
     let served = server::serve(state, common.trusted()?, listener, server::shutdown_signal()).await;
     let _ = stopping.send(true);
     if let Some(dispatcher) = dispatcher {
@@ -356,6 +429,7 @@ async fn serve(common: Common, db: Db, clock: Arc<SystemClock>, with_dispatcher:
     }
     // Rows not yet confirmed stay unpublished and go out after the next start.
     relay.abort();
+    retention.abort();
     metrics.abort();
     served
 }

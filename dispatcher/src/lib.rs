@@ -21,6 +21,7 @@ use coursewire_services::config::{parse_duration, parse_durations};
 use coursewire_services::events::amqp::Topology;
 use coursewire_services::events::bus::Handoff;
 use coursewire_services::metrics::metrics;
+use coursewire_services::secrets::Keyring;
 use coursewire_services::store::Db;
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -96,6 +97,8 @@ pub enum Source {
 pub struct Shared {
     pub db: Db,
     pub clock: SharedClock,
+    /// Opens the endpoints' sealed signing secrets and header values.
+    pub secrets: Arc<Keyring>,
     /// Woken when deliveries were created or an attempt finished.
     pub wake: Notify,
 }
@@ -126,10 +129,10 @@ struct Inner {
 }
 
 impl Dispatcher {
-    pub fn new(db: Db, clock: SharedClock, config: Config) -> anyhow::Result<Dispatcher> {
+    pub fn new(db: Db, clock: SharedClock, secrets: Arc<Keyring>, config: Config) -> anyhow::Result<Dispatcher> {
         let sender = Sender::new(config.timeout, config.allow_private_targets, config.max_in_flight)?;
         let lanes = Lanes::new(config.endpoint_concurrency);
-        let shared = Arc::new(Shared { db, clock, wake: Notify::new() });
+        let shared = Arc::new(Shared { db, clock, secrets, wake: Notify::new() });
         let (outcomes, outcomes_rx) = mpsc::channel(4096);
         Ok(Dispatcher(Arc::new(Inner {
             shared,
@@ -242,7 +245,7 @@ impl Inner {
         let mut endpoint_ids: Vec<&str> = claimed.iter().map(|c| c.endpoint_id.as_str()).collect();
         endpoint_ids.sort_unstable();
         endpoint_ids.dedup();
-        let endpoints = queue::endpoints(&self.shared.db, &endpoint_ids, now).await?;
+        let endpoints = queue::endpoints(&self.shared.db, &self.shared.secrets, &endpoint_ids, now).await?;
         let event_ids: Vec<&str> = claimed.iter().map(|c| c.event_id.as_str()).collect();
         let bodies = queue::bodies(&self.shared.db, &event_ids).await?;
         for delivery in claimed {

@@ -8,6 +8,7 @@ use coursewire_dispatcher::{Config, Dispatcher, Source};
 use coursewire_services::clock::SystemClock;
 use coursewire_services::config::{init_logging, parse_duration};
 use coursewire_services::events::amqp::Topology;
+use coursewire_services::secrets::Keyring;
 use coursewire_services::store::Db;
 
 #[derive(Parser)]
@@ -26,9 +27,16 @@ struct Cli {
     amqp_exchange: String,
     #[arg(long, env = "COURSEWIRE_AMQP_QUEUE", default_value = "coursewire.dispatcher")]
     amqp_queue: String,
-    /// Prometheus metrics listen address (`/metrics`).
-    #[arg(long, env = "COURSEWIRE_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    /// Prometheus metrics listen address (`/metrics`); the API's default is 9464, so both
+    /// run on one host with their defaults.
+    #[arg(long, env = "COURSEWIRE_METRICS_LISTEN", default_value = "127.0.0.1:9465")]
     metrics_listen: String,
+    /// The key that seals webhook secrets and header values (base64 of 32 bytes; the API's).
+    #[arg(long, env = "COURSEWIRE_SECRETS_KEY", hide_env_values = true)]
+    secrets_key: Option<String>,
+    /// Earlier keys, still accepted for opening values during a key rotation (comma-separated).
+    #[arg(long, env = "COURSEWIRE_PREVIOUS_SECRETS_KEYS", value_delimiter = ',', hide_env_values = true)]
+    previous_secrets_keys: Vec<String>,
     /// Delays between attempts after the first, each with ±20% jitter.
     #[arg(long, env = "COURSEWIRE_WEBHOOK_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h")]
     webhook_retry_schedule: String,
@@ -67,6 +75,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         parse_duration(&cli.webhook_disable_after).map_err(|e| anyhow::anyhow!("--webhook-disable-after: {e}"))?;
     let metrics_addr =
         cli.metrics_listen.parse().with_context(|| format!("--metrics-listen {:?}", cli.metrics_listen))?;
+    let secrets =
+        Arc::new(Keyring::for_database(&cli.database_url, cli.secrets_key.as_deref(), &cli.previous_secrets_keys)?);
     let db = Db::connect(&cli.database_url).await?;
     let metrics = tokio::spawn(async move {
         if let Err(e) = coursewire_services::metrics::serve(metrics_addr).await {
@@ -74,7 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     });
     let topology = Topology { url: amqp_url, exchange: cli.amqp_exchange, queue: cli.amqp_queue };
-    let dispatcher = Dispatcher::new(db, Arc::new(SystemClock), config)?;
+    let dispatcher = Dispatcher::new(db, Arc::new(SystemClock), secrets, config)?;
     tracing::info!("dispatcher started");
     let result = dispatcher.run(Source::Amqp(topology), coursewire_services::server::shutdown_signal()).await;
     metrics.abort();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use coursewire_services::error::ApiError;
 use coursewire_services::ids::new_id;
+use coursewire_services::secrets::Keyring;
 use coursewire_services::store::{Backend, Db};
 use coursewire_services::webhooks::endpoint;
 use sqlx::Row;
@@ -158,8 +159,10 @@ pub async fn bodies(db: &Db, event_ids: &[&str]) -> Result<HashMap<String, Arc<s
     Ok(out)
 }
 
-/// The endpoints' send settings and live secrets.
-pub async fn endpoints(db: &Db, ids: &[&str], now: i64) -> Result<HashMap<String, Arc<Endpoint>>> {
+/// The endpoints' send settings and live secrets, opened. An endpoint whose sealed values do
+/// not open (a process started without the key that sealed them) is left out and logged: its
+/// deliveries wait, leased, and are taken again once the keys are right.
+pub async fn endpoints(db: &Db, keyring: &Keyring, ids: &[&str], now: i64) -> Result<HashMap<String, Arc<Endpoint>>> {
     let sql = format!(
         "SELECT id, url, headers, secret, previous_secret, previous_expires_at, max_rate, max_concurrency \
          FROM webhook_endpoints WHERE id IN ({})",
@@ -171,25 +174,39 @@ pub async fn endpoints(db: &Db, ids: &[&str], now: i64) -> Result<HashMap<String
     }
     let mut out = HashMap::new();
     for r in q.fetch_all(db.pool()).await? {
-        let mut secrets = vec![Secret::parse(&r.try_get::<String, _>("secret")?).map_err(anyhow::Error::msg)?];
-        let previous: Option<String> = r.try_get("previous_secret")?;
-        let expires: Option<i64> = r.try_get("previous_expires_at")?;
-        if let (Some(previous), Some(expires)) = (previous, expires)
-            && expires > now
-        {
-            secrets.push(Secret::parse(&previous).map_err(anyhow::Error::msg)?);
+        let id: String = r.try_get("id")?;
+        match open_endpoint(keyring, &id, &r, now) {
+            Ok(endpoint) => {
+                out.insert(id, Arc::new(endpoint));
+            }
+            Err(e) => {
+                tracing::error!(endpoint = %id, error = %e, "cannot open the endpoint's secrets; its deliveries wait")
+            }
         }
-        let headers: HashMap<String, String> = serde_json::from_str(&r.try_get::<String, _>("headers")?)?;
-        let endpoint = Endpoint {
-            url: r.try_get("url")?,
-            headers: headers.into_iter().collect(),
-            secrets,
-            max_rate: r.try_get::<i64, _>("max_rate")? as u32,
-            max_concurrency: r.try_get::<i64, _>("max_concurrency")? as u32,
-        };
-        out.insert(r.try_get("id")?, Arc::new(endpoint));
     }
     Ok(out)
+}
+
+fn open_endpoint(keyring: &Keyring, id: &str, r: &sqlx::any::AnyRow, now: i64) -> Result<Endpoint> {
+    let context = endpoint::secret_context(id);
+    let secret = |sealed: &str| -> Result<Secret> {
+        Secret::parse(&keyring.open(sealed, &context)?).map_err(anyhow::Error::msg)
+    };
+    let mut secrets = vec![secret(&r.try_get::<String, _>("secret")?)?];
+    let previous: Option<String> = r.try_get("previous_secret")?;
+    let expires: Option<i64> = r.try_get("previous_expires_at")?;
+    if let (Some(previous), Some(expires)) = (previous, expires)
+        && expires > now
+    {
+        secrets.push(secret(&previous)?);
+    }
+    Ok(Endpoint {
+        url: r.try_get("url")?,
+        headers: endpoint::open_headers(keyring, id, &r.try_get::<String, _>("headers")?)?,
+        secrets,
+        max_rate: r.try_get::<i64, _>("max_rate")? as u32,
+        max_concurrency: r.try_get::<i64, _>("max_concurrency")? as u32,
+    })
 }
 
 /// Rows per multi-row statement when recording.

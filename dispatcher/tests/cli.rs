@@ -39,3 +39,11 @@ fn help_lists_the_flags() {
         assert!(text.contains(flag), "{flag} missing from --help");
     }
 }
+
+#[test]
+fn metrics_default_beside_the_api() {
+    // The API listens on 9464 by default; the dispatcher must not collide with it on one host.
+    let out = dispatcher(&["--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("127.0.0.1:9465"), "{text}");
+}

@@ -2,6 +2,8 @@
 //! (proto field names, used for event payloads) and the descriptor set for reflection.
 #![allow(clippy::all)]
 
+pub mod codec;
+
 pub mod v1 {
     tonic::include_proto!("coursewire.v1");
     include!(concat!(env!("OUT_DIR"), "/coursewire.v1.serde.rs"));

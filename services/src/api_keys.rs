@@ -53,7 +53,7 @@ impl ApiKeyService for ApiKeyApi {
             expires_at,
             rate_limit: k.rate_limit,
         };
-        let (record, secret) = auth::create_key(&self.0.db, new, self.0.clock.now_ms()).await?;
+        let (record, secret) = auth::create_key(&self.0.db, new, self.0.clock.now_ms(), Some(&who.key)).await?;
         Ok(Response::new(CreateApiKeyResponse { api_key: Some(to_proto(&record)), secret }))
     }
 
@@ -66,7 +66,12 @@ impl ApiKeyService for ApiKeyApi {
     async fn list_api_keys(&self, req: Request<ListApiKeysRequest>) -> Result<Response<ListApiKeysResponse>, Status> {
         let who = caller(&req)?;
         let r = req.get_ref();
-        let page = Page::new(r.page_size, &r.page_token, &format!("keys|{}|{}", who.org(), r.include_revoked))?;
+        let page = Page::new(
+            &self.0.tokens,
+            r.page_size,
+            &r.page_token,
+            &format!("keys|{}|{}", who.org(), r.include_revoked),
+        )?;
         let mut keys = auth::list_keys(&self.0.db, who.org(), &page.after, page.limit(), r.include_revoked).await?;
         let next_page_token = page.finish(&mut keys, |k| &k.id);
         Ok(Response::new(ListApiKeysResponse { api_keys: keys.iter().map(to_proto).collect(), next_page_token }))
@@ -78,7 +83,15 @@ impl ApiKeyService for ApiKeyApi {
         let patch = r.api_key.unwrap_or_default();
         check(&patch.id)?;
         let paths = mask_paths(r.update_mask.as_ref(), &["label", "scopes", "allowed_cidrs", "rate_limit"])?;
-        let mut k = to_proto(&auth::get_key(&self.0.db, who.org(), &patch.id).await?);
+        let current = auth::get_key(&self.0.db, who.org(), &patch.id).await?;
+        let mut k = NewKey {
+            org_id: Some(who.org().into()),
+            label: current.label.clone(),
+            scopes: current.scopes.0.clone(),
+            allowed_cidrs: current.allowed_cidrs.iter().map(ToString::to_string).collect(),
+            expires_at: current.expires_at,
+            rate_limit: current.rate_limit.clone(),
+        };
         for p in paths {
             match p {
                 "label" => k.label = patch.label.clone(),
@@ -87,16 +100,13 @@ impl ApiKeyService for ApiKeyApi {
                 _ => k.rate_limit = patch.rate_limit.clone(),
             }
         }
-        let updated =
-            auth::update_key(&self.0.db, who.org(), &k.id, &k.label, &k.scopes, &k.allowed_cidrs, &k.rate_limit)
-                .await?;
-        Ok(Response::new(to_proto(&updated)))
+        Ok(Response::new(to_proto(&auth::update_key(&self.0.db, &current, &k, &who.key).await?)))
     }
 
     async fn revoke_api_key(&self, req: Request<RevokeApiKeyRequest>) -> Result<Response<ApiKey>, Status> {
         let who = caller(&req)?;
         check(&req.get_ref().id)?;
-        auth::revoke_key(&self.0.db, who.org(), &req.get_ref().id, self.0.clock.now_ms()).await?;
+        auth::revoke_key(&self.0.db, who.org(), &req.get_ref().id, self.0.clock.now_ms(), Some(&who.key)).await?;
         Ok(Response::new(to_proto(&auth::get_key(&self.0.db, who.org(), &req.get_ref().id).await?)))
     }
 }

@@ -16,7 +16,7 @@ use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
 use crate::ids::{is_id, new_id};
 use crate::page::Page;
-use crate::resource::{check_etag, etag, flag, mask_paths};
+use crate::resource::{check_etag, delete_at, etag, flag, mask_paths};
 use crate::store::Tx;
 use crate::validate::Violations;
 
@@ -191,7 +191,7 @@ impl CourseService for CourseApi {
     async fn list_courses(&self, req: Request<ListCoursesRequest>) -> Result<Response<ListCoursesResponse>, Status> {
         let who = caller(&req)?;
         let r = req.get_ref();
-        let page = Page::new(r.page_size, &r.page_token, &format!("courses|{}", who.org()))?;
+        let page = Page::new(&self.0.tokens, r.page_size, &r.page_token, &format!("courses|{}", who.org()))?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3"
         )))
@@ -283,12 +283,7 @@ impl CourseService for CourseApi {
             .help("delete its published courses (PublishedCourseService.DeletePublishedCourse) first")
             .into());
         }
-        sqlx::query("DELETE FROM courses WHERE id = $1 AND org_id = $2")
-            .bind(&r.id)
-            .bind(who.org())
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::from)?;
+        delete_at(&mut tx, "courses", "course", who.org(), &r.id, seq).await?;
         c.etag = etag(seq + 1);
         events::record(
             &mut tx,

@@ -17,7 +17,7 @@ use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
 use crate::ids::{check_id, new_id};
 use crate::page::Page;
-use crate::resource::{check_etag, etag, flag, mask_paths, opt_time};
+use crate::resource::{check_etag, delete_at, etag, flag, mask_paths, opt_time};
 use crate::store::Tx;
 use crate::validate::Violations;
 
@@ -115,7 +115,7 @@ pub(crate) async fn delete_where(tx: &mut Tx, org: &str, column: &'static str, v
         .await?;
     for row in rows {
         let (mut du, seq) = from_row(&row)?;
-        sqlx::query("DELETE FROM domain_users WHERE id = $1").bind(&du.id).execute(&mut **tx).await?;
+        delete_at(tx, "domain_users", "domain user", org, &du.id, seq).await?;
         du.etag = etag(seq + 1);
         events::record(
             tx,
@@ -181,6 +181,7 @@ impl DomainUserService for DomainUserApi {
         }
         v.finish()?;
         let page = Page::new(
+            &self.0.tokens,
             r.page_size,
             &r.page_token,
             &format!("domain_users|{}|{}|{}", who.org(), r.domain_id, r.user_id),
@@ -259,11 +260,7 @@ impl DomainUserService for DomainUserApi {
         let mut tx = self.0.db.begin().await?;
         let (mut du, seq) = fetch(&mut *tx, who.org(), &r.id).await?;
         check_etag(&r.etag, seq, "domain user")?;
-        sqlx::query("DELETE FROM domain_users WHERE id = $1")
-            .bind(&du.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::from)?;
+        delete_at(&mut tx, "domain_users", "domain user", who.org(), &du.id, seq).await?;
         du.etag = etag(seq + 1);
         events::record(
             &mut tx,

@@ -16,7 +16,7 @@ use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
 use crate::ids::new_id;
 use crate::page::Page;
-use crate::resource::{check_etag, etag, mask_paths};
+use crate::resource::{check_etag, delete_at, etag, mask_paths};
 use crate::store::{Tx, is_unique_violation};
 use crate::validate::{Violations, is_hostname};
 
@@ -132,7 +132,7 @@ impl DomainService for DomainApi {
     async fn list_domains(&self, req: Request<ListDomainsRequest>) -> Result<Response<ListDomainsResponse>, Status> {
         let who = caller(&req)?;
         let r = req.get_ref();
-        let page = Page::new(r.page_size, &r.page_token, &format!("domains|{}", who.org()))?;
+        let page = Page::new(&self.0.tokens, r.page_size, &r.page_token, &format!("domains|{}", who.org()))?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3"
         )))
@@ -204,12 +204,7 @@ impl DomainService for DomainApi {
             .into());
         }
         crate::domain_users::delete_where(&mut tx, who.org(), "domain_id", &r.id, now).await?;
-        sqlx::query("DELETE FROM domains WHERE id = $1 AND org_id = $2")
-            .bind(&r.id)
-            .bind(who.org())
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::from)?;
+        delete_at(&mut tx, "domains", "domain", who.org(), &r.id, seq).await?;
         let seq = seq + 1;
         d.etag = etag(seq);
         events::record(

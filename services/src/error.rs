@@ -3,7 +3,7 @@
 //! Every error carries `ErrorInfo{reason, domain: "coursewire", metadata}`; validation errors
 //! add `BadRequest` field violations and some add a `Help` hint. The reasons are listed in
 //! docs/api.md. Internal errors are logged here and never leak details to the caller.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use tonic::{Code, Status};
@@ -26,7 +26,7 @@ pub struct ApiError {
 
 #[derive(Debug, Default)]
 pub struct Details {
-    pub metadata: HashMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
     pub violations: Vec<(String, String)>,
     pub help: Option<String>,
     pub retry_after: Option<Duration>,
@@ -110,6 +110,12 @@ impl From<sqlx::Error> for ApiError {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::unavailable("the database is unavailable")
             }
+            // Text Postgres cannot store (a NUL byte) that validation did not catch by name.
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("22021") => ApiError::invalid(
+                "INVALID_TEXT",
+                "a text value contains a character that cannot be stored (a NUL byte)",
+            )
+            .help("remove NUL (\\0) characters from the request's text fields"),
             // A row this write refers to was removed by a concurrent call.
             sqlx::Error::Database(d) if d.is_foreign_key_violation() => ApiError::precondition(
                 "CONFLICTING_CHANGE",
@@ -125,7 +131,7 @@ impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         let Details { metadata, violations, help, retry_after, quota } = *e.details;
         let mut details = ErrorDetails::new();
-        details.set_error_info(e.reason, ERROR_DOMAIN, metadata);
+        details.set_error_info(e.reason, ERROR_DOMAIN, metadata.into_iter().collect::<HashMap<_, _>>());
         for (field, description) in violations {
             details.add_bad_request_violation(field, description);
         }

@@ -19,20 +19,47 @@ pub mod organizations;
 pub mod page;
 pub mod published_courses;
 pub mod resource;
+pub mod retention;
+pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod streams;
 pub mod users;
 pub mod validate;
 pub mod webhooks;
 
+use std::sync::Arc;
+
 use clock::SharedClock;
+use page::TokenKey;
+use secrets::Keyring;
 use store::Db;
 
 /// What every handler shares.
 pub struct AppState {
     pub db: Db,
     pub clock: SharedClock,
-    pub limiter: std::sync::Arc<limits::Limiter>,
+    pub limiter: Arc<limits::Limiter>,
     /// What the event relay tells readers (WatchEvents) and health.
-    pub hub: std::sync::Arc<events::relay::Hub>,
+    pub hub: Arc<events::relay::Hub>,
+    /// Seals webhook secrets and header values at rest.
+    pub secrets: Arc<Keyring>,
+    /// Signs page tokens (derived from the secrets key, so every replica agrees).
+    pub tokens: TokenKey,
+    /// Long-lived streams: a cap per organization, and the signal to end them.
+    pub streams: Arc<streams::Streams>,
+}
+
+impl AppState {
+    pub fn new(
+        db: Db,
+        clock: SharedClock,
+        limiter: Arc<limits::Limiter>,
+        hub: Arc<events::relay::Hub>,
+        secrets: Arc<Keyring>,
+        streams_per_org: usize,
+    ) -> AppState {
+        let tokens = TokenKey::new(secrets.subkey("coursewire page tokens"));
+        AppState { db, clock, limiter, hub, secrets, tokens, streams: streams::Streams::new(streams_per_org) }
+    }
 }

@@ -120,7 +120,7 @@ impl OrganizationService for OrganizationApi {
         req: Request<ListOrganizationsRequest>,
     ) -> Result<Response<ListOrganizationsResponse>, Status> {
         let r = req.get_ref();
-        let page = Page::new(r.page_size, &r.page_token, "organizations")?;
+        let page = Page::new(&self.0.tokens, r.page_size, &r.page_token, "organizations")?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} WHERE id > $1 ORDER BY id LIMIT $2")))
             .bind(&page.after)
             .bind(page.limit())

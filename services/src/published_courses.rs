@@ -16,7 +16,7 @@ use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
 use crate::ids::{check_id, new_id};
 use crate::page::Page;
-use crate::resource::{check_etag, etag, flag, mask_paths};
+use crate::resource::{check_etag, delete_at, etag, flag, mask_paths};
 use crate::store::is_unique_violation;
 use crate::validate::Violations;
 
@@ -138,6 +138,7 @@ impl PublishedCourseService for PublishedCourseApi {
         }
         v.finish()?;
         let page = Page::new(
+            &self.0.tokens,
             r.page_size,
             &r.page_token,
             &format!("published_courses|{}|{}|{}", who.org(), r.course_id, r.domain_id),
@@ -234,11 +235,7 @@ impl PublishedCourseService for PublishedCourseApi {
             .execute(&mut *tx)
             .await
             .map_err(ApiError::from)?;
-        sqlx::query("DELETE FROM published_courses WHERE id = $1")
-            .bind(&r.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::from)?;
+        delete_at(&mut tx, "published_courses", "published course", who.org(), &r.id, seq).await?;
         p.etag = etag(seq + 1);
         events::record(
             &mut tx,

@@ -1,5 +1,6 @@
 //! Small helpers every resource module shares: etags, update masks, timestamps.
 use pbjson_types::FieldMask;
+use sqlx::AnyConnection;
 
 use crate::clock::from_timestamp;
 use crate::error::{ApiError, ApiResult};
@@ -42,6 +43,25 @@ pub fn opt_time(v: &mut Violations, field: &str, t: Option<&pbjson_types::Timest
         v.add(field, "is out of range");
     }
     ms
+}
+
+/// Deletes `id` from `table` (an organization's resource) only if it is still at `sequence`,
+/// the one its caller read. Otherwise a concurrent write moved it on (and its event took the
+/// next sequence): ABORTED / ETAG_MISMATCH, so no two events ever share a sequence.
+pub async fn delete_at(
+    conn: &mut AnyConnection,
+    table: &'static str,
+    kind: &'static str,
+    org: &str,
+    id: &str,
+    sequence: i64,
+) -> ApiResult<()> {
+    let sql = format!("DELETE FROM {table} WHERE id = $1 AND org_id = $2 AND sequence = $3");
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(org).bind(sequence).execute(conn).await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::etag_mismatch(kind));
+    }
+    Ok(())
 }
 
 pub fn flag(b: bool) -> i64 {

@@ -28,6 +28,7 @@ use crate::courses::CourseApi;
 use crate::domain_users::DomainUserApi;
 use crate::domains::DomainApi;
 use crate::enrollments::EnrollmentApi;
+use crate::error::ApiError;
 use crate::events::EventApi;
 use crate::limits::RateLimitLayer;
 use crate::organizations::OrganizationApi;
@@ -70,7 +71,16 @@ pub async fn serve(
 
     let auth = Authenticator::new(state.db.clone(), state.clock.clone(), trusted_proxies);
     // Outermost first: authenticate, then count the call against its organization's limits.
-    let layers = tower::ServiceBuilder::new().layer(AuthLayer(auth)).layer(RateLimitLayer(state.limiter.clone()));
+    let layers = tower::ServiceBuilder::new()
+        .map_response(oversized_is_resource_exhausted)
+        .layer(AuthLayer(auth))
+        .layer(RateLimitLayer(state.limiter.clone()));
+    // Streams end (with a cursor) when stopping, or the graceful drain would wait on them.
+    let streams = state.streams.clone();
+    let shutdown = async move {
+        shutdown.await;
+        streams.stop();
+    };
     tracing::info!(addr = %listener.local_addr()?, "gRPC API listening");
     Server::builder()
         .layer(layers)
@@ -92,6 +102,28 @@ pub async fn serve(
         .await?;
     health_task.abort();
     Ok(())
+}
+
+/// tonic refuses a message over the size limit with OUT_OF_RANGE and no details; gRPC's
+/// convention is RESOURCE_EXHAUSTED, and ours is an ErrorInfo on every error.
+fn oversized_is_resource_exhausted(response: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+    let out_of_range = response.headers().get("grpc-status").is_some_and(|s| s == "11");
+    let too_large = || {
+        // grpc-message is percent-encoded (spaces are %20).
+        let message = response.headers().get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or_default();
+        message.replace("%20", " ").contains("length too large")
+    };
+    if !(out_of_range && too_large()) {
+        return response;
+    }
+    let e = ApiError::new(
+        tonic::Code::ResourceExhausted,
+        "MESSAGE_TOO_LARGE",
+        format!("messages are limited to {} MiB", MAX_MESSAGE_BYTES / (1024 * 1024)),
+    )
+    .with("limit_bytes", MAX_MESSAGE_BYTES.to_string())
+    .help("split the request (batches take at most 1,000 items)");
+    tonic::Status::from(e).into_http()
 }
 
 /// Health is SERVING only while the database answers. The broker's state is reported as

@@ -128,10 +128,17 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
+/// The file of a `sqlite:` URL; `None` for other databases.
+pub fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("sqlite:")?.trim_start_matches("//");
+    Some(rest.split('?').next().unwrap_or_default().to_string())
+}
+
 /// `sqlite:path` with the file created (and its folder) when missing.
 fn sqlite_url(url: &str) -> anyhow::Result<String> {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
-    let path = rest.split('?').next().unwrap_or_default();
+    let path = sqlite_path(url).unwrap_or_default();
+    let path = path.as_str();
     if path.is_empty() || path == ":memory:" {
         anyhow::bail!("--database-url: SQLite needs a file path, e.g. sqlite:coursewire-data/coursewire.db");
     }

@@ -18,7 +18,7 @@ use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
 use crate::ids::new_id;
 use crate::page::Page;
-use crate::resource::{check_etag, etag, flag, mask_paths};
+use crate::resource::{check_etag, delete_at, etag, flag, mask_paths};
 use crate::store::{Tx, is_unique_violation};
 use crate::validate::{Violations, is_email};
 
@@ -176,6 +176,13 @@ impl UserService for UserApi {
 
     async fn lookup_user(&self, req: Request<LookupUserRequest>) -> Result<Response<User>, Status> {
         let who = caller(&req)?;
+        let mut v = Violations::default();
+        match &req.get_ref().key {
+            Some(Key::Email(e)) => v.optional_text("email", e, 254),
+            Some(Key::ExternalId(x)) => v.optional_text("external_id", x, 128),
+            None => {}
+        }
+        v.finish()?;
         let (column, value, field) = match &req.get_ref().key {
             Some(Key::Email(e)) if !e.trim().is_empty() => ("email_lower", e.trim().to_lowercase(), "email"),
             Some(Key::ExternalId(x)) if !x.is_empty() => ("external_id", x.clone(), "external_id"),
@@ -194,8 +201,11 @@ impl UserService for UserApi {
     async fn list_users(&self, req: Request<ListUsersRequest>) -> Result<Response<ListUsersResponse>, Status> {
         let who = caller(&req)?;
         let r = req.get_ref();
+        let mut v = Violations::default();
+        v.optional_text("email", &r.email, 254);
+        v.finish()?;
         let email = r.email.trim().to_lowercase();
-        let page = Page::new(r.page_size, &r.page_token, &format!("users|{}|{email}", who.org()))?;
+        let page = Page::new(&self.0.tokens, r.page_size, &r.page_token, &format!("users|{}|{email}", who.org()))?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} WHERE org_id = $1 AND id > $2 AND ($3 = '' OR email_lower = $3) ORDER BY id LIMIT $4"
         )))
@@ -271,12 +281,7 @@ impl UserService for UserApi {
             .into());
         }
         crate::domain_users::delete_where(&mut tx, who.org(), "user_id", &r.id, now).await?;
-        sqlx::query("DELETE FROM users WHERE id = $1 AND org_id = $2")
-            .bind(&r.id)
-            .bind(who.org())
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::from)?;
+        delete_at(&mut tx, "users", "user", who.org(), &r.id, seq).await?;
         u.etag = etag(seq + 1);
         events::record(
             &mut tx,

@@ -41,7 +41,12 @@ pub fn is_email(s: &str) -> bool {
     let Some((local, domain)) = s.rsplit_once('@') else {
         return false;
     };
+    // No quoted local parts: one `@`, and dots only between characters.
     !local.is_empty()
+        && !local.contains('@')
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
         && local.len() <= 64
         && s.len() <= 254
         && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '<' || c == '>')
@@ -74,6 +79,10 @@ mod tests {
         assert!(!is_email("ada@localhost"));
         assert!(!is_email("ada example@x.com"));
         assert!(!is_email("@x.com"));
+        assert!(!is_email("a@@example.com"));
+        assert!(!is_email("a@b@example.com"));
+        assert!(!is_email(".a@example.com") && !is_email("a.@example.com") && !is_email("a..b@example.com"));
+        assert!(is_email("first.last+tag@example.co.uk"));
         assert!(is_hostname("learn.acme.com"));
         assert!(!is_hostname("-bad.com"));
         assert!(!is_hostname("a..b"));

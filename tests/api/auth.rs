@@ -49,12 +49,13 @@ async fn bad_credentials_say_what_is_wrong(h: &Harness) {
         auth::NewKey {
             org_id: Some("acme".into()),
             label: "soon gone".into(),
-            scopes: vec![],
+            scopes: vec!["*".into()],
             allowed_cidrs: vec![],
             expires_at: Some(h.clock.now_ms() + 1000),
             rate_limit: String::new(),
         },
         h.clock.now_ms(),
+        None,
     )
     .await
     .unwrap();
@@ -71,7 +72,7 @@ async fn bad_credentials_say_what_is_wrong(h: &Harness) {
         .find(|k| other.starts_with(&format!("sk_{}", k.prefix)))
         .unwrap()
         .id;
-    auth::revoke_key(&h.db, "acme", &other_id, h.clock.now_ms()).await.unwrap();
+    auth::revoke_key(&h.db, "acme", &other_id, h.clock.now_ms(), None).await.unwrap();
     // Revocation is visible within the auth cache's 1 s.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_err(ping_with(h, "x-api-key", &other).await, Code::Unauthenticated, "KEY_REVOKED");

@@ -224,4 +224,78 @@ async fn bad_input_is_refused_and_writes_nothing(h: &Harness) {
     assert_eq!(h.snapshot().await, before, "no rejected request wrote anything");
 }
 
-crate::backend_tests!(bad_input_is_refused_and_writes_nothing);
+/// What a fuzzer or a hostile client sends: bodies that do not decode, NUL bytes, forged
+/// tokens, near-miss emails, header injection in URLs, a limit that admits nothing, and a
+/// message over the size limit. Each gets its code and reason, and nothing is written.
+async fn hostile_input_is_refused_cleanly(h: &Harness) {
+    let mut c = h.clients();
+    world(&mut c).await;
+    crate::fixtures::user(&mut c, "second@example.com").await;
+    let other = h.other_org("initech").await;
+    let before = h.snapshot().await;
+    let create_user = "/coursewire.v1.UserService/CreateUser";
+    for (case, body) in [
+        // user { email: <0xff 0xfe> }: a string field that is not UTF-8.
+        ("invalid UTF-8", vec![0x0a, 0x04, 0x12, 0x02, 0xff, 0xfe]),
+        ("truncated", vec![0x0a, 0x10, 0x12]),
+        ("not protobuf", br#"{"user": {"email": "ada@example.com"}}"#.to_vec()),
+    ] {
+        let s = raw_call(h, &h.key, create_user, body).await.expect_err(case);
+        assert_eq!(s.code(), INVALID, "{case}: {s:?}");
+        assert_eq!(reason(&s), "MALFORMED_REQUEST", "{case}");
+        assert!(!s.message().contains("prost") && !s.message().contains("DecodeError"), "{case}: {}", s.message());
+    }
+    let f = "INVALID_FIELD";
+    let nul_filter = ListUsersRequest { email: "ada\0@example.com".into(), ..Default::default() };
+    expect(c.users.list_users(nul_filter).await, f, &["email"], "NUL in the email filter");
+    let nul_lookup = LookupUserRequest { key: Some(lookup_user_request::Key::ExternalId("x\0".into())) };
+    expect(c.users.lookup_user(nul_lookup).await, f, &["external_id"], "NUL in a lookup");
+    let nul_type = ListDeliveriesRequest { event_type: "user.created\0".into(), ..Default::default() };
+    expect(c.webhooks.list_deliveries(nul_type).await, f, &["event_type"], "NUL in a delivery filter");
+
+    // Page tokens are MACed: forged, tampered, or another organization's are refused alike.
+    use base64::Engine;
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([&[0u8; 16][..], b"usr_\0"].concat());
+    let page = c.users.list_users(ListUsersRequest { page_size: 1, ..Default::default() }).await.unwrap().into_inner();
+    assert!(!page.next_page_token.is_empty());
+    let mut tampered = page.next_page_token.clone().into_bytes();
+    let last = tampered.len() - 1;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    for (case, token, key) in [
+        ("forged token with a NUL", forged, h.key.clone()),
+        ("tampered token", String::from_utf8(tampered).unwrap(), h.key.clone()),
+        ("another organization's token", page.next_page_token.clone(), other),
+    ] {
+        let mut theirs = h.clients_with(&key);
+        let r = theirs.users.list_users(ListUsersRequest { page_size: 1, page_token: token, ..Default::default() });
+        expect(r.await, "INVALID_PAGE_TOKEN", &[], case);
+    }
+
+    let usr = |email: &str| CreateUserRequest {
+        user: Some(User { email: email.into(), ..Default::default() }),
+        ..Default::default()
+    };
+    for email in ["a@@example.com", "a@b@example.com", "a..b@example.com"] {
+        expect(c.users.create_user(usr(email)).await, f, &["user.email"], email);
+    }
+    for url in ["https://x.com/a\r\nx-injected: 1", "https://x.com/a b", "https://x.com/a\nb"] {
+        let hook = Webhook { url: url.into(), ..Default::default() };
+        let r = c.webhooks.create_webhook(CreateWebhookRequest { webhook: Some(hook), request_id: String::new() });
+        expect(r.await, f, &["webhook.url"], url);
+    }
+    let never = ApiKey { rate_limit: "0/1m".into(), ..crate::fixtures::star_key() };
+    expect(c.keys.create_api_key(CreateApiKeyRequest { api_key: Some(never) }).await, f, &["rate_limit"], "0/1m");
+
+    // Over the 4 MiB message limit: RESOURCE_EXHAUSTED, with ErrorInfo like every error.
+    let huge = CreateUserRequest {
+        user: Some(User { email: "big@example.com".into(), first_name: "x".repeat(5 << 20), ..Default::default() }),
+        ..Default::default()
+    };
+    let s = c.users.create_user(huge).await.expect_err("over the limit");
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert_eq!(reason(&s), "MESSAGE_TOO_LARGE");
+    assert_eq!(meta(&s, "limit_bytes").as_deref(), Some("4194304"));
+    assert_eq!(h.snapshot().await, before, "no refused request wrote anything");
+}
+
+crate::backend_tests!(bad_input_is_refused_and_writes_nothing, hostile_input_is_refused_cleanly);

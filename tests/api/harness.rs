@@ -22,10 +22,15 @@ use coursewire_services::events::bus::{Bus, InProcessBus};
 use coursewire_services::events::relay::{Hub, Relay};
 use coursewire_services::limits::window::{ClassLimits, parse_windows};
 use coursewire_services::limits::{self, Limiter, MemoryBackend, OnError, RedisBackend};
+use coursewire_services::retention::Retention;
+use coursewire_services::secrets::Keyring;
 use coursewire_services::store::Db;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// Streams one organization may hold open (the server's default).
+pub const STREAMS_PER_ORG: usize = coursewire_services::streams::DEFAULT_PER_ORG;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Backend {
@@ -36,6 +41,9 @@ pub enum Backend {
 pub struct Harness {
     pub db: Db,
     pub clock: Arc<ManualClock>,
+    /// The key that seals this server's secrets at rest, and its bytes.
+    pub secrets: Arc<Keyring>,
+    pub secrets_key: [u8; 32],
     /// Key (scope `*`) of organization `acme`.
     pub key: String,
     channel: Channel,
@@ -234,15 +242,12 @@ impl Harness {
         let addr = listener.local_addr().unwrap();
         let limiter = limits.limiter(rate_limits, clock.clone()).await?;
         let hub = Arc::new(hub);
-        let relay = Relay {
-            db: db.clone(),
-            bus,
-            hub: hub.clone(),
-            clock: clock.clone(),
-            retention: Duration::from_secs(30 * 86400),
-        };
+        let relay = Relay { db: db.clone(), bus, hub: hub.clone(), clock: clock.clone() };
         let relay = tokio::spawn(relay.run());
-        let state = Arc::new(AppState { db: db.clone(), clock: clock.clone(), limiter, hub: hub.clone() });
+        let secrets_key: [u8; 32] = std::array::from_fn(|_| rand::random());
+        let secrets = Arc::new(Keyring::new(secrets_key, vec![]));
+        let state =
+            Arc::new(AppState::new(db.clone(), clock.clone(), limiter, hub.clone(), secrets.clone(), STREAMS_PER_ORG));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             coursewire_services::server::serve(state, vec![], listener, async {
@@ -253,7 +258,7 @@ impl Harness {
         });
         let dispatcher = dispatch.map(|(config, source)| {
             let (stop, mut stopped) = tokio::sync::watch::channel(false);
-            let dispatcher = Dispatcher::new(db.clone(), clock.clone(), config).unwrap();
+            let dispatcher = Dispatcher::new(db.clone(), clock.clone(), secrets.clone(), config).unwrap();
             let task = tokio::spawn(dispatcher.run(source, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             }));
@@ -263,6 +268,8 @@ impl Harness {
         Some(Harness {
             db,
             clock,
+            secrets,
+            secrets_key,
             key,
             hub,
             channel,
@@ -279,13 +286,35 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let limiter = Limits::Memory.limiter("600/1m,5000/1h", self.clock.clone()).await.unwrap();
-        let state =
-            Arc::new(AppState { db: self.db.clone(), clock: self.clock.clone(), limiter, hub: self.hub.clone() });
+        let state = Arc::new(AppState::new(
+            self.db.clone(),
+            self.clock.clone(),
+            limiter,
+            self.hub.clone(),
+            self.secrets.clone(),
+            STREAMS_PER_ORG,
+        ));
         let server = tokio::spawn(async move {
             let _ = coursewire_services::server::serve(state, vec![], listener, std::future::pending()).await;
         });
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         Replica { channel, server }
+    }
+
+    /// Stops the server as SIGTERM would, and waits until it has drained its calls.
+    pub async fn stop_server(&mut self) {
+        let _ = self.shutdown.take().expect("the server runs").send(());
+        tokio::time::timeout(Duration::from_secs(10), self.server.take().unwrap())
+            .await
+            .expect("the server stopped within 10 s")
+            .unwrap();
+    }
+
+    /// One pass of the server's pruning, at the harness clock's time (30-day retentions).
+    pub async fn prune(&self) -> u64 {
+        let month = Duration::from_secs(30 * 86400);
+        let retention = Retention { db: self.db.clone(), clock: self.clock.clone(), events: month, deliveries: month };
+        retention.prune_all().await.unwrap()
     }
 
     /// Stops the dispatcher as SIGTERM would: no new work, attempts in flight finish.
@@ -307,6 +336,19 @@ impl Harness {
     pub async fn other_org(&self, id: &str) -> String {
         auth::create_org(&self.db, id, id, self.clock.now_ms()).await.unwrap();
         new_key(&self.db, id, &["*"], self.clock.now_ms()).await
+    }
+
+    /// A platform key (manages organizations only).
+    pub async fn platform_key(&self) -> String {
+        let new = NewKey {
+            org_id: None,
+            label: "ops".into(),
+            scopes: vec![],
+            allowed_cidrs: vec![],
+            expires_at: None,
+            rate_limit: String::new(),
+        };
+        auth::create_key(&self.db, new, self.clock.now_ms(), None).await.unwrap().1
     }
 
     pub async fn scoped_key(&self, scopes: &[&str]) -> String {
@@ -343,6 +385,8 @@ impl Harness {
             "lesson_progress",
             "events",
             "idempotency",
+            "api_keys",
+            "webhook_endpoints",
         ] {
             out.push(self.count(t).await);
         }
@@ -359,7 +403,7 @@ async fn new_key(db: &Db, org: &str, scopes: &[&str], now: i64) -> String {
         expires_at: None,
         rate_limit: String::new(),
     };
-    auth::create_key(db, new, now).await.unwrap().1
+    auth::create_key(db, new, now, None).await.unwrap().1
 }
 
 fn with_database(url: &str, name: &str) -> String {

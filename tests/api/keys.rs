@@ -70,14 +70,12 @@ async fn an_organization_holds_at_most_25_keys(h: &Harness) {
     let mut c = h.clients();
     for i in 1..25 {
         c.keys
-            .create_api_key(CreateApiKeyRequest {
-                api_key: Some(ApiKey { label: format!("k{i}"), ..Default::default() }),
-            })
+            .create_api_key(CreateApiKeyRequest { api_key: Some(ApiKey { label: format!("k{i}"), ..star_key() }) })
             .await
             .unwrap();
     }
     let s = assert_err(
-        c.keys.create_api_key(CreateApiKeyRequest { api_key: Some(ApiKey::default()) }).await,
+        c.keys.create_api_key(CreateApiKeyRequest { api_key: Some(star_key()) }).await,
         Code::FailedPrecondition,
         "KEY_LIMIT_REACHED",
     );
@@ -94,7 +92,7 @@ async fn an_organization_holds_at_most_25_keys(h: &Harness) {
     assert_ne!(first.id, last.id);
     c.keys.revoke_api_key(RevokeApiKeyRequest { id: last.id }).await.unwrap();
     c.keys
-        .create_api_key(CreateApiKeyRequest { api_key: Some(ApiKey::default()) })
+        .create_api_key(CreateApiKeyRequest { api_key: Some(star_key()) })
         .await
         .expect("a revoked key frees its slot");
     let bad = ApiKey {
@@ -158,33 +156,19 @@ async fn scopes_and_allowlists_hold_on_every_method(h: &Harness) {
     assert!(checked > 30);
 
     let mut c = h.clients();
-    let elsewhere = ApiKey { allowed_cidrs: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()], ..Default::default() };
+    let elsewhere = ApiKey { allowed_cidrs: vec!["10.0.0.0/8".into(), "2001:db8::/32".into()], ..star_key() };
     let far =
         c.keys.create_api_key(CreateApiKeyRequest { api_key: Some(elsewhere) }).await.unwrap().into_inner().secret;
     for path in methods() {
         assert_eq!(reason(&call(h, &far, &path).await), "IP_NOT_ALLOWED", "{path}");
     }
-    let here = ApiKey { allowed_cidrs: vec!["127.0.0.0/8".into()], ..Default::default() };
+    let here = ApiKey { allowed_cidrs: vec!["127.0.0.0/8".into()], ..star_key() };
     let near = c.keys.create_api_key(CreateApiKeyRequest { api_key: Some(here) }).await.unwrap().into_inner().secret;
     h.clients_with(&near).account.ping(PingRequest {}).await.expect("loopback is inside 127.0.0.0/8");
 }
 
 async fn organizations_are_managed_by_platform_keys(h: &Harness) {
-    let platform = coursewire_services::auth::create_key(
-        &h.db,
-        coursewire_services::auth::NewKey {
-            org_id: None,
-            label: "ops".into(),
-            scopes: vec![],
-            allowed_cidrs: vec![],
-            expires_at: None,
-            rate_limit: String::new(),
-        },
-        0,
-    )
-    .await
-    .unwrap()
-    .1;
+    let platform = h.platform_key().await;
     let mut p = h.clients_with(&platform);
     let org = Organization {
         id: "initech".into(),
@@ -246,8 +230,7 @@ async fn organizations_are_managed_by_platform_keys(h: &Harness) {
 async fn revocation_reaches_another_replica_within_a_second(h: &Harness) {
     let replica = h.replica().await;
     let mut c = h.clients();
-    let created =
-        c.keys.create_api_key(CreateApiKeyRequest { api_key: Some(ApiKey::default()) }).await.unwrap().into_inner();
+    let created = c.keys.create_api_key(CreateApiKeyRequest { api_key: Some(star_key()) }).await.unwrap().into_inner();
     let mut on_replica = replica.clients_with(&created.secret);
     on_replica.account.ping(PingRequest {}).await.unwrap();
     c.keys.revoke_api_key(RevokeApiKeyRequest { id: created.api_key.unwrap().id }).await.unwrap();

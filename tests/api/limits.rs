@@ -175,7 +175,7 @@ async fn org_overrides_and_key_limits(l: Limits) {
     let created = c
         .keys
         .create_api_key(CreateApiKeyRequest {
-            api_key: Some(ApiKey { label: "partner".into(), rate_limit: "1/1m".into(), ..Default::default() }),
+            api_key: Some(ApiKey { label: "partner".into(), rate_limit: "1/1m".into(), ..star_key() }),
         })
         .await
         .unwrap()

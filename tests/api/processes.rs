@@ -120,9 +120,10 @@ async fn two_dispatchers_lose_nothing_when_one_is_killed() {
     let db = crate::harness::TestDatabase::create(&pg).await;
     let suffix = ulid::Ulid::new().to_string().to_lowercase();
     let (exchange, queue) = (format!("cwtest.{suffix}.events"), format!("cwtest.{suffix}.dispatcher"));
+    let secrets_key = secrets_key();
     let common = |cmd: &mut Command| {
         cmd.env_remove("COURSEWIRE_REDIS_URL")
-            .args(["--database-url", &db.url, "--amqp-url", &amqp])
+            .args(["--database-url", &db.url, "--amqp-url", &amqp, "--secrets-key", &secrets_key])
             .args(["--amqp-exchange", &exchange, "--amqp-queue", &queue])
             .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
             .args(["--webhook-allow-private-targets", "--webhook-timeout", "2s"]);
@@ -189,4 +190,85 @@ async fn two_dispatchers_lose_nothing_when_one_is_killed() {
     let total: usize = seen.values().sum();
     eprintln!("all 1,000 deliveries arrived ({at_kill} requests before the kill); {} duplicates", total - 1000);
     assert_eq!(seen.len(), 1000);
+}
+
+/// A fresh operator key, as `openssl rand -base64 32` makes one.
+pub fn secrets_key() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(ulid::Ulid::new().0.to_be_bytes().repeat(2))
+}
+
+/// The operator's key, end to end: production refuses to start without one (naming the flag),
+/// the embedded default makes its own (mode 0600) and never writes a secret in clear, and
+/// `coursewire secrets rotate-key` moves every value to a new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secrets_key_is_required_generated_and_rotated() {
+    let bin = env!("CARGO_BIN_EXE_coursewire");
+    for (args, says) in [(vec![], "--secrets-key"), (vec!["--secrets-key", "c2hvcnQ="], "32 bytes")] {
+        let out = Command::new(bin)
+            .env_remove("COURSEWIRE_SECRETS_KEY")
+            .args(["api", "--database-url", "postgres://127.0.0.1:1/nowhere", "--amqp-url", "amqp://127.0.0.1:1/%2f"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{stderr}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let start = |extra: &[&str]| {
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.current_dir(dir.path())
+            .env_remove("COURSEWIRE_DATABASE_URL")
+            .env_remove("COURSEWIRE_AMQP_URL")
+            .env_remove("COURSEWIRE_SECRETS_KEY")
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(extra);
+        let (server, lines) = spawn(cmd, "listening");
+        (server, lines, port)
+    };
+    let (server, lines, port) = start(&[]);
+    let key = lines.iter().find_map(|l| l.split_whitespace().find(|w| w.starts_with("sk_")).map(String::from)).unwrap();
+    let mut c = clients(port, &key).await;
+    let hook = Webhook {
+        url: "https://hooks.example.com/cw".into(),
+        headers: [("authorization".to_string(), "Bearer partner-secret-9q".to_string())].into_iter().collect(),
+        ..Default::default()
+    };
+    let made = c.webhooks.create_webhook(CreateWebhookRequest { webhook: Some(hook), request_id: String::new() });
+    let made = made.await.unwrap().into_inner();
+    let id = made.webhook.unwrap().id;
+    drop(server);
+
+    let data = dir.path().join("coursewire-data");
+    let key_file = data.join("secrets.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    for file in std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().path()) {
+        let bytes = std::fs::read(&file).unwrap();
+        for needle in ["whsec_", "partner-secret-9q", &made.secret[6..]] {
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_bytes()), "{needle} in {}", file.display());
+        }
+    }
+
+    let old = std::fs::read_to_string(&key_file).unwrap().trim().to_string();
+    let new = secrets_key();
+    let out = Command::new(bin)
+        .current_dir(dir.path())
+        .env_remove("COURSEWIRE_DATABASE_URL")
+        .args(["secrets", "rotate-key", "--secrets-key", &new, "--previous-secrets-keys", &old])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("re-sealed the secrets of 1 webhook endpoint"), "{out:?}");
+
+    // With only the new key, the secret is still there.
+    let (_server, _, port) = start(&["--secrets-key", &new]);
+    let mut c = clients(port, &key).await;
+    let shown = c.webhooks.get_webhook_secret(GetWebhookSecretRequest { id }).await.unwrap().into_inner();
+    assert_eq!(shown.secret, made.secret);
 }

@@ -9,7 +9,7 @@ use coursewire_services::events::relay::Hub;
 use tonic::Code;
 
 use crate::fixtures::*;
-use crate::harness::{Backend, Harness, Limits};
+use crate::harness::{Backend, Harness, Limits, STREAMS_PER_ORG};
 
 async fn next(stream: &mut tonic::Streaming<Event>) -> Event {
     tokio::time::timeout(Duration::from_secs(10), stream.message())
@@ -140,4 +140,59 @@ async fn a_slow_consumer_is_closed_and_can_resume() {
     assert_eq!(received.iter().collect::<HashSet<_>>().len(), N, "resumed without gap or duplicate");
 }
 
-crate::backend_tests!(replay_then_live_without_gap_or_duplicate);
+async fn open_watch(c: &mut crate::harness::Clients) -> Result<tonic::Streaming<Event>, tonic::Status> {
+    c.events.watch_events(WatchEventsRequest::default()).await.map(|r| r.into_inner())
+}
+
+async fn streams_are_capped_per_organization(h: &Harness) {
+    let mut c = h.clients();
+    let mut open = Vec::new();
+    for _ in 0..STREAMS_PER_ORG {
+        open.push(open_watch(&mut c).await.unwrap());
+    }
+    assert_err(open_watch(&mut c).await, Code::ResourceExhausted, "TOO_MANY_STREAMS");
+    let export = c.enrollments.export_enrollments(ExportEnrollmentsRequest::default()).await;
+    assert_err(export, Code::ResourceExhausted, "TOO_MANY_STREAMS");
+    let other = h.other_org("initech").await;
+    let mut theirs = h.clients_with(&other);
+    open_watch(&mut theirs).await.expect("organizations are counted apart");
+    // Closing a stream frees its place once the server notices.
+    drop(open.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match open_watch(&mut c).await {
+            Ok(s) => break open.push(s),
+            Err(s) => assert_eq!(reason(&s), "TOO_MANY_STREAMS"),
+        }
+        assert!(std::time::Instant::now() < deadline, "the closed stream's place was never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGTERM does not wait on open streams: they end with UNAVAILABLE and the cursor to resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_ends_streams_with_a_cursor() {
+    let mut h = Harness::start(Backend::Sqlite).await.unwrap();
+    let mut c = h.clients();
+    for i in 0..3 {
+        domain(&mut c, &format!("s{i}.example.com")).await;
+    }
+    let mut stream = c
+        .events
+        .watch_events(WatchEventsRequest { from_start: true, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = String::new();
+    for _ in 0..3 {
+        last = next(&mut stream).await.id;
+    }
+    let (_, ended) = tokio::join!(h.stop_server(), async {
+        tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("the stream ended")
+    });
+    let status = ended.expect_err("the stream ends with a status, not as if complete");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(meta(&status, "resume_after_event_id").unwrap(), last);
+}
+
+crate::backend_tests!(replay_then_live_without_gap_or_duplicate, streams_are_capped_per_organization);

@@ -1,6 +1,7 @@
 //! Authentication and authorization as a tower layer: every call except health and
 //! reflection must carry a valid key whose scopes cover the method (see `policy`). The
 //! layer puts the resulting `Caller` into the request extensions for handlers.
+pub mod delegation;
 pub mod keys;
 pub mod policy;
 mod store;

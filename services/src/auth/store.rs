@@ -6,6 +6,7 @@ use ipnet::IpNet;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::delegation::{self, Authority};
 use super::keys;
 use super::policy::RESOURCES;
 use crate::error::{ApiError, ApiResult};
@@ -21,12 +22,15 @@ pub const MAX_KEYS_PER_ORG: i64 = 25;
 pub struct Scopes(pub Vec<String>);
 
 impl Scopes {
-    /// Parses `*` or `RESOURCE:read|write` items; an empty list means `*`.
+    /// Parses `*` or `RESOURCE:read|write` items. An empty list, or a blank item, is an error:
+    /// a key's authority is always spelled out (`*` must be asked for).
     pub fn parse(items: &[String]) -> Result<Scopes, String> {
-        let items: Vec<String> = items.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-        if items.is_empty() {
-            return Ok(Scopes(vec!["*".into()]));
+        let mut items: Vec<String> = items.iter().map(|s| s.trim().to_string()).collect();
+        if items.is_empty() || items.iter().any(String::is_empty) {
+            return Err("name at least one scope, and no blank ones: `*` or RESOURCE:read|write".into());
         }
+        let mut seen = std::collections::HashSet::new();
+        items.retain(|s| seen.insert(s.clone()));
         for s in &items {
             let ok = s == "*"
                 || s.split_once(':').is_some_and(|(r, a)| RESOURCES.contains(&r) && (a == "read" || a == "write"));
@@ -130,6 +134,7 @@ pub(super) async fn touch_last_used(db: &Db, id: &str, now: i64) {
     }
 }
 
+/// A key's fields as a caller sets them (create), or as they would be after an update.
 pub struct NewKey {
     /// `None` for a platform key.
     pub org_id: Option<String>,
@@ -142,18 +147,18 @@ pub struct NewKey {
 }
 
 /// The editable fields of a key, validated together so one error names every bad field.
-fn validate_fields(
-    v: &mut Violations,
-    label: &str,
-    scopes: &[String],
-    cidrs: &[String],
-    rate_limit: &str,
-) -> (Scopes, Vec<IpNet>) {
+fn validate_fields(v: &mut Violations, fields: &NewKey, platform: bool) -> Checked {
+    let NewKey { label, scopes, allowed_cidrs: cidrs, rate_limit, .. } = fields;
     v.optional_text("label", label, 200);
-    let scopes = Scopes::parse(scopes).unwrap_or_else(|msg| {
-        v.add("scopes", msg);
+    // Platform keys manage organizations only; scopes do not apply to them.
+    let scopes = if platform {
         Scopes(vec![])
-    });
+    } else {
+        Scopes::parse(scopes).unwrap_or_else(|msg| {
+            v.add("scopes", msg);
+            Scopes(vec![])
+        })
+    };
     v.check(cidrs.len() <= 50, "allowed_cidrs", "at most 50 entries");
     let mut nets = Vec::new();
     for c in cidrs {
@@ -162,12 +167,22 @@ fn validate_fields(
             Err(_) => v.add("allowed_cidrs", format!("{c:?} is not an IPv4/IPv6 address or CIDR")),
         }
     }
-    if !rate_limit.is_empty()
-        && let Err(e) = parse_windows(rate_limit)
-    {
-        v.add("rate_limit", e);
+    let limit =
+        if rate_limit.is_empty() { None } else { parse_windows(rate_limit).map_err(|e| v.add("rate_limit", e)).ok() };
+    Checked { scopes, cidrs: nets, limit }
+}
+
+/// The validated, parsed form of `NewKey`.
+struct Checked {
+    scopes: Scopes,
+    cidrs: Vec<IpNet>,
+    limit: Option<Vec<Window>>,
+}
+
+impl Checked {
+    fn authority(&self, expires_at: Option<i64>) -> Authority<'_> {
+        Authority { scopes: &self.scopes, cidrs: &self.cidrs, expires_at, limit: self.limit.as_deref() }
     }
-    (scopes, nets)
 }
 
 fn cidr_text(nets: &[IpNet]) -> String {
@@ -175,11 +190,17 @@ fn cidr_text(nets: &[IpNet]) -> String {
 }
 
 /// Creates a key and returns it with its secret, the only time the secret exists in clear.
-pub async fn create_key(db: &Db, new: NewKey, now: i64) -> ApiResult<(KeyRecord, String)> {
+/// `grantor` is the key asking for it over the API (`None`: the operator's CLI); the new key
+/// must be within its authority (see `delegation`).
+pub async fn create_key(db: &Db, new: NewKey, now: i64, grantor: Option<&KeyRecord>) -> ApiResult<(KeyRecord, String)> {
     let mut v = Violations::default();
-    let (scopes, cidrs) = validate_fields(&mut v, &new.label, &new.scopes, &new.allowed_cidrs, &new.rate_limit);
+    let checked = validate_fields(&mut v, &new, new.org_id.is_none());
     v.check(new.expires_at.is_none_or(|t| t > now), "expires_at", "must be in the future");
     v.finish()?;
+    if let Some(grantor) = grantor {
+        delegation::check(grantor, &checked.authority(new.expires_at))?;
+    }
+    let Checked { scopes, cidrs, .. } = checked;
 
     let mut tx = db.begin().await?;
     if let Some(org) = &new.org_id {
@@ -259,37 +280,41 @@ pub async fn get_key(db: &Db, org_id: &str, key_id: &str) -> ApiResult<KeyRecord
     row.as_ref().map(KeyRecord::from_row).transpose()?.ok_or_else(|| ApiError::not_found("API key", key_id))
 }
 
-/// Changes a key's label, scopes, allowed CIDRs and own rate limit (revoked keys stay revoked).
-pub async fn update_key(
-    db: &Db,
-    org_id: &str,
-    key_id: &str,
-    label: &str,
-    scopes: &[String],
-    cidrs: &[String],
-    rate_limit: &str,
-) -> ApiResult<KeyRecord> {
+/// Changes a key's label, scopes, allowed CIDRs and own rate limit to `fields` (revoked keys
+/// stay revoked). The caller's key may only change keys within its authority into keys within
+/// it, and never its own scopes or allowlist.
+pub async fn update_key(db: &Db, current: &KeyRecord, fields: &NewKey, caller: &KeyRecord) -> ApiResult<KeyRecord> {
+    let (org_id, key_id) = (current.org_id.as_str(), current.id.as_str());
     let mut v = Violations::default();
-    let (scopes, nets) = validate_fields(&mut v, label, scopes, cidrs, rate_limit);
+    let checked = validate_fields(&mut v, fields, false);
     v.finish()?;
+    if current.id == caller.id {
+        delegation::check_self_change(caller, &checked.scopes, &checked.cidrs)?;
+    } else {
+        delegation::check(caller, &Authority::of(current))?;
+    }
+    delegation::check(caller, &checked.authority(current.expires_at))?;
     let done = sqlx::query("UPDATE api_keys SET label = $1, scopes = $2, allowed_cidrs = $3, rate_limit = $4 WHERE id = $5 AND org_id = $6 AND revoked_at IS NULL")
-        .bind(label)
-        .bind(scopes.0.join(","))
-        .bind(cidr_text(&nets))
-        .bind(rate_limit)
+        .bind(&fields.label)
+        .bind(checked.scopes.0.join(","))
+        .bind(cidr_text(&checked.cidrs))
+        .bind(&fields.rate_limit)
         .bind(key_id)
         .bind(org_id)
         .execute(db.pool())
         .await?;
     if done.rows_affected() == 0 {
-        get_key(db, org_id, key_id).await?;
         return Err(ApiError::precondition("KEY_ALREADY_REVOKED", "revoked keys cannot be changed"));
     }
     get_key(db, org_id, key_id).await
 }
 
-/// Revokes a key for good. Revoking twice is harmless.
-pub async fn revoke_key(db: &Db, org_id: &str, key_id: &str, now: i64) -> ApiResult<()> {
+/// Revokes a key for good. Revoking twice is harmless. Over the API (`caller`), a key may
+/// revoke itself and keys within its authority.
+pub async fn revoke_key(db: &Db, org_id: &str, key_id: &str, now: i64, caller: Option<&KeyRecord>) -> ApiResult<()> {
+    if let Some(caller) = caller.filter(|c| c.id != key_id) {
+        delegation::check(caller, &Authority::of(&get_key(db, org_id, key_id).await?))?;
+    }
     let done = sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 AND org_id = $3")
         .bind(now)
         .bind(key_id)

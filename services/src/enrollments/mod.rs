@@ -103,7 +103,7 @@ impl EnrollmentService for EnrollmentApi {
             &r.completed_after,
             &r.completed_before,
         )?;
-        let page = Page::new(r.page_size, &r.page_token, &filter.scope(who.org()))?;
+        let page = Page::new(&self.0.tokens, r.page_size, &r.page_token, &filter.scope(who.org()))?;
         let now = self.0.clock.now_ms();
         let rows = filter
             .query(who.org(), &page.after, page.limit(), now)
@@ -263,10 +263,15 @@ impl EnrollmentService for EnrollmentApi {
             &r.completed_after,
             &r.completed_before,
         )?;
+        if !r.after_id.is_empty() {
+            check("after_id", &r.after_id)?;
+        }
+        let permit = self.0.streams.open(who.org())?;
         let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_CHUNK as usize);
         let state = self.0.clone();
+        let mut after = r.after_id.clone();
         tokio::spawn(async move {
-            let mut after = String::new();
+            let _permit = permit;
             loop {
                 let now = state.clock.now_ms();
                 let rows = match filter.query(who.org(), &after, EXPORT_CHUNK, now).fetch_all(state.db.pool()).await {
@@ -278,12 +283,20 @@ impl EnrollmentService for EnrollmentApi {
                 };
                 for row in &rows {
                     let item = store::from_row(row, now).map_err(|e| Status::from(ApiError::from(e)));
-                    if let Ok(e) = &item {
-                        after.clone_from(&e.id);
+                    let id = item.as_ref().map(|e| e.id.clone()).unwrap_or_default();
+                    tokio::select! {
+                        sent = tx.send(item) => if sent.is_err() {
+                            return; // the client went away: stop reading
+                        },
+                        _ = state.streams.stopping() => {
+                            // Always end with the status: a stream that just stops looks complete.
+                            let stop = crate::streams::shutting_down("resume_after_id", &after);
+                            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tx.send(Err(stop))).await;
+                            return;
+                        }
                     }
-                    // The client went away: stop reading.
-                    if tx.send(item).await.is_err() {
-                        return;
+                    if !id.is_empty() {
+                        after = id;
                     }
                 }
                 if (rows.len() as i64) < EXPORT_CHUNK {

@@ -11,6 +11,7 @@ use serde::Serialize;
 use sqlx::AnyConnection;
 
 pub use service::EventApi;
+pub(crate) use service::type_terms;
 
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};

@@ -51,8 +51,6 @@ pub struct Relay {
     pub bus: Arc<dyn Bus>,
     pub hub: Arc<Hub>,
     pub clock: SharedClock,
-    /// Published events older than this are deleted.
-    pub retention: Duration,
 }
 
 /// The connection the leader works on (Postgres), or none (SQLite: write transactions).
@@ -98,7 +96,6 @@ impl Relay {
         self.hub.sequenced.send_replace(next);
         let mut backoff = Duration::from_millis(100);
         let mut broker_down = false;
-        let mut last_prune = 0;
         let mut last_lag = 0;
         loop {
             let sequenced = self.sequence(&mut lead, next).await?;
@@ -138,10 +135,6 @@ impl Relay {
                     .await
                     .ok();
                 metrics().outbox_lag_ms.store(oldest.map_or(0, |t| (now - t).max(0)), Relaxed);
-            }
-            if now - last_prune > 60_000 {
-                last_prune = now;
-                self.prune(&mut lead, now).await?;
             }
             if sequenced == 0 && published == 0 {
                 tokio::time::sleep(IDLE_POLL).await;
@@ -198,20 +191,6 @@ impl Relay {
         .await
         .map_err(PublishError::Db)?;
         Ok(batch.len() as i64)
-    }
-
-    /// Deletes published events past retention, a thousand at a time.
-    async fn prune(&self, lead: &mut Lead, now: i64) -> anyhow::Result<()> {
-        let cutoff = now - self.retention.as_millis() as i64;
-        let sql = "DELETE FROM events WHERE id IN \
-             (SELECT id FROM events WHERE created_at < $1 AND published_at IS NOT NULL ORDER BY created_at LIMIT 1000)";
-        loop {
-            let deleted = self.exec(lead, sql, &[cutoff]).await?;
-            if deleted < 1000 {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     async fn exec(&self, lead: &mut Lead, sql: &'static str, binds: &[i64]) -> anyhow::Result<u64> {

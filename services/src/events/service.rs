@@ -37,7 +37,7 @@ pub(super) fn event_from_row(r: &AnyRow) -> ApiResult<Event> {
 pub(super) const COLUMNS: &str = "id, type, created_at, org_id, sequence, resource_id, body, position";
 
 /// ` AND (type = $n OR type LIKE $m …)` for the filters, with every value bound.
-pub(super) fn type_terms(types: &[String], binds: &mut Vec<String>) -> String {
+pub(crate) fn type_terms(types: &[String], binds: &mut Vec<String>) -> String {
     if types.is_empty() {
         return String::new();
     }
@@ -92,7 +92,7 @@ impl EventService for EventApi {
         }
         v.finish()?;
         let scope = format!("events|{}|{:?}|{}|{:?}", who.org(), r.types, r.resource_id, created_after);
-        let page = Page::new(r.page_size, &r.page_token, &scope)?;
+        let page = Page::new(&self.0.tokens, r.page_size, &r.page_token, &scope)?;
 
         let mut sql = format!("SELECT {COLUMNS} FROM events WHERE org_id = $1 AND id > $2");
         let mut binds: Vec<String> = vec![who.org().to_string(), page.after.clone()];
@@ -144,6 +144,7 @@ impl EventService for EventApi {
             check_id(&mut v, "after_event_id", "evt", &r.after_event_id);
         }
         v.finish()?;
+        let permit = self.0.streams.open(who.org())?;
         let start = if !r.after_event_id.is_empty() {
             let position: Option<Option<i64>> =
                 sqlx::query_scalar("SELECT position FROM events WHERE id = $1 AND org_id = $2")
@@ -164,6 +165,6 @@ impl EventService for EventApi {
         } else {
             *self.0.hub.sequenced.borrow()
         };
-        Ok(Response::new(super::watch::stream(self.0.clone(), who.org().to_string(), r.types, start)))
+        Ok(Response::new(super::watch::stream(self.0.clone(), permit, r.types, start)))
     }
 }

@@ -12,19 +12,22 @@ use tonic::Status;
 use super::service::{COLUMNS, event_from_row, type_terms};
 use crate::AppState;
 use crate::error::ApiError;
+use crate::streams::{Permit, shutting_down};
 
 const CHUNK: i64 = 200;
 
 pub fn stream(
     state: Arc<AppState>,
-    org: String,
+    permit: Permit,
     types: Vec<String>,
     mut after: i64,
 ) -> ReceiverStream<Result<Event, Status>> {
+    let org = permit.org().to_string();
     // One slot more than the buffer, kept for the closing status.
     let (tx, rx) = mpsc::channel(state.hub.watch_buffer + 1);
     let mut sequenced = state.hub.sequenced.subscribe();
     tokio::spawn(async move {
+        let _permit = permit;
         let mut binds = vec![org.clone()];
         let terms = type_terms(&types, &mut binds);
         let mut last_sent = String::new();
@@ -46,6 +49,10 @@ pub fn stream(
                 }
             };
             for row in &rows {
+                if state.streams.is_stopping() {
+                    let _ = tx.try_send(Err(shutting_down("resume_after_event_id", &last_sent)));
+                    return;
+                }
                 let event = match event_from_row(row) {
                     Ok(e) => e,
                     Err(e) => {
@@ -76,6 +83,10 @@ pub fn stream(
                     _ = sequenced.changed() => {}
                     _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
                     _ = tx.closed() => return,
+                    _ = state.streams.stopping() => {
+                        let _ = tx.try_send(Err(shutting_down("resume_after_event_id", &last_sent)));
+                        return;
+                    }
                 }
             }
         }

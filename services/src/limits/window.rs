@@ -45,6 +45,9 @@ pub fn parse_windows(s: &str) -> Result<Vec<Window>, String> {
             let (limit, span) =
                 part.split_once('/').ok_or_else(|| format!("{part:?} is not LIMIT/WINDOW like 600/1m"))?;
             let limit: u64 = limit.trim().parse().map_err(|_| format!("{part:?}: the limit must be a whole number"))?;
+            if limit == 0 {
+                return Err(format!("{part:?}: the limit must be at least 1 (a limit of 0 would refuse every call)"));
+            }
             let span = span.trim();
             let parsed = if span == "day" {
                 Span::Day

@@ -9,7 +9,7 @@ use coursewire_proto::v1::webhook_service_server::WebhookService;
 use coursewire_proto::v1::*;
 use pbjson_types::Empty;
 use serde_json::json;
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
@@ -24,9 +24,36 @@ use crate::resource::{check_etag, etag, mask_paths, opt_time};
 use crate::store::Tx;
 use crate::validate::Violations;
 use deliveries::{FAILED, MAX_REPLAY, NewDelivery, PENDING, SUCCEEDED};
-use endpoint::{ROTATION_OVERLAP_MS, fetch, headers_json, new_secret, validate, wants};
+use endpoint::{REDACTED, ROTATION_OVERLAP_MS, fetch, new_secret, seal_headers, secret_context, validate};
 
 pub struct WebhookApi(pub Arc<AppState>);
+
+impl WebhookApi {
+    /// The endpoint's signing secrets in clear: the current one, and the previous one while
+    /// it still signs (rotation overlap).
+    async fn secrets(&self, conn: &mut AnyConnection, org: &str, id: &str, now: i64) -> ApiResult<WebhookSecret> {
+        let row = sqlx::query(
+            "SELECT secret, previous_secret, previous_expires_at FROM webhook_endpoints WHERE id = $1 AND org_id = $2",
+        )
+        .bind(id)
+        .bind(org)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| ApiError::not_found("webhook", id))?;
+        let context = secret_context(id);
+        let open = |sealed: &str| self.0.secrets.open(sealed, &context).map_err(ApiError::internal);
+        let live = row.try_get::<Option<i64>, _>("previous_expires_at")?.filter(|t| *t > now);
+        let previous = match (live, row.try_get::<Option<String>, _>("previous_secret")?) {
+            (Some(_), Some(sealed)) => open(&sealed)?,
+            _ => String::new(),
+        };
+        Ok(WebhookSecret {
+            secret: open(&row.try_get::<String, _>("secret")?)?,
+            previous_secret: previous,
+            previous_expires_at: opt_timestamp(live),
+        })
+    }
+}
 
 const MUTABLE: &[&str] = &["url", "description", "event_types", "headers", "max_rate_per_second", "max_concurrency"];
 
@@ -58,12 +85,12 @@ async fn next_event_sequence(tx: &mut Tx, id: &str) -> ApiResult<i64> {
 type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
 /// Binds the settings a caller chooses, in column order: url, description, event_types,
-/// headers, max_rate, max_concurrency (Create and Update store the same ones).
-fn bind_settings<'q>(q: Query<'q>, w: &'q Webhook) -> ApiResult<Query<'q>> {
+/// headers (sealed), max_rate, max_concurrency (Create and Update store the same ones).
+fn bind_settings<'q>(q: Query<'q>, w: &'q Webhook, sealed_headers: String) -> ApiResult<Query<'q>> {
     Ok(q.bind(&w.url)
         .bind(&w.description)
         .bind(serde_json::to_string(&w.event_types).map_err(ApiError::internal)?)
-        .bind(headers_json(&w.headers))
+        .bind(sealed_headers)
         .bind(i64::from(w.max_rate_per_second))
         .bind(i64::from(w.max_concurrency)))
 }
@@ -101,20 +128,27 @@ impl WebhookService for WebhookApi {
         let mut w = r.webhook.clone().unwrap_or_default();
         let mut v = Violations::default();
         validate(&mut w, &mut v);
+        w.id = new_id("wh");
+        let sealed_headers = seal_headers(&self.0.secrets, &w.id, &w.headers, &Default::default(), &mut v);
         v.finish()?;
         let idem = Idempotency::new(who.org(), &r.request_id, "CreateWebhook", &r)?;
         let now = self.0.clock.now_ms();
         let mut tx = self.0.db.begin().await?;
-        if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {
+        if let Some(mut done) = Idempotency::replay::<CreateWebhookResponse>(&idem, &mut tx, now).await? {
+            // The stored response has no secret (it would sit in clear there): show the current one.
+            let id = done.webhook.as_ref().map(|w| w.id.clone()).unwrap_or_default();
+            done.secret = self.secrets(&mut tx, who.org(), &id, now).await?.secret;
             return Ok(Response::new(done));
         }
-        w.id = new_id("wh");
         w.created_at = Some(to_timestamp(now));
         w.updated_at = w.created_at;
         w.etag = etag(1);
         w.disabled = false;
         w.disabled_reason.clear();
         w.disabled_at = None;
+        for value in w.headers.values_mut() {
+            *value = REDACTED.into();
+        }
         let secret = new_secret();
         let insert = sqlx::query(
             "INSERT INTO webhook_endpoints (id, org_id, url, description, event_types, headers, max_rate, \
@@ -123,9 +157,15 @@ impl WebhookService for WebhookApi {
         )
         .bind(&w.id)
         .bind(who.org());
-        bind_settings(insert, &w)?.bind(&secret).bind(now).execute(&mut *tx).await.map_err(ApiError::from)?;
+        bind_settings(insert, &w, sealed_headers)?
+            .bind(self.0.secrets.seal(&secret, &secret_context(&w.id)))
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(ApiError::from)?;
         let out = CreateWebhookResponse { webhook: Some(w), secret };
-        Idempotency::save(&idem, &mut tx, &out, now).await?;
+        let stored = CreateWebhookResponse { secret: String::new(), ..out.clone() };
+        Idempotency::save(&idem, &mut tx, &stored, now).await?;
         tx.commit().await?;
         Ok(Response::new(out))
     }
@@ -140,7 +180,7 @@ impl WebhookService for WebhookApi {
     async fn list_webhooks(&self, req: Request<ListWebhooksRequest>) -> Result<Response<ListWebhooksResponse>, Status> {
         let who = caller(&req)?;
         let r = req.get_ref();
-        let page = Page::new(r.page_size, &r.page_token, &format!("webhooks|{}", who.org()))?;
+        let page = Page::new(&self.0.tokens, r.page_size, &r.page_token, &format!("webhooks|{}", who.org()))?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {} WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3",
             endpoint::COLUMNS
@@ -182,14 +222,24 @@ impl WebhookService for WebhookApi {
         }
         let mut v = Violations::default();
         validate(&mut w, &mut v);
+        let stored = endpoint::stored_headers(&mut tx, &w.id).await?;
+        let sealed_headers = seal_headers(&self.0.secrets, &w.id, &w.headers, &stored, &mut v);
         v.finish()?;
+        for value in w.headers.values_mut() {
+            *value = REDACTED.into();
+        }
         let update = sqlx::query(
             "UPDATE webhook_endpoints SET url = $3, description = $4, event_types = $5, headers = $6, max_rate = $7, \
              max_concurrency = $8, updated_at = $9, sequence = sequence + 1 WHERE id = $1 AND org_id = $2 AND sequence = $10",
         )
         .bind(&w.id)
         .bind(who.org());
-        let done = bind_settings(update, &w)?.bind(now).bind(seq).execute(&mut *tx).await.map_err(ApiError::from)?;
+        let done = bind_settings(update, &w, sealed_headers)?
+            .bind(now)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(ApiError::from)?;
         if done.rows_affected() != 1 {
             return Err(ApiError::etag_mismatch("webhook").into());
         }
@@ -223,28 +273,8 @@ impl WebhookService for WebhookApi {
     ) -> Result<Response<WebhookSecret>, Status> {
         let who = caller(&req)?;
         check("id", &req.get_ref().id)?;
-        let now = self.0.clock.now_ms();
-        let row = sqlx::query(
-            "SELECT secret, previous_secret, previous_expires_at FROM webhook_endpoints WHERE id = $1 AND org_id = $2",
-        )
-        .bind(&req.get_ref().id)
-        .bind(who.org())
-        .fetch_optional(self.0.db.pool())
-        .await
-        .map_err(ApiError::from)?
-        .ok_or_else(|| ApiError::not_found("webhook", &req.get_ref().id))?;
-        let expires: Option<i64> = row.try_get("previous_expires_at").map_err(ApiError::from)?;
-        let live = expires.filter(|t| *t > now);
-        Ok(Response::new(WebhookSecret {
-            secret: row.try_get("secret").map_err(ApiError::from)?,
-            previous_secret: match live {
-                Some(_) => {
-                    row.try_get::<Option<String>, _>("previous_secret").map_err(ApiError::from)?.unwrap_or_default()
-                }
-                None => String::new(),
-            },
-            previous_expires_at: opt_timestamp(live),
-        }))
+        let mut conn = self.0.db.pool().acquire().await.map_err(ApiError::from)?;
+        Ok(Response::new(self.secrets(&mut conn, who.org(), &req.get_ref().id, self.0.clock.now_ms()).await?))
     }
 
     async fn rotate_webhook_secret(
@@ -266,22 +296,14 @@ impl WebhookService for WebhookApi {
         .bind(id)
         .bind(who.org())
         .bind(expires)
-        .bind(&secret)
+        .bind(self.0.secrets.seal(&secret, &secret_context(id)))
         .bind(now)
         .execute(&mut *tx)
         .await
         .map_err(ApiError::from)?;
-        let previous: String = sqlx::query_scalar("SELECT previous_secret FROM webhook_endpoints WHERE id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(ApiError::from)?;
+        let shown = self.secrets(&mut tx, who.org(), id, now).await?;
         tx.commit().await?;
-        Ok(Response::new(WebhookSecret {
-            secret,
-            previous_secret: previous,
-            previous_expires_at: Some(to_timestamp(expires)),
-        }))
+        Ok(Response::new(shown))
     }
 
     async fn enable_webhook(&self, req: Request<EnableWebhookRequest>) -> Result<Response<Webhook>, Status> {
@@ -369,12 +391,13 @@ impl WebhookService for WebhookApi {
                 None
             }
         };
+        v.optional_text("event_type", &r.event_type, 100);
         let after = opt_time(&mut v, "created_after", r.created_after.as_ref());
         let before = opt_time(&mut v, "created_before", r.created_before.as_ref());
         v.finish()?;
         let scope =
             format!("deliveries|{}|{}|{:?}|{}|{after:?}|{before:?}", who.org(), r.webhook_id, state, r.event_type);
-        let page = Page::new(r.page_size, &r.page_token, &scope)?;
+        let page = Page::new(&self.0.tokens, r.page_size, &r.page_token, &scope)?;
         let mut sql = format!("SELECT {} WHERE org_id = $1 AND id > $2", deliveries::COLUMNS);
         let mut n = 3;
         let mut filter = |column: &str, op: &str| {
@@ -423,7 +446,12 @@ impl WebhookService for WebhookApi {
         let who = caller(&req)?;
         let r = req.get_ref();
         check_delivery("delivery_id", &r.delivery_id)?;
-        let page = Page::new(r.page_size, &r.page_token, &format!("attempts|{}|{}", who.org(), r.delivery_id))?;
+        let page = Page::new(
+            &self.0.tokens,
+            r.page_size,
+            &r.page_token,
+            &format!("attempts|{}|{}", who.org(), r.delivery_id),
+        )?;
         let mut conn = self.0.db.pool().acquire().await.map_err(ApiError::from)?;
         deliveries::fetch(&mut conn, who.org(), &r.delivery_id).await?;
         let rows = sqlx::query(
@@ -490,33 +518,47 @@ impl WebhookService for WebhookApi {
         if w.disabled {
             return Err(disabled_error(&w.id).into());
         }
-        let failed_only = " AND id IN (SELECT event_id FROM webhook_deliveries WHERE endpoint_id = $4 AND state = 'failed') \
-             AND id NOT IN (SELECT event_id FROM webhook_deliveries WHERE endpoint_id = $4 AND state = 'succeeded')";
-        let sql = format!(
-            "SELECT id, type FROM events WHERE org_id = $1 AND created_at >= $2 AND created_at < $3 \
-             AND type <> 'webhook.test'{} ORDER BY created_at, id",
+        // Text binds first ($1 org, $2 endpoint, then the endpoint's type filters), times last.
+        let mut binds = vec![who.org().to_string(), w.id.clone()];
+        let types = crate::events::type_terms(&w.event_types, &mut binds);
+        let failed_only = " AND id IN (SELECT event_id FROM webhook_deliveries WHERE endpoint_id = $2 AND state = 'failed') \
+             AND id NOT IN (SELECT event_id FROM webhook_deliveries WHERE endpoint_id = $2 AND state = 'succeeded')";
+        let matching = format!(
+            "FROM events WHERE org_id = $1 AND created_at >= ${} AND created_at < ${} AND type <> 'webhook.test'{types}{}",
+            binds.len() + 1,
+            binds.len() + 2,
             if r.only_failed { failed_only } else { "" }
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(who.org()).bind(start).bind(end);
-        if r.only_failed {
-            q = q.bind(&w.id);
-        }
-        let rows = q.fetch_all(&mut *tx).await.map_err(ApiError::from)?;
-        let mut events = Vec::new();
-        for row in &rows {
-            let kind: String = row.try_get("type").map_err(ApiError::from)?;
-            if wants(&w.event_types, &kind) {
-                events.push((row.try_get::<String, _>("id").map_err(ApiError::from)?, kind));
+        let query = |select: String| {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(select));
+            for b in &binds {
+                q = q.bind(b.clone());
             }
-        }
-        if events.len() > MAX_REPLAY {
+            q.bind(start).bind(end)
+        };
+        // Count first: a range over the cap is refused without loading it.
+        let count: i64 = query(format!("SELECT COUNT(*) AS n {matching}"))
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|row| row.try_get("n"))
+            .map_err(ApiError::from)?;
+        if count > MAX_REPLAY as i64 {
             return Err(ApiError::invalid(
                 "REPLAY_TOO_LARGE",
-                format!("{} events match; one replay sends at most {MAX_REPLAY}", events.len()),
+                format!("{count} events match; one replay sends at most {MAX_REPLAY}"),
             )
             .help("narrow start_time/end_time and replay in several calls")
             .into());
         }
+        let rows = query(format!("SELECT id, type {matching} ORDER BY created_at, id LIMIT {MAX_REPLAY}"))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(ApiError::from)?;
+        let events = rows
+            .iter()
+            .map(|row| Ok((row.try_get::<String, _>("id")?, row.try_get::<String, _>("type")?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(ApiError::from)?;
         let origin = new_id("rpl");
         let rows: Vec<NewDelivery> = events
             .iter()

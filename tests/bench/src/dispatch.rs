@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use coursewire_dispatcher::{Config, Dispatcher, Source};
 use coursewire_services::clock::{Clock, SystemClock};
 use coursewire_services::events::bus::{Bus, InProcessBus, Outgoing};
+use coursewire_services::secrets::Keyring;
 use coursewire_services::store::Db;
-use coursewire_services::webhooks::endpoint::new_secret;
+use coursewire_services::webhooks::endpoint::{new_secret, secret_context};
 use serde_json::json;
 
 use crate::receiver::{Receiver, percentile};
@@ -30,6 +31,7 @@ async fn measure(url: &str) -> anyhow::Result<()> {
     crate::bench_org(&db).await?;
     let receiver = Receiver::start().await?;
     let config = Config { allow_private_targets: true, ..Config::default() };
+    let secrets = Arc::new(Keyring::random());
     let in_flight = config.max_in_flight;
     let baseline = bare_posts(&receiver, in_flight).await?;
     let mut first = 1;
@@ -37,13 +39,13 @@ async fn measure(url: &str) -> anyhow::Result<()> {
         let events = DELIVERIES / endpoints;
         sqlx::query("DELETE FROM webhook_endpoints").execute(db.pool()).await?;
         for i in 0..endpoints {
-            create_endpoint(&db, &format!("{}?endpoint={i}", receiver.url)).await?;
+            create_endpoint(&db, &secrets, &format!("{}?endpoint={i}", receiver.url)).await?;
         }
         let ids = insert_events(&db, first, events).await?;
         first += events;
 
         let bus = InProcessBus::new();
-        let dispatcher = Dispatcher::new(db.clone(), Arc::new(SystemClock), config.clone())?;
+        let dispatcher = Dispatcher::new(db.clone(), Arc::new(SystemClock), secrets.clone(), config.clone())?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(dispatcher.run(Source::InProcess(bus.subscribe()), async {
             let _ = stopped.await;
@@ -84,15 +86,16 @@ fn outgoing(id: &str) -> Outgoing {
     }
 }
 
-async fn create_endpoint(db: &Db, url: &str) -> anyhow::Result<()> {
+async fn create_endpoint(db: &Db, secrets: &Keyring, url: &str) -> anyhow::Result<()> {
+    let id = coursewire_services::ids::new_id("wh");
     sqlx::query(
         "INSERT INTO webhook_endpoints (id, org_id, url, description, event_types, headers, max_rate, max_concurrency, \
          secret, disabled_reason, sequence, event_sequence, created_at, updated_at) \
          VALUES ($1, 'bench', $2, '', '[]', '{}', 0, 0, $3, '', 1, 0, $4, $4)",
     )
-    .bind(coursewire_services::ids::new_id("wh"))
+    .bind(&id)
     .bind(url)
-    .bind(new_secret())
+    .bind(secrets.seal(&new_secret(), &secret_context(&id)))
     .bind(SystemClock.now_ms())
     .execute(db.pool())
     .await?;

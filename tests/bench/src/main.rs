@@ -68,7 +68,7 @@ pub async fn bench_org(db: &coursewire_services::store::Db) -> anyhow::Result<St
         expires_at: None,
         rate_limit: String::new(),
     };
-    Ok(auth::create_key(db, new, now).await.map_err(|e| anyhow::anyhow!(e.message))?.1)
+    Ok(auth::create_key(db, new, now, None).await.map_err(|e| anyhow::anyhow!(e.message))?.1)
 }
 
 /// The real server on a free port, with the rate limit layer on but set far above what one
@@ -81,8 +81,14 @@ pub async fn start_server(db: coursewire_services::store::Db) -> anyhow::Result<
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let limiter = limits::build("100000000/1m", None, OnError::Open, Arc::new(SystemClock)).await?;
-    let state =
-        Arc::new(coursewire_services::AppState { db, clock: Arc::new(SystemClock), limiter, hub: Default::default() });
+    let state = Arc::new(coursewire_services::AppState::new(
+        db,
+        Arc::new(SystemClock),
+        limiter,
+        Default::default(),
+        Arc::new(coursewire_services::secrets::Keyring::random()),
+        coursewire_services::streams::DEFAULT_PER_ORG,
+    ));
     tokio::spawn(coursewire_services::server::serve(state, vec![], listener, std::future::pending()));
     Ok(addr)
 }

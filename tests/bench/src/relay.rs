@@ -76,13 +76,8 @@ async fn measure(url: &str, topology: &Topology) -> anyhow::Result<()> {
     // Ours: a backlog in the outbox, drained by the relay.
     insert(&db, 1, BACKLOG).await?;
     let hub = Arc::new(Hub::default());
-    let relay = Relay {
-        db: db.clone(),
-        bus: Arc::new(AmqpBus::new(topology.clone())),
-        hub,
-        clock: Arc::new(SystemClock),
-        retention: Duration::from_secs(86400),
-    };
+    let relay =
+        Relay { db: db.clone(), bus: Arc::new(AmqpBus::new(topology.clone())), hub, clock: Arc::new(SystemClock) };
     let start = Instant::now();
     let task = tokio::spawn(relay.run());
     while unpublished(&db).await? > 0 {
