@@ -3,19 +3,20 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use coursewire_api::auth::{self, NewKey};
+use coursewire_api::clock::{Clock, SystemClock, rfc3339};
+use coursewire_api::config::parse_duration;
+use coursewire_api::events::amqp::AmqpBus;
+use coursewire_api::events::bus::{Bus, InProcessBus};
+use coursewire_api::events::relay::{Hub, Relay};
+use coursewire_api::events::topology::Topology;
+use coursewire_api::limits::window::parse_windows;
+use coursewire_api::limits::{self, OnError};
+use coursewire_api::retention::Retention;
+use coursewire_api::secrets::Keyring;
+use coursewire_api::store::Db;
+use coursewire_api::{AppState, organizations, server, webhooks};
 use coursewire_dispatcher::{Config as DispatcherConfig, Dispatcher, Source};
-use coursewire_services::auth::{self, NewKey};
-use coursewire_services::clock::{Clock, SystemClock, rfc3339};
-use coursewire_services::config::parse_duration;
-use coursewire_services::events::amqp::{AmqpBus, Topology};
-use coursewire_services::events::bus::{Bus, InProcessBus};
-use coursewire_services::events::relay::{Hub, Relay};
-use coursewire_services::limits::window::parse_windows;
-use coursewire_services::limits::{self, OnError};
-use coursewire_services::retention::Retention;
-use coursewire_services::secrets::Keyring;
-use coursewire_services::store::Db;
-use coursewire_services::{AppState, organizations, server, webhooks};
 
 #[derive(Parser)]
 #[command(name = "coursewire", version, about = "Coursewire: learning resources over gRPC, events and signed webhooks")]
@@ -293,7 +294,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn api_error(e: coursewire_services::error::ApiError) -> anyhow::Error {
+fn api_error(e: coursewire_api::error::ApiError) -> anyhow::Error {
     let details: Vec<String> = e.details.violations.iter().map(|(f, d)| format!("{f} {d}")).collect();
     if details.is_empty() {
         anyhow::anyhow!("{} ({})", e.message, e.reason)
@@ -417,7 +418,7 @@ async fn serve(
     let retention = tokio::spawn(retention.run());
     let metrics_addr = common.metrics_listen.parse().context("--metrics-listen")?;
     let metrics = tokio::spawn(async move {
-        if let Err(e) = coursewire_services::metrics::serve(metrics_addr).await {
+        if let Err(e) = coursewire_core::telemetry::serve(metrics_addr, render_metrics).await {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     });
@@ -432,4 +433,9 @@ async fn serve(
     retention.abort();
     metrics.abort();
     served
+}
+
+/// The all-in-one serves the API's series and the dispatcher's on one endpoint.
+fn render_metrics() -> String {
+    coursewire_api::metrics::render() + &coursewire_dispatcher::metrics::render()
 }

@@ -7,7 +7,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    coursewire_services::config::init_logging(&cli.common.log_format);
+    coursewire_api::config::init_logging(&cli.common.log_format);
     match cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coursewire_services::events::amqp::Topology;
-use coursewire_services::events::bus::Handoff;
-use coursewire_services::webhooks::deliveries::{self, NewDelivery};
-use coursewire_services::webhooks::endpoint::wants;
+use coursewire_core::events::bus::Handoff;
+use coursewire_core::events::topology::Topology;
+use coursewire_core::webhooks::deliveries::{self, NewDelivery};
+use coursewire_core::webhooks::endpoints::wants;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;

@@ -4,6 +4,7 @@
 pub mod guard;
 pub mod intake;
 mod lanes;
+pub mod metrics;
 mod queue;
 pub mod schedule;
 mod sender;
@@ -16,13 +17,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use coursewire_services::clock::SharedClock;
-use coursewire_services::config::{parse_duration, parse_durations};
-use coursewire_services::events::amqp::Topology;
-use coursewire_services::events::bus::Handoff;
-use coursewire_services::metrics::metrics;
-use coursewire_services::secrets::Keyring;
-use coursewire_services::store::Db;
+use crate::metrics::metrics;
+use coursewire_core::clock::SharedClock;
+use coursewire_core::config::{parse_duration, parse_durations};
+use coursewire_core::events::bus::Handoff;
+use coursewire_core::events::topology::Topology;
+use coursewire_core::secrets::Keyring;
+use coursewire_core::store::Db;
 use tokio::sync::{Notify, mpsc, watch};
 
 use lanes::Lanes;

@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use coursewire_core::clock::SystemClock;
+use coursewire_core::config::{init_logging, parse_duration};
+use coursewire_core::events::topology::Topology;
+use coursewire_core::secrets::Keyring;
+use coursewire_core::store::Db;
 use coursewire_dispatcher::{Config, Dispatcher, Source};
-use coursewire_services::clock::SystemClock;
-use coursewire_services::config::{init_logging, parse_duration};
-use coursewire_services::events::amqp::Topology;
-use coursewire_services::secrets::Keyring;
-use coursewire_services::store::Db;
 
 #[derive(Parser)]
 #[command(
@@ -79,14 +79,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Arc::new(Keyring::for_database(&cli.database_url, cli.secrets_key.as_deref(), &cli.previous_secrets_keys)?);
     let db = Db::connect(&cli.database_url).await?;
     let metrics = tokio::spawn(async move {
-        if let Err(e) = coursewire_services::metrics::serve(metrics_addr).await {
+        if let Err(e) = coursewire_core::telemetry::serve(metrics_addr, coursewire_dispatcher::metrics::render).await {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     });
     let topology = Topology { url: amqp_url, exchange: cli.amqp_exchange, queue: cli.amqp_queue };
     let dispatcher = Dispatcher::new(db, Arc::new(SystemClock), secrets, config)?;
     tracing::info!("dispatcher started");
-    let result = dispatcher.run(Source::Amqp(topology), coursewire_services::server::shutdown_signal()).await;
+    let result = dispatcher.run(Source::Amqp(topology), coursewire_core::shutdown::signal()).await;
     metrics.abort();
     result
 }

@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use coursewire_services::error::ApiError;
-use coursewire_services::ids::new_id;
-use coursewire_services::secrets::Keyring;
-use coursewire_services::store::{Backend, Db};
-use coursewire_services::webhooks::endpoint;
+use coursewire_core::error::ApiError;
+use coursewire_core::ids::new_id;
+use coursewire_core::secrets::Keyring;
+use coursewire_core::store::{Backend, Db};
+use coursewire_core::webhooks::endpoints as endpoint;
 use sqlx::Row;
 
 use crate::schedule::Next;
@@ -320,7 +320,7 @@ pub async fn record(db: &Db, outcomes: &[Outcome], now: i64, disable_after_ms: i
             q = q.bind(*id);
         }
         for r in q.fetch_all(&mut *tx).await? {
-            let since = coursewire_services::clock::rfc3339(r.try_get("failing_since")?);
+            let since = coursewire_core::clock::rfc3339(r.try_get("failing_since")?);
             disable.push((r.try_get("id")?, r.try_get("org_id")?, format!("every delivery failed since {since}")));
         }
     }

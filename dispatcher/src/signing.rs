@@ -1,6 +1,6 @@
 //! Standard Webhooks signatures: `v1,` + base64(HMAC-SHA256(secret, "{id}.{timestamp}.{body}")),
 //! with secrets written `whsec_` + base64(32 random bytes) (made by the API:
-//! `coursewire_services::webhooks::endpoint::new_secret`). During a rotation both the old
+//! `coursewire_core::webhooks::endpoints::new_secret`). During a rotation both the old
 //! and the new secret sign, and the header carries both signatures, space-separated.
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -61,7 +61,7 @@ pub fn signature_header(secrets: &[Secret], id: &str, timestamp: i64, body: &[u8
 
 #[cfg(test)]
 mod tests {
-    use coursewire_services::webhooks::endpoint::new_secret;
+    use coursewire_core::webhooks::endpoints::new_secret;
 
     use super::*;
 

@@ -1,9 +1,9 @@
 //! Authentication forms and failures, scopes, and what a key may see.
 use base64::Engine;
+use coursewire_api::auth;
+use coursewire_api::clock::Clock;
 use coursewire_proto::v1::account_service_client::AccountServiceClient;
 use coursewire_proto::v1::*;
-use coursewire_services::auth;
-use coursewire_services::clock::Clock;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 

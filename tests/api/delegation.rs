@@ -1,8 +1,8 @@
 //! Delegation, as an attacker holding a narrow key would try it: a key creates, changes and
 //! revokes keys only within its own authority, and never widens (or otherwise changes) its
 //! own scopes or allowlist. Every refusal writes nothing.
+use coursewire_api::clock::Clock;
 use coursewire_proto::v1::*;
-use coursewire_services::clock::Clock;
 use pbjson_types::FieldMask;
 use tonic::Code;
 

@@ -101,7 +101,7 @@ pub fn meta(s: &Status, key: &str) -> Option<String> {
 }
 
 pub fn timestamp(ms: i64) -> pbjson_types::Timestamp {
-    coursewire_services::clock::to_timestamp(ms)
+    coursewire_api::clock::to_timestamp(ms)
 }
 
 /// Bytes in, bytes out: for sending a body that is not a valid message.

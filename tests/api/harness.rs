@@ -3,6 +3,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use coursewire_api::AppState;
+use coursewire_api::auth::{self, NewKey};
+use coursewire_api::clock::{Clock, ManualClock, SystemClock};
+use coursewire_api::events::bus::{Bus, InProcessBus};
+use coursewire_api::events::relay::{Hub, Relay};
+use coursewire_api::limits::window::{ClassLimits, parse_windows};
+use coursewire_api::limits::{self, Limiter, MemoryBackend, OnError, RedisBackend};
+use coursewire_api::retention::Retention;
+use coursewire_api::secrets::Keyring;
+use coursewire_api::store::Db;
 use coursewire_dispatcher::{Config as DispatcherConfig, Dispatcher, Source};
 use coursewire_proto::v1::account_service_client::AccountServiceClient;
 use coursewire_proto::v1::api_key_service_client::ApiKeyServiceClient;
@@ -15,22 +25,12 @@ use coursewire_proto::v1::organization_service_client::OrganizationServiceClient
 use coursewire_proto::v1::published_course_service_client::PublishedCourseServiceClient;
 use coursewire_proto::v1::user_service_client::UserServiceClient;
 use coursewire_proto::v1::webhook_service_client::WebhookServiceClient;
-use coursewire_services::AppState;
-use coursewire_services::auth::{self, NewKey};
-use coursewire_services::clock::{Clock, ManualClock, SystemClock};
-use coursewire_services::events::bus::{Bus, InProcessBus};
-use coursewire_services::events::relay::{Hub, Relay};
-use coursewire_services::limits::window::{ClassLimits, parse_windows};
-use coursewire_services::limits::{self, Limiter, MemoryBackend, OnError, RedisBackend};
-use coursewire_services::retention::Retention;
-use coursewire_services::secrets::Keyring;
-use coursewire_services::store::Db;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// Streams one organization may hold open (the server's default).
-pub const STREAMS_PER_ORG: usize = coursewire_services::streams::DEFAULT_PER_ORG;
+pub const STREAMS_PER_ORG: usize = coursewire_api::streams::DEFAULT_PER_ORG;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Backend {
@@ -216,8 +216,7 @@ impl Harness {
         dispatch: Option<(DispatcherConfig, Source)>,
     ) -> Option<Harness> {
         // Server logs go to the test's captured output, shown when it fails.
-        let _ =
-            tracing_subscriber::fmt().with_env_filter("warn,coursewire_services=info").with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt().with_env_filter("warn,coursewire_api=info").with_test_writer().try_init();
         let (url, cleanup) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
@@ -250,7 +249,7 @@ impl Harness {
             Arc::new(AppState::new(db.clone(), clock.clone(), limiter, hub.clone(), secrets.clone(), STREAMS_PER_ORG));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            coursewire_services::server::serve(state, vec![], listener, async {
+            coursewire_api::server::serve(state, vec![], listener, async {
                 let _ = rx.await;
             })
             .await
@@ -295,7 +294,7 @@ impl Harness {
             STREAMS_PER_ORG,
         ));
         let server = tokio::spawn(async move {
-            let _ = coursewire_services::server::serve(state, vec![], listener, std::future::pending()).await;
+            let _ = coursewire_api::server::serve(state, vec![], listener, std::future::pending()).await;
         });
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         Replica { channel, server }

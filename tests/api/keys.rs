@@ -2,8 +2,8 @@
 //! revoked everywhere within a second, scopes and IP allowlists enforced on every method.
 use std::time::Duration;
 
+use coursewire_api::auth::policy::{Need, policy};
 use coursewire_proto::v1::*;
-use coursewire_services::auth::policy::{Need, policy};
 use prost::Message;
 use tonic::Code;
 

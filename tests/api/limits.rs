@@ -2,8 +2,8 @@
 //! over the in-memory and the Redis backend.
 use std::time::Duration;
 
+use coursewire_api::clock::Clock;
 use coursewire_proto::v1::*;
-use coursewire_services::clock::Clock;
 use futures::StreamExt;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -163,9 +163,9 @@ async fn a_daily_window_resets_at_midnight_utc(l: Limits) {
 async fn org_overrides_and_key_limits(l: Limits) {
     let Some(h) = harness(l, "600/1m").await else { return };
     let other = h.other_org("globex").await;
-    let mut org = coursewire_services::organizations::get_org(&h.db, "acme").await.unwrap();
+    let mut org = coursewire_api::organizations::get_org(&h.db, "acme").await.unwrap();
     org.rate_limits = Some(RateLimits { read: "2/1m".into(), ..Default::default() });
-    coursewire_services::organizations::save_org(&h.db, &org, h.clock.now_ms()).await.unwrap();
+    coursewire_api::organizations::save_org(&h.db, &org, h.clock.now_ms()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await; // the auth cache refreshes within 1 s
     assert_eq!(pings(&h, 3).await.iter().filter(|r| r.is_ok()).count(), 2);
     h.clients_with(&other).account.ping(PingRequest {}).await.expect("other organizations keep the default");
@@ -230,7 +230,7 @@ async fn an_unreachable_redis_fails_open_or_closed_as_configured() {
         return;
     };
     let target = url.trim_start_matches("redis://").split('/').next().unwrap().to_string();
-    for policy in [coursewire_services::limits::OnError::Open, coursewire_services::limits::OnError::Closed] {
+    for policy in [coursewire_api::limits::OnError::Open, coursewire_api::limits::OnError::Closed] {
         let proxy = crate::proxy::Proxy::start(&target).await;
         let h = Harness::start_with(Backend::Sqlite, Limits::RedisVia(proxy.port, policy), "600/1m").await.unwrap();
         let mut c = h.clients();
@@ -240,10 +240,10 @@ async fn an_unreachable_redis_fails_open_or_closed_as_configured() {
         tokio::time::sleep(Duration::from_millis(100)).await; // the proxy drops its connections
         let r = c.account.ping(PingRequest {}).await;
         match policy {
-            coursewire_services::limits::OnError::Open => {
+            coursewire_api::limits::OnError::Open => {
                 r.expect("fail open: admitted while Redis is unreachable");
             }
-            coursewire_services::limits::OnError::Closed => {
+            coursewire_api::limits::OnError::Closed => {
                 assert_err(r, Code::Unavailable, "UNAVAILABLE");
             }
         }

@@ -102,9 +102,9 @@ trait NowTimestamp {
     fn now_ms_timestamp(&self) -> pbjson_types::Timestamp;
 }
 
-impl NowTimestamp for coursewire_services::clock::ManualClock {
+impl NowTimestamp for coursewire_api::clock::ManualClock {
     fn now_ms_timestamp(&self) -> pbjson_types::Timestamp {
-        coursewire_services::clock::to_timestamp(coursewire_services::clock::Clock::now_ms(self))
+        coursewire_api::clock::to_timestamp(coursewire_api::clock::Clock::now_ms(self))
     }
 }
 

@@ -3,7 +3,7 @@ use coursewire_proto::v1::*;
 use pbjson_types::FieldMask;
 use tonic::Code;
 
-use coursewire_services::clock::Clock;
+use coursewire_api::clock::Clock;
 
 use crate::fixtures::*;
 use crate::harness::Harness;

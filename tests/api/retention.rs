@@ -1,7 +1,7 @@
 //! Bounded storage: idempotency records go after 24 hours, deliveries and their attempts after
 //! the delivery retention (30 days here), in batches; ReplayEvents counts before it loads.
+use coursewire_api::clock::Clock;
 use coursewire_proto::v1::*;
-use coursewire_services::clock::Clock;
 use tonic::Code;
 
 use crate::fixtures::*;

@@ -3,9 +3,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use coursewire_api::events::bus::InProcessBus;
+use coursewire_api::events::relay::Hub;
 use coursewire_proto::v1::*;
-use coursewire_services::events::bus::InProcessBus;
-use coursewire_services::events::relay::Hub;
 use tonic::Code;
 
 use crate::fixtures::*;

@@ -2,10 +2,10 @@
 //! dispatcher of the all-in-one, a ManualClock where retry timing is asserted.
 use std::time::Duration;
 
+use coursewire_api::clock::Clock;
 use coursewire_dispatcher::signing::Secret;
 use coursewire_proto::v1::delivery::State;
 use coursewire_proto::v1::*;
-use coursewire_services::clock::Clock;
 use pbjson_types::FieldMask;
 use tonic::Code;
 

@@ -55,7 +55,7 @@ async fn spawn(cmd: &mut tokio::process::Command, ready: &str) -> anyhow::Result
 async fn measure(scratch: &crate::scratch::Scratch) -> anyhow::Result<()> {
     let (url, t) = (&scratch.url, &scratch.topology);
     let coursewire = bin("coursewire")?;
-    let db = coursewire_services::store::Db::connect(url).await?;
+    let db = coursewire_api::store::Db::connect(url).await?;
     let key = crate::bench_org(&db).await?;
     let users = 40_000;
     crate::enroll::insert_users(&db, users as i64).await?;

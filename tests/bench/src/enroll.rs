@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use coursewire_api::clock::{Clock, SystemClock};
+use coursewire_api::store::Db;
 use coursewire_proto::v1::*;
-use coursewire_services::clock::{Clock, SystemClock};
-use coursewire_services::store::Db;
 use serde_json::json;
 use tonic::Request;
 use tonic::transport::Channel;

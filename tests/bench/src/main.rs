@@ -55,9 +55,9 @@ pub fn report(value: serde_json::Value) {
 }
 
 /// Organization `bench` and a key for it (scope `*`), made through the real code path.
-pub async fn bench_org(db: &coursewire_services::store::Db) -> anyhow::Result<String> {
-    use coursewire_services::auth::{self, NewKey};
-    use coursewire_services::clock::{Clock, SystemClock};
+pub async fn bench_org(db: &coursewire_api::store::Db) -> anyhow::Result<String> {
+    use coursewire_api::auth::{self, NewKey};
+    use coursewire_api::clock::{Clock, SystemClock};
     let now = SystemClock.now_ms();
     auth::create_org(db, "bench", "Bench", now).await.map_err(|e| anyhow::anyhow!(e.message))?;
     let new = NewKey {
@@ -73,22 +73,22 @@ pub async fn bench_org(db: &coursewire_services::store::Db) -> anyhow::Result<St
 
 /// The real server on a free port, with the rate limit layer on but set far above what one
 /// phase sends, so every call takes a real decision and none is refused.
-pub async fn start_server(db: coursewire_services::store::Db) -> anyhow::Result<std::net::SocketAddr> {
+pub async fn start_server(db: coursewire_api::store::Db) -> anyhow::Result<std::net::SocketAddr> {
     use std::sync::Arc;
 
-    use coursewire_services::clock::SystemClock;
-    use coursewire_services::limits::{self, OnError};
+    use coursewire_api::clock::SystemClock;
+    use coursewire_api::limits::{self, OnError};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let limiter = limits::build("100000000/1m", None, OnError::Open, Arc::new(SystemClock)).await?;
-    let state = Arc::new(coursewire_services::AppState::new(
+    let state = Arc::new(coursewire_api::AppState::new(
         db,
         Arc::new(SystemClock),
         limiter,
         Default::default(),
-        Arc::new(coursewire_services::secrets::Keyring::random()),
-        coursewire_services::streams::DEFAULT_PER_ORG,
+        Arc::new(coursewire_api::secrets::Keyring::random()),
+        coursewire_api::streams::DEFAULT_PER_ORG,
     ));
-    tokio::spawn(coursewire_services::server::serve(state, vec![], listener, std::future::pending()));
+    tokio::spawn(coursewire_api::server::serve(state, vec![], listener, std::future::pending()));
     Ok(addr)
 }

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coursewire_services::clock::{Clock, SystemClock};
-use coursewire_services::events::amqp::{AmqpBus, Topology};
-use coursewire_services::events::relay::{Hub, Relay};
-use coursewire_services::store::Db;
+use coursewire_api::clock::{Clock, SystemClock};
+use coursewire_api::events::amqp::AmqpBus;
+use coursewire_api::events::relay::{Hub, Relay};
+use coursewire_api::events::topology::Topology;
+use coursewire_api::store::Db;
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use serde_json::json;

@@ -1,17 +1,11 @@
 //! The outbox: every change writes its event row in the same transaction as the change.
 //! The stored body is the exact envelope (ARCHITECTURE §6) that is relayed to RabbitMQ
 //! and posted to webhooks, so every consumer sees the same bytes.
-pub mod amqp;
 pub mod bus;
-pub mod relay;
-mod service;
-mod watch;
+pub mod topology;
 
 use serde::Serialize;
 use sqlx::AnyConnection;
-
-pub use service::EventApi;
-pub(crate) use service::type_terms;
 
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};

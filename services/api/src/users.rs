@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::AppState;
 use crate::auth::caller;
 use crate::clock::to_timestamp;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Code};
 use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
 use crate::ids::new_id;
@@ -194,7 +194,7 @@ impl UserService for UserApi {
             .fetch_optional(self.0.db.pool())
             .await
             .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::new(tonic::Code::NotFound, "NOT_FOUND", format!("no user with this {field}")))?;
+            .ok_or_else(|| ApiError::new(Code::NotFound, "NOT_FOUND", format!("no user with this {field}")))?;
         Ok(Response::new(from_row(&row).map_err(ApiError::from)?.0))
     }
 

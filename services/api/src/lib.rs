@@ -4,15 +4,12 @@ pub mod account;
 pub mod api_keys;
 pub mod auth;
 pub mod clock;
-pub mod config;
 pub mod courses;
 pub mod domain_users;
 pub mod domains;
 pub mod enrollments;
-pub mod error;
 pub mod events;
 pub mod idempotency;
-pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod organizations;
@@ -20,13 +17,13 @@ pub mod page;
 pub mod published_courses;
 pub mod resource;
 pub mod retention;
-pub mod secrets;
 pub mod server;
-pub mod store;
 pub mod streams;
 pub mod users;
-pub mod validate;
 pub mod webhooks;
+
+// The shared core, under the names the API's modules use.
+pub use coursewire_core::{config, error, ids, secrets, store, validate};
 
 use std::sync::Arc;
 

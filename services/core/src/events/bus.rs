@@ -16,7 +16,7 @@ pub struct Outgoing {
     pub body: Arc<str>,
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Returns once every event of the batch is safely accepted (for RabbitMQ: confirmed).
     async fn publish(&self, batch: &[Outgoing]) -> anyhow::Result<()>;
@@ -52,7 +52,7 @@ impl InProcessBus {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Bus for InProcessBus {
     async fn publish(&self, batch: &[Outgoing]) -> anyhow::Result<()> {
         let subscriber = self.subscriber.lock().unwrap_or_else(|p| p.into_inner()).clone();

@@ -11,7 +11,7 @@ use tonic::Status;
 
 use super::service::{COLUMNS, event_from_row, type_terms};
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::streams::{Permit, shutting_down};
 
 const CHUNK: i64 = 200;
@@ -62,7 +62,7 @@ pub fn stream(
                 };
                 if !wait_for_room(&tx, &state).await {
                     let e = ApiError::new(
-                        tonic::Code::ResourceExhausted,
+                        Code::ResourceExhausted,
                         "SLOW_CONSUMER",
                         "the stream's buffer stayed full; resume with after_event_id",
                     )

@@ -1,89 +1,18 @@
-//! RabbitMQ: the durable topic exchange (routing key = event type), the dispatcher's quorum
-//! queue bound `#` with a dead-letter exchange, and publishing with publisher confirms.
+//! Publishing to RabbitMQ with publisher confirms (the topology is in the shared core).
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::Mutex;
 
 use super::bus::{Bus, Outgoing};
+use super::topology::Topology;
 
 /// How long a batch may wait for its confirms before the connection is considered dead.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Clone, Debug)]
-pub struct Topology {
-    pub url: String,
-    pub exchange: String,
-    /// The dispatcher's queue.
-    pub queue: String,
-}
-
-impl Topology {
-    pub fn dead_letter_exchange(&self) -> String {
-        format!("{}.dead-letter", self.exchange)
-    }
-    pub fn dead_letter_queue(&self) -> String {
-        format!("{}.dead-letter", self.queue)
-    }
-
-    /// Declares the exchanges and queues (idempotent) on `channel`.
-    pub async fn declare(&self, channel: &Channel) -> anyhow::Result<()> {
-        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        channel
-            .exchange_declare(self.exchange.as_str().into(), ExchangeKind::Topic, durable, FieldTable::default())
-            .await?;
-        channel
-            .exchange_declare(
-                self.dead_letter_exchange().as_str().into(),
-                ExchangeKind::Fanout,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
-        let mut quorum = FieldTable::default();
-        quorum.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-        channel
-            .queue_declare(self.dead_letter_queue().as_str().into(), QueueDeclareOptions::durable(), quorum.clone())
-            .await?;
-        channel
-            .queue_bind(
-                self.dead_letter_queue().as_str().into(),
-                self.dead_letter_exchange().as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let mut args = quorum;
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(self.dead_letter_exchange().as_str().into()),
-        );
-        channel.queue_declare(self.queue.as_str().into(), QueueDeclareOptions::durable(), args).await?;
-        channel
-            .queue_bind(
-                self.queue.as_str().into(),
-                self.exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(())
-    }
-
-    pub async fn connect(&self) -> anyhow::Result<Connection> {
-        Connection::connect(&self.url, ConnectionProperties::default())
-            .await
-            .with_context(|| format!("connecting to RabbitMQ at {}", crate::store::redact(&self.url)))
-    }
-}
 
 pub struct AmqpBus {
     topology: Topology,

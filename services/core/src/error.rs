@@ -1,19 +1,33 @@
-//! The one error type of the API, and its one mapping to `tonic::Status`.
+//! The one error type, transport-neutral, and (with the `grpc` feature, which the API turns
+//! on) its one mapping to `tonic::Status`.
 //!
 //! Every error carries `ErrorInfo{reason, domain: "coursewire", metadata}`; validation errors
 //! add `BadRequest` field violations and some add a `Help` hint. The reasons are listed in
 //! docs/api.md. Internal errors are logged here and never leak details to the caller.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
-
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
 pub const ERROR_DOMAIN: &str = "coursewire";
 /// Where the reason table lives; sent in `Help` links.
 const DOCS: &str = "docs/api.md#error-reasons";
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// What kind of failure, named and numbered as gRPC's status codes (HTTP maps from them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Code {
+    InvalidArgument = 3,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    Internal = 13,
+    Unavailable = 14,
+    Unauthenticated = 16,
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -127,8 +141,12 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-impl From<ApiError> for Status {
-    fn from(e: ApiError) -> Status {
+#[cfg(feature = "grpc")]
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> tonic::Status {
+        use std::collections::HashMap;
+        use tonic_types::{ErrorDetails, StatusExt};
+
         let Details { metadata, violations, help, retry_after, quota } = *e.details;
         let mut details = ErrorDetails::new();
         details.set_error_info(e.reason, ERROR_DOMAIN, metadata.into_iter().collect::<HashMap<_, _>>());
@@ -144,6 +162,6 @@ impl From<ApiError> for Status {
         if let Some((subject, description)) = quota {
             details.add_quota_failure_violation(subject, description);
         }
-        Status::with_error_details(e.code, e.message, details)
+        tonic::Status::with_error_details(tonic::Code::from_i32(e.code as i32), e.message, details)
     }
 }

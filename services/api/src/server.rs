@@ -28,7 +28,7 @@ use crate::courses::CourseApi;
 use crate::domain_users::DomainUserApi;
 use crate::domains::DomainApi;
 use crate::enrollments::EnrollmentApi;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::events::EventApi;
 use crate::limits::RateLimitLayer;
 use crate::organizations::OrganizationApi;
@@ -117,7 +117,7 @@ fn oversized_is_resource_exhausted(response: http::Response<tonic::body::Body>) 
         return response;
     }
     let e = ApiError::new(
-        tonic::Code::ResourceExhausted,
+        Code::ResourceExhausted,
         "MESSAGE_TOO_LARGE",
         format!("messages are limited to {} MiB", MAX_MESSAGE_BYTES / (1024 * 1024)),
     )
@@ -155,22 +155,4 @@ async fn follow_database_health(state: Arc<AppState>, health: tonic_health::serv
 }
 
 /// Completes on Ctrl-C or SIGTERM: what both binaries stop on.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down: finishing in-flight calls");
-}
+pub use coursewire_core::shutdown::signal as shutdown_signal;

@@ -7,11 +7,9 @@ use sqlx::{AnyConnection, Row};
 
 use crate::clock::{opt_timestamp, to_timestamp};
 use crate::error::{ApiError, ApiResult};
-use crate::ids::new_id;
 
-pub const PENDING: &str = "pending";
-pub const SUCCEEDED: &str = "succeeded";
-pub const FAILED: &str = "failed";
+pub use coursewire_core::webhooks::deliveries::*;
+
 /// The most deliveries one ReplayEvents call creates.
 pub const MAX_REPLAY: usize = 10_000;
 
@@ -60,58 +58,4 @@ pub(crate) async fn fetch(conn: &mut AnyConnection, org: &str, id: &str) -> ApiR
         .await?
         .ok_or_else(|| ApiError::not_found("delivery", id))?;
     Ok(from_row(&row)?)
-}
-
-/// One event for one endpoint, due at once.
-pub struct NewDelivery<'a> {
-    pub org: &'a str,
-    pub endpoint_id: &'a str,
-    pub event_id: &'a str,
-    pub event_type: &'a str,
-    /// '' from the event stream; a replay's id for replays.
-    pub origin: &'a str,
-}
-
-/// Rows per INSERT statement (Postgres allows 65,535 parameters; SQLite 32,766).
-const INSERT_CHUNK: usize = 500;
-
-/// Inserts deliveries, skipping any that already exist (same event, endpoint and origin),
-/// so an event delivered twice by the bus makes one delivery. Returns how many were new.
-pub async fn insert(conn: &mut AnyConnection, rows: &[NewDelivery<'_>], now: i64) -> ApiResult<u64> {
-    let mut inserted = 0;
-    for chunk in rows.chunks(INSERT_CHUNK) {
-        let mut sql = String::from(
-            "INSERT INTO webhook_deliveries (id, org_id, endpoint_id, event_id, event_type, origin, state, attempts, \
-             single_attempt, next_attempt_at, lease_until, last_status, last_error, created_at, updated_at) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            let p = i * 6;
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, 'pending', 0, 0, ${n}, 0, 0, '', ${n}, ${n})",
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5,
-                p + 6,
-                n = chunk.len() * 6 + 1
-            ));
-        }
-        sql.push_str(" ON CONFLICT (endpoint_id, event_id, origin) DO NOTHING");
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for d in chunk {
-            q = q
-                .bind(new_id("dlv"))
-                .bind(d.org)
-                .bind(d.endpoint_id)
-                .bind(d.event_id)
-                .bind(d.event_type)
-                .bind(d.origin);
-        }
-        inserted += q.bind(now).execute(&mut *conn).await?.rows_affected();
-    }
-    Ok(inserted)
 }

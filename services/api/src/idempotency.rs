@@ -5,7 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Code};
 use crate::store::{Tx, is_unique_violation};
 
 const TTL_MS: i64 = 24 * 60 * 60 * 1000;
@@ -83,7 +83,7 @@ impl Idempotency {
         .await;
         match insert {
             Err(e) if is_unique_violation(&e) => Err(ApiError::new(
-                tonic::Code::Aborted,
+                Code::Aborted,
                 "REQUEST_IN_PROGRESS",
                 "another request with this request_id was processed at the same time; retry it",
             )),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Code};
 
 pub const DEFAULT_PER_ORG: usize = 8;
 
@@ -34,7 +34,7 @@ impl Streams {
         let count = open.entry(org.to_string()).or_default();
         if *count >= self.per_org {
             return Err(ApiError::new(
-                tonic::Code::ResourceExhausted,
+                Code::ResourceExhausted,
                 "TOO_MANY_STREAMS",
                 format!("your organization already has {} streams open on this server", self.per_org),
             )

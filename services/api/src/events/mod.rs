@@ -1,0 +1,11 @@
+//! Events on the API side: the relay that publishes the outbox (to RabbitMQ or the
+//! in-process bus), EventService (the log, WatchEvents). Writing events (the outbox itself),
+//! the envelope and the bus contract live in the shared core.
+pub mod amqp;
+pub mod relay;
+mod service;
+mod watch;
+
+pub use coursewire_core::events::{Change, EVENT_TYPES, bus, record, topology};
+pub use service::EventApi;
+pub(crate) use service::type_terms;

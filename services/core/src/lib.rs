@@ -1,0 +1,15 @@
+//! What the gRPC API (`coursewire-api`) and the webhook dispatcher (`coursewire-dispatcher`)
+//! both stand on: the store and its migrations, the clock, configuration parsing, ids, the
+//! one error type, sealed secrets, the outbox (event envelope, bus, RabbitMQ topology), the
+//! webhook tables, and the small Prometheus endpoint. Neither side depends on the other.
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod ids;
+pub mod secrets;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod validate;
+pub mod webhooks;
