@@ -393,7 +393,7 @@ async fn serve(
     });
     let in_process = InProcessBus::new();
     let (bus, source): (Arc<dyn Bus>, Source) = match topology {
-        Some(t) => (Arc::new(AmqpBus::new(t.clone())), Source::Amqp(t)),
+        Some(t) => (AmqpBus::start(t.clone()), Source::Amqp(t)),
         None => (in_process.clone(), Source::InProcess(in_process.subscribe())),
     };
     // Stopping: the API drains its calls, then the dispatcher finishes its attempts.

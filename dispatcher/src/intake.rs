@@ -1,114 +1,81 @@
-//! Intake: events in, deliveries out. Each batch of events becomes one delivery per matching
-//! enabled endpoint, written in one transaction; the events are acknowledged only after that
-//! commit, and the unique (endpoint, event) key makes a redelivered event harmless.
-use std::collections::HashMap;
+//! Intake: events in, first attempts out (`fanout`). From RabbitMQ, batches are taken as they
+//! arrive (up to `BATCH`, never waiting to fill one) and handled a few at a time; each is
+//! acknowledged only after its deliveries are written, in order, so an acknowledgement never
+//! covers an unwritten batch. In the all-in-one the relay hands batches over in-process and
+//! waits for the same answer.
 use std::sync::Arc;
 use std::time::Duration;
 
 use coursewire_core::events::bus::Handoff;
 use coursewire_core::events::topology::Topology;
-use coursewire_core::webhooks::deliveries::{self, NewDelivery};
-use coursewire_core::webhooks::endpoints::wants;
+use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 use serde::Deserialize;
-use sqlx::Row;
 use tokio::sync::{mpsc, watch};
 
-use crate::Shared;
+use crate::Inner;
+use crate::fanout::{Incoming, first_attempts};
 
-/// Messages taken from RabbitMQ per transaction (and the consumer's prefetch).
+/// Messages taken from RabbitMQ per batch.
 const BATCH: usize = 500;
+/// Batches being handled at once (the consumer's prefetch covers them): a batch waits for
+/// its first attempts (up to `FIRST_WAIT`), and others go on meanwhile.
+const BATCHES: usize = 32;
 
 /// The fields of the §6 envelope intake needs.
 #[derive(Deserialize, Debug)]
-pub struct Incoming {
-    pub id: String,
+struct Envelope {
+    id: String,
     #[serde(rename = "type")]
-    pub kind: String,
+    kind: String,
     #[serde(rename = "organization_id")]
-    pub org: String,
-}
-
-/// Creates the deliveries of `events`; returns how many were new.
-pub async fn accept(shared: &Shared, events: &[Incoming]) -> anyhow::Result<u64> {
-    // Test events are addressed to one endpoint when they are created (SendTestEvent).
-    let events: Vec<&Incoming> = events.iter().filter(|e| e.kind != "webhook.test").collect();
-    if events.is_empty() {
-        return Ok(0);
-    }
-    let mut orgs: Vec<&str> = events.iter().map(|e| e.org.as_str()).collect();
-    orgs.sort_unstable();
-    orgs.dedup();
-    let sql = format!(
-        "SELECT id, org_id, event_types FROM webhook_endpoints WHERE disabled_at IS NULL AND org_id IN ({})",
-        (1..=orgs.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for org in &orgs {
-        q = q.bind(*org);
-    }
-    let mut endpoints: HashMap<String, Vec<(String, Vec<String>)>> = HashMap::new();
-    for r in q.fetch_all(shared.db.pool()).await? {
-        let types: String = r.try_get("event_types")?;
-        endpoints
-            .entry(r.try_get("org_id")?)
-            .or_default()
-            .push((r.try_get("id")?, serde_json::from_str(&types).unwrap_or_default()));
-    }
-    let mut rows = Vec::new();
-    for e in &events {
-        for (endpoint_id, filters) in endpoints.get(&e.org).into_iter().flatten() {
-            if wants(filters, &e.kind) {
-                rows.push(NewDelivery { org: &e.org, endpoint_id, event_id: &e.id, event_type: &e.kind, origin: "" });
-            }
-        }
-    }
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let mut tx = shared.db.begin().await.map_err(|e| anyhow::anyhow!(e.message))?;
-    let created =
-        deliveries::insert(&mut tx, &rows, shared.clock.now_ms()).await.map_err(|e| anyhow::anyhow!(e.message))?;
-    tx.commit().await.map_err(|e| anyhow::anyhow!(e.message))?;
-    shared.wake.notify_one();
-    Ok(created)
+    org: String,
 }
 
 /// The all-in-one: the relay hands batches over in-process and waits for our answer.
-pub async fn in_process(shared: Arc<Shared>, mut handoffs: mpsc::Receiver<Handoff>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn in_process(
+    inner: Arc<Inner>,
+    mut handoffs: mpsc::Receiver<Handoff>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut working = FuturesOrdered::new();
     loop {
-        let handoff = tokio::select! {
-            h = handoffs.recv() => match h { Some(h) => h, None => return },
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        let events: Vec<Incoming> = handoff
-            .events
-            .iter()
-            .map(|e| Incoming { id: e.id.clone(), kind: e.kind.clone(), org: e.org_id.clone() })
-            .collect();
-        match accept(&shared, &events).await {
-            // Dropping `accepted` unanswered tells the relay to publish the batch again.
-            Ok(_) => {
-                let _ = handoff.accepted.send(());
+        tokio::select! {
+            h = handoffs.recv(), if working.len() < BATCHES => {
+                let Some(handoff) = h else { break };
+                let inner = inner.clone();
+                working.push_back(async move {
+                    let events: Vec<Incoming> = handoff
+                        .events
+                        .iter()
+                        .map(|e| Incoming { id: e.id.clone(), kind: e.kind.clone(), org: e.org_id.clone(), body: e.body.clone(), redelivered: false })
+                        .collect();
+                    match first_attempts(&inner, &events).await {
+                        Ok(_) => {
+                            let _ = handoff.accepted.send(());
+                        }
+                        // Dropping `accepted` unanswered tells the relay to hand the events again.
+                        Err(e) => tracing::warn!(error = %e, "could not write deliveries; the relay will hand the events again"),
+                    }
+                });
             }
-            Err(e) => tracing::warn!(error = %e, "could not record deliveries; the relay will hand the events again"),
+            Some(()) = working.next() => {}
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
         }
     }
+    // Batches already started finish (their attempts end, or are written as ours).
+    while working.next().await.is_some() {}
 }
 
 /// Production: consume the dispatcher queue, reconnecting with backoff.
-pub async fn amqp(shared: Arc<Shared>, topology: Topology, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn amqp(inner: Arc<Inner>, topology: Topology, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let run = consume(&shared, &topology, stop.clone());
-        tokio::select! {
-            result = run => match result {
-                Ok(()) => return,
-                Err(e) => tracing::warn!(error = %e, "event intake lost RabbitMQ; reconnecting"),
-            },
-            _ = stop.wait_for(|s| *s) => return,
+        match consume(&inner, &topology, stop.clone()).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %e, "event intake lost RabbitMQ; reconnecting"),
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {},
@@ -118,11 +85,11 @@ pub async fn amqp(shared: Arc<Shared>, topology: Topology, mut stop: watch::Rece
     }
 }
 
-async fn consume(shared: &Shared, topology: &Topology, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn consume(inner: &Arc<Inner>, topology: &Topology, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let connection = topology.connect().await?;
     let channel = connection.create_channel().await?;
     topology.declare(&channel).await?;
-    channel.basic_qos(BATCH as u16, BasicQosOptions::default()).await?;
+    channel.basic_qos((BATCH * BATCHES) as u16, BasicQosOptions::default()).await?;
     let mut consumer = channel
         .basic_consume(
             topology.queue.as_str().into(),
@@ -132,43 +99,64 @@ async fn consume(shared: &Shared, topology: &Topology, mut stop: watch::Receiver
         )
         .await?;
     tracing::info!(queue = %topology.queue, "consuming events");
-    loop {
-        let first = tokio::select! {
-            m = consumer.next() => Some(m),
-            _ = stop.wait_for(|s| *s) => None,
-        };
-        let Some(first) = first else {
-            // Unacknowledged messages go back to the queue when the channel closes.
-            let _ = connection.close(200, "shutting down".into()).await;
-            return Ok(());
-        };
-        let Some(first) = first else { anyhow::bail!("the consumer was cancelled") };
-        let mut batch = vec![first?];
-        while batch.len() < BATCH {
-            match consumer.next().now_or_never() {
-                Some(Some(m)) => batch.push(m?),
-                _ => break,
+    // Batches in the order they were taken: (last delivery tag, whether they were written).
+    let mut working = FuturesOrdered::new();
+    let result = loop {
+        tokio::select! {
+            first = consumer.next(), if working.len() < BATCHES => {
+                let Some(first) = first else { break Err(anyhow::anyhow!("the consumer was cancelled")) };
+                let mut batch = vec![first?];
+                while batch.len() < BATCH {
+                    match consumer.next().now_or_never() {
+                        Some(Some(m)) => batch.push(m?),
+                        _ => break,
+                    }
+                }
+                let last = batch.last().map(|m| m.delivery_tag).unwrap_or_default();
+                let mut events = Vec::with_capacity(batch.len());
+                for m in &batch {
+                    match serde_json::from_slice::<Envelope>(&m.data) {
+                        Ok(e) => events.push(Incoming {
+                            id: e.id,
+                            kind: e.kind,
+                            org: e.org,
+                            body: String::from_utf8_lossy(&m.data).into_owned().into(),
+                            redelivered: m.redelivered,
+                        }),
+                        Err(e) => {
+                            // Not an event of ours: park it in the dead-letter queue.
+                            tracing::warn!(error = %e, "dropping a message that is not a Coursewire event to the dead-letter queue");
+                            m.acker.reject(BasicRejectOptions { requeue: false }).await?;
+                        }
+                    }
+                }
+                let inner = inner.clone();
+                working.push_back(async move {
+                    let written = first_attempts(&inner, &events).await;
+                    if let Err(e) = &written {
+                        tracing::warn!(error = %e, "could not write deliveries; returning the events to the queue");
+                    }
+                    (last, written.is_ok())
+                });
             }
-        }
-        let mut events = Vec::with_capacity(batch.len());
-        for m in &batch {
-            match serde_json::from_slice::<Incoming>(&m.data) {
-                Ok(e) => events.push(e),
-                Err(e) => {
-                    // Not an event of ours: park it in the dead-letter queue.
-                    tracing::warn!(error = %e, "dropping a message that is not a Coursewire event to the dead-letter queue");
-                    m.acker.reject(BasicRejectOptions { requeue: false }).await?;
+            Some((last, written)) = working.next() => {
+                if written {
+                    channel.basic_ack(last, BasicAckOptions { multiple: true }).await?;
+                } else {
+                    channel.basic_nack(last, BasicNackOptions { multiple: true, requeue: true }).await?;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break Ok(()),
         }
-        let last = batch.last().map(|m| m.delivery_tag).unwrap_or_default();
-        match accept(shared, &events).await {
-            Ok(_) => channel.basic_ack(last, BasicAckOptions { multiple: true }).await?,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not record deliveries; returning the events to the queue");
-                channel.basic_nack(last, BasicNackOptions { multiple: true, requeue: true }).await?;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+    };
+    // Finish the batches started, acknowledging those written; the rest go back to the queue
+    // when the channel closes.
+    while let Some((last, written)) = working.next().await {
+        if written {
+            channel.basic_ack(last, BasicAckOptions { multiple: true }).await?;
         }
     }
+    let _ = connection.close(200, "shutting down".into()).await;
+    result
 }

@@ -1,7 +1,8 @@
 //! One lane per endpoint in this process: at most `cap` attempts in flight, an optional rate
-//! cap (a token bucket holding one second of tokens), and a short queue of claimed deliveries
-//! waiting for room. A slow or busy endpoint only ever waits on its own lane, and a full lane
-//! is left out of the next claim, so it never takes capacity from the others.
+//! cap (a token bucket holding one second of tokens), and a bounded queue of deliveries
+//! waiting for room. A slow or busy endpoint only ever waits on its own lane; a lane whose
+//! queue is full takes nothing more (intake writes the delivery for later, and claims leave
+//! the endpoint out), so it never takes capacity from the others.
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -40,12 +41,25 @@ impl<J> Lane<J> {
 
 pub struct Lanes<J> {
     default_cap: u32,
+    /// Jobs a lane may hold waiting.
+    max_queued: usize,
     lanes: Mutex<HashMap<String, Lane<J>>>,
 }
 
+/// What became of a job offered to a lane.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admit<J> {
+    /// It may start now.
+    Start(J),
+    /// It waits in the lane and starts when the lane has room (`finish` or `ready` hand it out).
+    Queued,
+    /// The lane's queue is full: the job is handed back.
+    Full(J),
+}
+
 impl<J> Lanes<J> {
-    pub fn new(default_cap: u32) -> Self {
-        Lanes { default_cap, lanes: Mutex::default() }
+    pub fn new(default_cap: u32, max_queued: usize) -> Self {
+        Lanes { default_cap, max_queued, lanes: Mutex::default() }
     }
 
     /// The effective concurrency cap for an endpoint's setting (0 = default).
@@ -53,12 +67,13 @@ impl<J> Lanes<J> {
         if setting == 0 { self.default_cap } else { setting }
     }
 
-    /// Returns the job if it may start now; otherwise queues it behind the lane's others.
-    pub fn admit(&self, endpoint: &str, cap: u32, rate: u32, job: J) -> Option<J> {
+    /// Starts the job now if the lane has room, else queues it behind the lane's others, or
+    /// hands it back when the queue is full.
+    pub fn admit(&self, endpoint: &str, cap: u32, rate: u32, job: J) -> Admit<J> {
         self.admit_at(endpoint, cap, rate, job, Instant::now())
     }
 
-    fn admit_at(&self, endpoint: &str, cap: u32, rate: u32, job: J, now: Instant) -> Option<J> {
+    fn admit_at(&self, endpoint: &str, cap: u32, rate: u32, job: J, now: Instant) -> Admit<J> {
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         let lane = lanes.entry(endpoint.to_string()).or_insert_with(|| Lane {
             in_flight: 0,
@@ -71,10 +86,13 @@ impl<J> Lanes<J> {
         lane.cap = self.cap(cap);
         lane.rate = rate;
         if lane.queue.is_empty() && lane.take(now) {
-            return Some(job);
+            return Admit::Start(job);
+        }
+        if lane.queue.len() >= self.max_queued {
+            return Admit::Full(job);
         }
         lane.queue.push_back(job);
-        None
+        Admit::Queued
     }
 
     /// An attempt ended: frees its place and returns the next queued job if it may start.
@@ -102,10 +120,11 @@ impl<J> Lanes<J> {
         out
     }
 
-    /// Endpoints with `rounds` × their cap queued: the next claim leaves them out.
+    /// Endpoints whose queue holds `rounds` × their cap: the next claim leaves them out.
     pub fn full(&self, rounds: u32) -> Vec<String> {
         let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        lanes.iter().filter(|(_, l)| l.queue.len() as u32 >= l.cap * rounds).map(|(id, _)| id.clone()).collect()
+        let full = |l: &Lane<J>| l.queue.len() >= self.max_queued.min((l.cap * rounds) as usize);
+        lanes.iter().filter(|(_, l)| full(l)).map(|(id, _)| id.clone()).collect()
     }
 
     /// Attempts in flight and jobs queued, over all lanes.
@@ -129,27 +148,31 @@ mod tests {
 
     #[test]
     fn concurrency_cap_queues_then_hands_over() {
-        let lanes = Lanes::new(2);
-        assert_eq!(lanes.admit("a", 0, 0, 1), Some(1));
-        assert_eq!(lanes.admit("a", 0, 0, 2), Some(2));
-        assert_eq!(lanes.admit("a", 0, 0, 3), None, "third waits");
-        assert_eq!(lanes.admit("a", 0, 0, 4), None);
-        assert_eq!(lanes.admit("b", 0, 0, 9), Some(9), "other endpoints unaffected");
+        let lanes = Lanes::new(2, 3);
+        assert_eq!(lanes.admit("a", 0, 0, 1), Admit::Start(1));
+        assert_eq!(lanes.admit("a", 0, 0, 2), Admit::Start(2));
+        assert_eq!(lanes.admit("a", 0, 0, 3), Admit::Queued, "third waits");
+        assert_eq!(lanes.admit("a", 0, 0, 4), Admit::Queued);
+        assert_eq!(lanes.admit("b", 0, 0, 9), Admit::Start(9), "other endpoints unaffected");
         assert_eq!(lanes.full(1), vec!["a".to_string()]);
         assert!(lanes.full(2).is_empty());
         assert_eq!(lanes.load(), (3, 2));
         assert_eq!(lanes.finish("a"), Some(3), "the next queued job takes the freed place, in order");
         assert_eq!(lanes.finish("a"), Some(4));
         assert!(lanes.full(1).is_empty());
-        assert_eq!(lanes.admit("c", 3, 0, 5), Some(5));
+        assert_eq!(lanes.admit("c", 3, 0, 5), Admit::Start(5));
         assert_eq!(lanes.drain(), Vec::<i32>::new());
+        for j in 10..13 {
+            assert_eq!(lanes.admit("a", 0, 0, j), Admit::Queued);
+        }
+        assert_eq!(lanes.admit("a", 0, 0, 13), Admit::Full(13), "the queue holds at most 3");
     }
 
     #[test]
     fn rate_cap_per_endpoint() {
-        let lanes = Lanes::new(100);
+        let lanes = Lanes::new(100, 100);
         let t0 = Instant::now();
-        let started = (0..10).filter_map(|j| lanes.admit_at("a", 0, 3, j, t0)).count();
+        let started = (0..10).filter(|j| matches!(lanes.admit_at("a", 0, 3, *j, t0), Admit::Start(_))).count();
         assert_eq!(started, 3, "one second of tokens");
         let mut lanes_now = lanes.lanes.lock().unwrap();
         let lane = lanes_now.get_mut("a").unwrap();

@@ -1,6 +1,10 @@
-//! The webhook dispatcher: turns events into deliveries (intake), takes due deliveries under a
-//! lease, signs and POSTs them (sender), and records every attempt with what follows it
-//! (schedule). Any number of dispatchers can share one database.
+//! The webhook dispatcher. Events come in from the bus (intake); their first attempts go out
+//! at once (fanout) and are written with their deliveries in one batch; retries, and the
+//! deliveries whose endpoint was busy, are claimed from the durable schedule (queue) when
+//! they come due. Every attempt is signed and POSTed (sender), and what follows it is decided
+//! by the schedule. Any number of dispatchers share one database and one queue.
+pub mod endpoints;
+mod fanout;
 pub mod guard;
 pub mod intake;
 mod lanes;
@@ -17,16 +21,18 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::metrics::metrics;
 use coursewire_core::clock::SharedClock;
 use coursewire_core::config::{parse_duration, parse_durations};
 use coursewire_core::events::bus::Handoff;
 use coursewire_core::events::topology::Topology;
 use coursewire_core::secrets::Keyring;
-use coursewire_core::store::Db;
-use tokio::sync::{Notify, mpsc, watch};
+use coursewire_core::store::{Backend, DELIVERIES_CHANNEL, Db};
+use coursewire_core::webhooks::deliveries::PARKED;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-use lanes::Lanes;
+use endpoints::{Cache, Endpoint};
+use lanes::{Admit, Lanes};
+use metrics::metrics;
 use queue::{Claimed, Outcome};
 use schedule::{Next, Response};
 use sender::Sender;
@@ -35,6 +41,16 @@ use sender::Sender;
 const CLAIM_BATCH: usize = 200;
 /// Outcomes written per transaction.
 const RECORD_BATCH: usize = 256;
+/// Deliveries one endpoint's lane may hold waiting, in this process.
+const LANE_QUEUE: usize = 1024;
+/// A claim leaves out endpoints with this many rounds of their cap already waiting.
+const QUEUED_ROUNDS: u32 = 4;
+/// How long a delivery this process holds stays ours without a renewal.
+const LEASE: Duration = Duration::from_secs(6);
+/// How often held leases are renewed (well inside `LEASE`).
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// The longest the claim loop sleeps when nothing is due (it is woken for everything else).
+const IDLE_CHECK: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -49,8 +65,6 @@ pub struct Config {
     pub endpoint_concurrency: u32,
     /// In-flight attempts of this process.
     pub max_in_flight: usize,
-    /// How often to look for due work that no local event announced (retries, other replicas).
-    pub poll_interval: Duration,
 }
 
 impl Config {
@@ -63,12 +77,6 @@ impl Config {
             ..Config::default()
         })
     }
-
-    /// How long a claimed delivery stays ours: long enough to wait in its endpoint's lane
-    /// behind the rounds claimed with it, make the attempt and record it.
-    fn lease(&self) -> Duration {
-        self.timeout * (queue::QUEUED_ROUNDS + 2) + Duration::from_secs(5)
-    }
 }
 
 impl Default for Config {
@@ -80,7 +88,6 @@ impl Default for Config {
             disable_after: Duration::from_secs(5 * 86_400),
             endpoint_concurrency: 16,
             max_in_flight: 512,
-            poll_interval: Duration::from_millis(250),
         }
     }
 }
@@ -100,26 +107,41 @@ pub struct Shared {
     pub clock: SharedClock,
     /// Opens the endpoints' sealed signing secrets and header values.
     pub secrets: Arc<Keyring>,
-    /// Woken when deliveries were created or an attempt finished.
+    /// Woken when deliveries may have come due (written, retried, or an endpoint freed up).
     pub wake: Notify,
 }
 
-/// A claimed delivery with what its attempt needs.
+/// A delivery ready to be attempted, with what its attempt needs.
 struct Job {
     delivery: Claimed,
-    endpoint: Arc<queue::Endpoint>,
+    endpoint: Arc<Endpoint>,
     body: Arc<str>,
+    report: Report,
+}
+
+/// Where a job's outcome goes.
+enum Report {
+    /// To the recorder (the delivery is written and held by us).
+    Recorder,
+    /// To the intake batch it belongs to, while the batch waits for it; once the batch stopped
+    /// waiting, to the recorder after the batch is written (`Some(true)`), or nowhere if it
+    /// was not (`Some(false)`: the events come again).
+    First(oneshot::Sender<Outcome>, watch::Receiver<Option<bool>>),
 }
 
 pub struct Dispatcher(Arc<Inner>);
 
-struct Inner {
+pub(crate) struct Inner {
     shared: Arc<Shared>,
     config: Config,
+    /// This process's name in `lease_owner`.
+    me: String,
     sender: Sender,
     lanes: Lanes<Job>,
-    /// Deliveries with an attempt in flight (handed back if shutdown cuts them off).
-    in_flight: Mutex<HashSet<String>>,
+    cache: Cache,
+    /// Deliveries written and leased to us, not yet recorded: their leases are renewed, and
+    /// at shutdown the ones left are handed back.
+    held: Mutex<HashSet<String>>,
     /// Attempts running; `idle` is notified when it drops to zero.
     running: AtomicUsize,
     idle: Notify,
@@ -132,15 +154,17 @@ struct Inner {
 impl Dispatcher {
     pub fn new(db: Db, clock: SharedClock, secrets: Arc<Keyring>, config: Config) -> anyhow::Result<Dispatcher> {
         let sender = Sender::new(config.timeout, config.allow_private_targets, config.max_in_flight)?;
-        let lanes = Lanes::new(config.endpoint_concurrency);
+        let lanes = Lanes::new(config.endpoint_concurrency, LANE_QUEUE);
         let shared = Arc::new(Shared { db, clock, secrets, wake: Notify::new() });
         let (outcomes, outcomes_rx) = mpsc::channel(4096);
         Ok(Dispatcher(Arc::new(Inner {
             shared,
             config,
+            me: coursewire_core::ids::new_id("dsp"),
             sender,
             lanes,
-            in_flight: Mutex::default(),
+            cache: Cache::default(),
+            held: Mutex::default(),
             running: AtomicUsize::new(0),
             idle: Notify::new(),
             outcomes: Mutex::new(Some(outcomes)),
@@ -154,21 +178,23 @@ impl Dispatcher {
         let inner = self.0;
         let (stop_tx, stop) = watch::channel(false);
         let intake = match source {
-            Source::InProcess(handoffs) => {
-                tokio::spawn(intake::in_process(inner.shared.clone(), handoffs, stop.clone()))
-            }
-            Source::Amqp(topology) => tokio::spawn(intake::amqp(inner.shared.clone(), topology, stop.clone())),
+            Source::InProcess(handoffs) => tokio::spawn(intake::in_process(inner.clone(), handoffs, stop.clone())),
+            Source::Amqp(topology) => tokio::spawn(intake::amqp(inner.clone(), topology, stop.clone())),
         };
         let outcomes = inner.outcomes_rx.lock().unwrap_or_else(|p| p.into_inner()).take().expect("run once");
-        let recorder = tokio::spawn(record_outcomes(inner.shared.clone(), outcomes, inner.config.disable_after));
+        let recorder = tokio::spawn(inner.clone().record_outcomes(outcomes));
+        let heartbeat = tokio::spawn(inner.clone().heartbeat());
+        let listener = tokio::spawn(inner.clone().listen());
         tokio::select! {
             _ = shutdown => {},
             _ = inner.deliver(stop.clone()) => {},
         }
         let _ = stop_tx.send(true);
+        listener.abort();
+        // Intake finishes the batches it started (their first attempts end or are written as ours).
         let _ = intake.await;
         let queued: Vec<String> = inner.lanes.drain().into_iter().map(|j| j.delivery.id).collect();
-        queue::release(&inner.shared.db, &queued).await?;
+        inner.release(&queued, inner.shared.clock.now_ms()).await?;
         tracing::info!(in_flight = inner.running.load(Relaxed), "dispatcher stopping: finishing attempts in flight");
         let grace = inner.config.timeout + Duration::from_secs(1);
         let _ = tokio::time::timeout(grace, async {
@@ -185,16 +211,55 @@ impl Dispatcher {
         // handed back and made again later (at least once).
         drop(inner.outcomes.lock().unwrap_or_else(|p| p.into_inner()).take());
         let _ = tokio::time::timeout(Duration::from_secs(10), recorder).await;
-        let cut_off: Vec<String> = inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
-        queue::release(&inner.shared.db, &cut_off).await
+        heartbeat.abort();
+        let cut_off: Vec<String> = inner.held.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        queue::release(&inner.shared.db, &inner.me, &cut_off, inner.shared.clock.now_ms()).await
     }
 }
 
 impl Inner {
+    fn lease_until(&self, now: i64) -> i64 {
+        now + LEASE.as_millis() as i64
+    }
+
+    fn disable_after_ms(&self) -> i64 {
+        self.config.disable_after.as_millis() as i64
+    }
+
+    fn hold(&self, ids: &[String]) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).extend(ids.iter().cloned());
+    }
+
+    fn unhold(&self, ids: &[String]) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            held.remove(id);
+        }
+    }
+
+    /// Hands deliveries back due at `at`, and stops holding them.
+    async fn release(&self, ids: &[String], at: i64) -> anyhow::Result<()> {
+        self.unhold(ids);
+        queue::release(&self.shared.db, &self.me, ids, at).await
+    }
+
     fn outcome_sender(&self) -> Option<mpsc::Sender<Outcome>> {
         self.outcomes.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Counts deliveries that ended.
+    fn count<'a>(&self, outcomes: impl Iterator<Item = &'a Outcome>) {
+        for o in outcomes {
+            match o.next {
+                Next::Delivered => metrics().deliveries_succeeded.fetch_add(1, Relaxed),
+                Next::Failed | Next::Gone => metrics().deliveries_failed.fetch_add(1, Relaxed),
+                Next::RetryAt(_) => 0,
+            };
+        }
+    }
+
+    /// The claim loop: takes due deliveries (retries, and those intake could not start) into
+    /// their endpoints' lanes. It sleeps until the next delivery comes due, or until woken.
     async fn deliver(self: &Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut last_gauge = std::time::Instant::now() - Duration::from_secs(60);
         loop {
@@ -202,56 +267,84 @@ impl Inner {
                 self.launch(job);
             }
             let now = self.shared.clock.now_ms();
-            if last_gauge.elapsed() >= Duration::from_secs(5) {
-                last_gauge = std::time::Instant::now();
-                if let Ok(due) = queue::due(&self.shared.db, now).await {
-                    metrics().deliveries_due.store(due, Relaxed);
-                }
-            }
-            // Room for what runs now and the rounds that wait in the lanes behind it.
             let (running, queued) = self.lanes.load();
-            let most = self.config.max_in_flight * (queue::QUEUED_ROUNDS as usize + 1);
-            let room = most.saturating_sub(running + queued).min(CLAIM_BATCH);
+            let room = (self.config.max_in_flight * (QUEUED_ROUNDS as usize + 1))
+                .saturating_sub(running + queued)
+                .min(CLAIM_BATCH);
             let claimed = if room == 0 {
                 Vec::new()
             } else {
-                let lease_until = now + self.config.lease().as_millis() as i64;
-                let full = self.lanes.full(queue::QUEUED_ROUNDS);
-                let cap = self.config.endpoint_concurrency;
-                match queue::claim(&self.shared.db, now, lease_until, room, cap, &full).await {
+                let full = self.lanes.full(QUEUED_ROUNDS);
+                match queue::claim(&self.shared.db, &self.me, now, self.lease_until(now), room, &full).await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot claim deliveries; retrying");
-                        Vec::new()
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
                     }
                 }
             };
-            if claimed.is_empty() {
-                tokio::select! {
-                    _ = self.shared.wake.notified() => {},
-                    _ = tokio::time::sleep(self.config.poll_interval) => {},
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-                continue;
-            }
-            if let Err(e) = self.start(claimed, now).await {
+            let took = claimed.len();
+            if took > 0
+                && let Err(e) = self.start(claimed, now).await
+            {
                 tracing::warn!(error = %e, "cannot load what the claimed deliveries need; their leases will lapse");
                 tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            if took == room && room > 0 {
+                continue; // more may be due
+            }
+            // Sleep until the next delivery comes due by the clock (a retry, or another
+            // dispatcher's lease running out), or until woken; nothing due: a long nap.
+            let (due_at, nap) = if room == 0 {
+                (None, Duration::from_millis(100)) // the lanes are full: attempts ending wake us
+            } else {
+                match queue::next_due(&self.shared.db, &self.me).await {
+                    Ok(at) => (at, IDLE_CHECK),
+                    Err(_) => (None, Duration::from_secs(1)),
+                }
+            };
+            if last_gauge.elapsed() >= Duration::from_secs(5) {
+                last_gauge = std::time::Instant::now();
+                let due =
+                    if took == room && room > 0 { queue::due(&self.shared.db, now).await.unwrap_or(0) } else { 0 };
+                metrics().deliveries_due.store(due, Relaxed);
+            }
+            let due = self.shared.clock.sleep_until(due_at.unwrap_or(i64::MAX));
+            tokio::select! {
+                _ = self.shared.wake.notified() => {},
+                _ = self.shared.db.signals().deliveries.notified() => {},
+                _ = due, if due_at.is_some() => {},
+                _ = tokio::time::sleep(nap) => {},
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
             }
         }
     }
 
-    /// Puts every claimed delivery in its endpoint's lane, starting those with room.
+    /// Puts claimed deliveries in their endpoints' lanes, starting those with room.
     async fn start(self: &Arc<Self>, claimed: Vec<Claimed>, now: i64) -> anyhow::Result<()> {
-        let mut endpoint_ids: Vec<&str> = claimed.iter().map(|c| c.endpoint_id.as_str()).collect();
-        endpoint_ids.sort_unstable();
-        endpoint_ids.dedup();
-        let endpoints = queue::endpoints(&self.shared.db, &self.shared.secrets, &endpoint_ids, now).await?;
+        self.hold(&claimed.iter().map(|c| c.id.clone()).collect::<Vec<_>>());
+        let mut orgs: Vec<&str> = claimed.iter().map(|c| c.org.as_str()).collect();
+        orgs.sort_unstable();
+        orgs.dedup();
+        self.cache.refresh(&self.shared.db, &self.shared.secrets, &orgs).await?;
         let event_ids: Vec<&str> = claimed.iter().map(|c| c.event_id.as_str()).collect();
         let bodies = queue::bodies(&self.shared.db, &event_ids).await?;
+        let mut back = Vec::new();
+        let mut parked = Vec::new();
         for delivery in claimed {
-            let Some(endpoint) = endpoints.get(&delivery.endpoint_id).cloned() else {
-                continue; // deleted since the claim, with its deliveries
+            let endpoint = match self.cache.get(&delivery.org, &delivery.endpoint_id) {
+                Some(e) if e.enabled => e,
+                // Disabled since the claim: it waits, parked, until the endpoint is enabled.
+                Some(_) => {
+                    parked.push(delivery.id);
+                    continue;
+                }
+                // Deleted since the claim, with its deliveries; or its secrets do not open.
+                None => {
+                    back.push(delivery.id);
+                    continue;
+                }
             };
             let Some(body) = bodies.get(&delivery.event_id).cloned() else {
                 // The event log no longer holds it (retention): nothing left to send.
@@ -271,52 +364,28 @@ impl Inner {
             };
             let (cap, rate) = (endpoint.max_concurrency, endpoint.max_rate);
             let lane = delivery.endpoint_id.clone();
-            if let Some(job) = self.lanes.admit(&lane, cap, rate, Job { delivery, endpoint, body }) {
-                self.launch(job);
+            match self.lanes.admit(&lane, cap, rate, Job { delivery, endpoint, body, report: Report::Recorder }) {
+                Admit::Start(job) => self.launch(job),
+                Admit::Queued => {}
+                Admit::Full(job) => back.push(job.delivery.id),
             }
         }
-        Ok(())
+        self.release(&parked, PARKED).await?;
+        self.release(&back, now).await
     }
 
     /// Runs one attempt; when it ends, the next job waiting in the same lane starts.
     fn launch(self: &Arc<Self>, job: Job) {
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(job.delivery.id.clone());
         self.running.fetch_add(1, Relaxed);
         let inner = self.clone();
         tokio::spawn(async move {
-            let Job { delivery, endpoint, body } = job;
-            let attempted_at = inner.shared.clock.now_ms();
-            let attempt = inner.sender.send(&endpoint, &delivery.event_id, &body, attempted_at).await;
-            let ok = matches!(attempt.response, Response::Status { code: 200..=299, .. });
-            metrics().attempted(&delivery.endpoint_id, ok, attempt.duration_ms as u64);
-            let next = schedule::next(
-                &inner.config.retry_schedule,
-                delivery.attempts + 1,
-                delivery.single,
-                &attempt.response,
-                inner.shared.clock.now_ms(),
-                &mut rand::rng(),
-            );
-            let (status, error) = match attempt.response {
-                Response::Status { code, .. } => (code, ""),
-                Response::Error(kind) => (0, kind),
-            };
-            let (id, lane) = (delivery.id.clone(), delivery.endpoint_id.clone());
-            let outcome = Outcome {
-                delivery,
-                attempted_at,
-                duration_ms: attempt.duration_ms,
-                status,
-                error,
-                body: attempt.body,
-                next,
-            };
-            let sent = match inner.outcome_sender() {
-                Some(outcomes) => outcomes.send(outcome).await.is_ok(),
-                None => false,
-            };
-            if sent {
-                inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            let Job { delivery, endpoint, body, report } = job;
+            let lane = delivery.endpoint_id.clone();
+            // A first attempt whose batch could not be written is not made: the events come again.
+            let abandoned = matches!(&report, Report::First(_, written) if *written.borrow() == Some(false));
+            if !abandoned {
+                let outcome = inner.attempt(delivery, &endpoint, &body).await;
+                inner.report(outcome, report).await;
             }
             if let Some(next) = inner.lanes.finish(&lane) {
                 inner.launch(next);
@@ -327,41 +396,116 @@ impl Inner {
             inner.shared.wake.notify_one();
         });
     }
-}
 
-/// Writes outcomes in batches (one transaction each) until every sender is gone.
-async fn record_outcomes(shared: Arc<Shared>, mut outcomes: mpsc::Receiver<Outcome>, disable_after: Duration) {
-    let mut batch = Vec::with_capacity(RECORD_BATCH);
-    while outcomes.recv_many(&mut batch, RECORD_BATCH).await > 0 {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let now = shared.clock.now_ms();
-            match queue::record(&shared.db, &batch, now, disable_after.as_millis() as i64).await {
-                Ok(disabled) => {
-                    for id in disabled {
-                        tracing::warn!(endpoint = %id, "webhook endpoint disabled");
-                    }
-                    break;
-                }
-                Err(e) => {
-                    // The leases keep the deliveries ours a while; after that another attempt is made.
-                    tracing::warn!(error = %e, "cannot record webhook attempts; retrying");
-                    if backoff > Duration::from_secs(5) {
+    /// Makes one attempt and decides what follows it.
+    async fn attempt(&self, delivery: Claimed, endpoint: &Endpoint, body: &Arc<str>) -> Outcome {
+        let attempted_at = self.shared.clock.now_ms();
+        let secrets = endpoint.secrets(attempted_at);
+        let attempt = self.sender.send(endpoint, &secrets, &delivery.event_id, body, attempted_at).await;
+        let ok = matches!(attempt.response, Response::Status { code: 200..=299, .. });
+        metrics().attempted(&delivery.endpoint_id, ok, attempt.duration_ms as u64);
+        let next = schedule::next(
+            &self.config.retry_schedule,
+            delivery.attempts + 1,
+            delivery.single,
+            &attempt.response,
+            self.shared.clock.now_ms(),
+            &mut rand::rng(),
+        );
+        let (status, error) = match attempt.response {
+            Response::Status { code, .. } => (code, ""),
+            Response::Error(kind) => (0, kind),
+        };
+        Outcome { delivery, attempted_at, duration_ms: attempt.duration_ms, status, error, body: attempt.body, next }
+    }
+
+    /// Hands an outcome to its batch, or to the recorder.
+    async fn report(&self, outcome: Outcome, report: Report) {
+        let outcome = match report {
+            Report::Recorder => outcome,
+            Report::First(batch, mut written) => match batch.send(outcome) {
+                Ok(()) => return,
+                // The batch stopped waiting: record it once the batch is written.
+                Err(outcome) => match written.wait_for(|w| w.is_some()).await.map(|w| *w) {
+                    Ok(Some(true)) => outcome,
+                    _ => return,
+                },
+            },
+        };
+        if let Some(outcomes) = self.outcome_sender() {
+            let _ = outcomes.send(outcome).await;
+        }
+    }
+
+    /// Writes outcomes in batches (one transaction each) until every sender is gone.
+    async fn record_outcomes(self: Arc<Self>, mut outcomes: mpsc::Receiver<Outcome>) {
+        let mut batch = Vec::with_capacity(RECORD_BATCH);
+        while outcomes.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let now = self.shared.clock.now_ms();
+                match queue::record(&self.shared.db, &self.me, &batch, now, self.disable_after_ms()).await {
+                    Ok(disabled) => {
+                        for id in disabled {
+                            tracing::warn!(endpoint = %id, "webhook endpoint disabled");
+                        }
                         break;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
+                    Err(e) => {
+                        // The leases keep the deliveries ours a while; after that another attempt is made.
+                        tracing::warn!(error = %e, "cannot record webhook attempts; retrying");
+                        if backoff > Duration::from_secs(5) {
+                            break;
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff *= 2;
+                    }
                 }
             }
+            self.unhold(&batch.iter().map(|o| o.delivery.id.clone()).collect::<Vec<_>>());
+            self.count(batch.iter());
+            batch.clear();
+            // A retry may be due sooner than the claim loop's sleep.
+            self.shared.wake.notify_one();
         }
-        for o in batch.drain(..) {
-            match o.next {
-                Next::Delivered => metrics().deliveries_succeeded.fetch_add(1, Relaxed),
-                Next::Failed | Next::Gone => metrics().deliveries_failed.fetch_add(1, Relaxed),
-                Next::RetryAt(_) => 0,
+    }
+
+    /// Renews the leases of what this process holds, so nobody else takes it meanwhile.
+    async fn heartbeat(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(HEARTBEAT).await;
+            let ids: Vec<String> = self.held.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let until = self.lease_until(self.shared.clock.now_ms());
+            if let Err(e) = queue::renew(&self.shared.db, &self.me, &ids, until).await {
+                tracing::warn!(error = %e, "cannot renew delivery leases; others may take them over");
+            }
+        }
+    }
+
+    /// On Postgres, API calls that make deliveries due (test events, retries, replays,
+    /// enabling an endpoint) reach every dispatcher as a notification.
+    async fn listen(self: Arc<Self>) {
+        if self.shared.db.backend != Backend::Postgres {
+            return;
+        }
+        loop {
+            let listened = async {
+                let mut listener = sqlx::postgres::PgListener::connect(self.shared.db.url()).await?;
+                listener.listen(DELIVERIES_CHANNEL).await?;
+                loop {
+                    listener.recv().await?;
+                    self.shared.wake.notify_one();
+                }
             };
+            let result: Result<(), sqlx::Error> = listened.await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "lost the deliveries notification channel; reconnecting");
+            }
+            self.shared.wake.notify_one();
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        // Deliveries just handed back may be due again at once (and the endpoint has room).
-        shared.wake.notify_one();
     }
 }

@@ -1,18 +1,25 @@
-//! The dispatcher's database side: claiming due deliveries under a lease (Postgres:
-//! `FOR UPDATE SKIP LOCKED`, so replicas never claim the same row; SQLite: one process,
-//! one writer), loading what a send needs, and recording attempts and their outcomes.
-use std::collections::HashMap;
+//! The dispatcher's database side. A delivery's `next_attempt_at` doubles as its lease: a
+//! dispatcher that takes one moves it to when its lease runs out (renewing it while it holds
+//! the delivery) and writes its name in `lease_owner`; a dead dispatcher's deliveries simply
+//! come due again. Claims take due rows in due order through the partial index
+//! (`FOR UPDATE SKIP LOCKED` on Postgres, so replicas never take the same row; SQLite has one
+//! process), so a claim costs what it takes, however long the backlog.
+//!
+//! Writes come in batches: the deliveries intake made (with the first attempts that finished)
+//! in one statement on Postgres when nothing failed, and the outcomes of held deliveries in
+//! one transaction per batch.
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use coursewire_core::clock::rfc3339;
 use coursewire_core::error::ApiError;
 use coursewire_core::ids::new_id;
-use coursewire_core::secrets::Keyring;
-use coursewire_core::store::{Backend, Db};
-use coursewire_core::webhooks::endpoints as endpoint;
+use coursewire_core::store::{Backend, Db, Tx};
+use coursewire_core::webhooks::deliveries::PARKED;
+use coursewire_core::webhooks::endpoints;
 use sqlx::Row;
 
 use crate::schedule::Next;
-use crate::signing::Secret;
 
 type Result<T> = std::result::Result<T, anyhow::Error>;
 
@@ -20,7 +27,7 @@ fn db_err(e: ApiError) -> anyhow::Error {
     anyhow::anyhow!(e.message)
 }
 
-/// A delivery this dispatcher holds a lease on.
+/// A delivery this dispatcher holds (leased), or is about to write.
 #[derive(Clone, Debug)]
 pub struct Claimed {
     pub id: String,
@@ -31,16 +38,6 @@ pub struct Claimed {
     pub attempts: i64,
     /// Only this attempt (after RetryDelivery), no automatic retries.
     pub single: bool,
-}
-
-/// What a send needs to know about its endpoint.
-pub struct Endpoint {
-    pub url: String,
-    pub headers: Vec<(String, String)>,
-    /// The current secret, then the previous one during a rotation overlap.
-    pub secrets: Vec<Secret>,
-    pub max_rate: u32,
-    pub max_concurrency: u32,
 }
 
 /// One finished attempt, ready to be recorded.
@@ -54,59 +51,63 @@ pub struct Outcome {
     pub next: Next,
 }
 
-/// Due rows one claim looks at.
-const SCAN: usize = 2000;
-/// How many rounds of an endpoint's cap one claim may take (they wait in its lane).
-pub const QUEUED_ROUNDS: u32 = 4;
+/// A delivery intake made, and how far its first attempt got before the batch was written.
+pub enum Fresh {
+    /// Attempted; the outcome goes in with the delivery.
+    Done(Outcome),
+    /// Still being attempted: written leased to us; its outcome is recorded later.
+    InFlight(Claimed),
+    /// Not started (its endpoint's lane was full): written due now, for a claim.
+    Waiting(Claimed),
+}
 
-/// Leases up to `limit` due deliveries of enabled endpoints, at most as many per endpoint as
-/// it may have in flight (its concurrency cap, or its rate if lower) times QUEUED_ROUNDS,
-/// skipping `full` ones.
+impl Fresh {
+    fn delivery(&self) -> &Claimed {
+        match self {
+            Fresh::Done(o) => &o.delivery,
+            Fresh::InFlight(d) | Fresh::Waiting(d) => d,
+        }
+    }
+}
+
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Rows per multi-row statement.
+const CHUNK: usize = 200;
+
+/// Leases up to `limit` due deliveries of enabled endpoints (leaving out `full` ones, whose
+/// lanes cannot take more) until `lease_until`.
 pub async fn claim(
     db: &Db,
+    me: &str,
     now: i64,
     lease_until: i64,
     limit: usize,
-    default_cap: u32,
     full: &[String],
 ) -> Result<Vec<Claimed>> {
-    let mut skip = String::new();
-    for i in 0..full.len() {
-        skip.push_str(if i == 0 { " AND d.endpoint_id NOT IN (" } else { ", " });
-        skip.push_str(&format!("${}", i + 5));
-    }
-    if !full.is_empty() {
-        skip.push(')');
-    }
-    let lock = if db.backend == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
-    // The earliest due rows (at most SCAN, through the partial index) are ranked per endpoint,
-    // so a long backlog costs no more per claim than a short one.
+    let skip = if full.is_empty() {
+        String::new()
+    } else {
+        format!(" AND d.endpoint_id NOT IN ({})", placeholders(5, full.len()))
+    };
+    let lock = if db.backend == Backend::Postgres { " FOR UPDATE OF d SKIP LOCKED" } else { "" };
+    // Due-ness is checked again by the UPDATE itself: on Postgres a row another dispatcher
+    // leased between our snapshot and our lock no longer matches and is left alone.
     let sql = format!(
-        "UPDATE webhook_deliveries SET lease_until = $1 WHERE id IN (\
-           SELECT id FROM webhook_deliveries WHERE id IN (\
-             SELECT id FROM (\
-               SELECT id, ROW_NUMBER() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at) AS rn, room FROM (\
-                 SELECT d.id, d.endpoint_id, d.next_attempt_at, \
-                   CASE WHEN e.max_rate > 0 AND e.max_rate < e.max_concurrency THEN e.max_rate \
-                        WHEN e.max_concurrency > 0 THEN e.max_concurrency \
-                        WHEN e.max_rate > 0 AND e.max_rate < $4 THEN e.max_rate ELSE $4 END AS room \
-                 FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
-                 WHERE d.state = 'pending' AND d.next_attempt_at <= $2 AND d.lease_until <= $2 \
-                   AND e.disabled_at IS NULL{skip} \
-                 ORDER BY d.next_attempt_at LIMIT {SCAN}) due) ranked \
-             WHERE rn <= room * {QUEUED_ROUNDS}) \
-           ORDER BY next_attempt_at LIMIT $3{lock}) \
+        "UPDATE webhook_deliveries SET next_attempt_at = $1, lease_owner = $2 WHERE id IN (\
+           SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
+           WHERE d.state = 'pending' AND d.next_attempt_at <= $3 AND e.disabled_at IS NULL{skip} \
+           ORDER BY d.next_attempt_at LIMIT $4{lock}) \
+         AND state = 'pending' AND next_attempt_at <= $3 \
          RETURNING id, org_id, endpoint_id, event_id, attempts, single_attempt"
     );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(lease_until)
-        .bind(now)
-        .bind(limit as i64)
-        .bind(i64::from(default_cap));
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(lease_until).bind(me).bind(now).bind(limit as i64);
     for id in full {
         q = q.bind(id);
     }
-    let mut tx = db.begin().await.map_err(db_err)?;
+    let mut tx = db.begin_quiet().await.map_err(db_err)?;
     let rows = q.fetch_all(&mut *tx).await?;
     tx.commit().await.map_err(db_err)?;
     rows.iter()
@@ -123,30 +124,85 @@ pub async fn claim(
         .collect()
 }
 
-/// Gives deliveries back without an attempt (this process could not start them in time).
-pub async fn release(db: &Db, ids: &[String]) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
+/// Hands deliveries back without an attempt, due at `at` (now, or `PARKED`).
+pub async fn release(db: &Db, me: &str, ids: &[String], at: i64) -> Result<()> {
+    for chunk in ids.chunks(CHUNK) {
+        let sql = format!(
+            "UPDATE webhook_deliveries SET next_attempt_at = $1, lease_owner = '' \
+             WHERE lease_owner = $2 AND state = 'pending' AND id IN ({})",
+            placeholders(3, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at).bind(me);
+        for id in chunk {
+            q = q.bind(id);
+        }
+        q.execute(db.pool()).await?;
     }
-    let sql = format!("UPDATE webhook_deliveries SET lease_until = 0 WHERE id IN ({})", placeholders(1, ids.len()));
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for id in ids {
-        q = q.bind(id);
-    }
-    let mut tx = db.begin().await.map_err(db_err)?;
-    q.execute(&mut *tx).await?;
-    tx.commit().await.map_err(db_err)?;
     Ok(())
 }
 
-fn placeholders(from: usize, n: usize) -> String {
-    (from..from + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+/// Renews our leases on `ids` (the heartbeat): while we hold them, nobody else takes them.
+pub async fn renew(db: &Db, me: &str, ids: &[String], lease_until: i64) -> Result<()> {
+    for chunk in ids.chunks(CHUNK * 2) {
+        let sql = format!(
+            "UPDATE webhook_deliveries SET next_attempt_at = $1 \
+             WHERE lease_owner = $2 AND state = 'pending' AND id IN ({})",
+            placeholders(3, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(lease_until).bind(me);
+        for id in chunk {
+            q = q.bind(id);
+        }
+        q.execute(db.pool()).await?;
+    }
+    Ok(())
 }
 
-/// The envelopes (exact bytes) of these events.
+/// When the next pending delivery comes due (a retry, or another dispatcher's lease running
+/// out: that is how a dead dispatcher's deliveries are retaken), if any.
+pub async fn next_due(db: &Db, me: &str) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT MIN(next_attempt_at) FROM webhook_deliveries \
+         WHERE state = 'pending' AND next_attempt_at < $1 AND lease_owner <> $2",
+    )
+    .bind(PARKED)
+    .bind(me)
+    .fetch_one(db.pool())
+    .await?)
+}
+
+/// Deliveries due now and not leased: the queue depth operators watch.
+pub async fn due(db: &Db, now: i64) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= $1")
+        .bind(now)
+        .fetch_one(db.pool())
+        .await?)
+}
+
+/// The (endpoint, event) pairs that already have a delivery: for events the bus redelivered,
+/// whose deliveries an earlier intake may have written before it could acknowledge them.
+pub async fn existing(db: &Db, event_ids: &[&str]) -> Result<HashSet<(String, String)>> {
+    let mut out = HashSet::new();
+    for chunk in event_ids.chunks(CHUNK) {
+        let sql = format!(
+            "SELECT endpoint_id, event_id FROM webhook_deliveries WHERE origin = '' AND event_id IN ({})",
+            placeholders(1, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        for r in q.fetch_all(db.pool()).await? {
+            out.insert((r.try_get("endpoint_id")?, r.try_get("event_id")?));
+        }
+    }
+    Ok(out)
+}
+
+/// The envelopes (exact bytes) of these events (for retries: intake has them from the bus).
 pub async fn bodies(db: &Db, event_ids: &[&str]) -> Result<HashMap<String, Arc<str>>> {
     let mut out = HashMap::new();
-    for chunk in event_ids.chunks(500) {
+    for chunk in event_ids.chunks(CHUNK * 2) {
         let sql = format!("SELECT id, body FROM events WHERE id IN ({})", placeholders(1, chunk.len()));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in chunk {
@@ -159,119 +215,226 @@ pub async fn bodies(db: &Db, event_ids: &[&str]) -> Result<HashMap<String, Arc<s
     Ok(out)
 }
 
-/// The endpoints' send settings and live secrets, opened. An endpoint whose sealed values do
-/// not open (a process started without the key that sealed them) is left out and logged: its
-/// deliveries wait, leased, and are taken again once the keys are right.
-pub async fn endpoints(db: &Db, keyring: &Keyring, ids: &[&str], now: i64) -> Result<HashMap<String, Arc<Endpoint>>> {
-    let sql = format!(
-        "SELECT id, url, headers, secret, previous_secret, previous_expires_at, max_rate, max_concurrency \
-         FROM webhook_endpoints WHERE id IN ({})",
-        placeholders(1, ids.len())
+/// What an outcome makes of its delivery: state and next attempt time.
+fn after(next: &Next) -> (&'static str, i64) {
+    match next {
+        Next::Delivered => ("succeeded", 0),
+        Next::RetryAt(at) => ("pending", *at),
+        Next::Failed | Next::Gone => ("failed", 0),
+    }
+}
+
+/// `INSERT INTO webhook_deliveries … VALUES …` for `rows` (ids are the deliveries'), with
+/// the first attempt's result where there is one.
+fn insert_deliveries<'q>(
+    rows: &'q [Fresh],
+    kinds: &'q [&'q str],
+    me: &'q str,
+    now: i64,
+    lease_until: i64,
+) -> (String, Vec<Bind<'q>>) {
+    let mut sql = String::from(
+        "INSERT INTO webhook_deliveries (id, org_id, endpoint_id, event_id, event_type, origin, state, attempts, \
+         single_attempt, next_attempt_at, lease_owner, last_status, last_error, created_at, updated_at) VALUES ",
     );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for id in ids {
-        q = q.bind(*id);
-    }
-    let mut out = HashMap::new();
-    for r in q.fetch_all(db.pool()).await? {
-        let id: String = r.try_get("id")?;
-        match open_endpoint(keyring, &id, &r, now) {
-            Ok(endpoint) => {
-                out.insert(id, Arc::new(endpoint));
+    let mut binds = vec![Bind::Int(now)];
+    for (i, (row, kind)) in rows.iter().zip(kinds).enumerate() {
+        let d = row.delivery();
+        let (state, attempts, next_at, owner, status, error) = match row {
+            Fresh::Done(o) => {
+                let (state, next_at) = after(&o.next);
+                (state, 1, next_at, "", i64::from(o.status), o.error)
             }
-            Err(e) => {
-                tracing::error!(endpoint = %id, error = %e, "cannot open the endpoint's secrets; its deliveries wait")
-            }
+            Fresh::InFlight(_) => ("pending", 0, lease_until, me, 0, ""),
+            Fresh::Waiting(_) => ("pending", 0, now, "", 0, ""),
+        };
+        let p = binds.len();
+        if i > 0 {
+            sql.push(',');
         }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, '', ${}, ${}, 0, ${}, ${}, ${}, ${}, $1, $1)",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6,
+            p + 7,
+            p + 8,
+            p + 9,
+            p + 10,
+            p + 11
+        ));
+        binds.extend([
+            Bind::Text(&d.id),
+            Bind::Text(&d.org),
+            Bind::Text(&d.endpoint_id),
+            Bind::Text(&d.event_id),
+            Bind::Text(kind),
+            Bind::Text(state),
+            Bind::Int(attempts),
+            Bind::Int(next_at),
+            Bind::Text(owner),
+            Bind::Int(status),
+            Bind::Text(error),
+        ]);
     }
-    Ok(out)
+    sql.push_str(" ON CONFLICT (endpoint_id, event_id, origin) DO NOTHING");
+    (sql, binds)
 }
 
-fn open_endpoint(keyring: &Keyring, id: &str, r: &sqlx::any::AnyRow, now: i64) -> Result<Endpoint> {
-    let context = endpoint::secret_context(id);
-    let secret = |sealed: &str| -> Result<Secret> {
-        Secret::parse(&keyring.open(sealed, &context)?).map_err(anyhow::Error::msg)
-    };
-    let mut secrets = vec![secret(&r.try_get::<String, _>("secret")?)?];
-    let previous: Option<String> = r.try_get("previous_secret")?;
-    let expires: Option<i64> = r.try_get("previous_expires_at")?;
-    if let (Some(previous), Some(expires)) = (previous, expires)
-        && expires > now
-    {
-        secrets.push(secret(&previous)?);
-    }
-    Ok(Endpoint {
-        url: r.try_get("url")?,
-        headers: endpoint::open_headers(keyring, id, &r.try_get::<String, _>("headers")?)?,
-        secrets,
-        max_rate: r.try_get::<i64, _>("max_rate")? as u32,
-        max_concurrency: r.try_get::<i64, _>("max_concurrency")? as u32,
-    })
+/// A value bound to a statement built at run time.
+enum Bind<'a> {
+    Int(i64),
+    Text(&'a str),
 }
 
-/// Rows per multi-row statement when recording.
-const RECORD_CHUNK: usize = 100;
+fn bound<'q>(sql: String, binds: &'q [Bind<'q>]) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for b in binds {
+        q = match b {
+            Bind::Int(v) => q.bind(*v),
+            Bind::Text(v) => q.bind(*v),
+        };
+    }
+    q
+}
 
-/// `SELECT $a AS c1, $b AS c2 … UNION ALL SELECT …`: `rows` rows of `columns`, numbered from
-/// `$first`. A portable stand-in for `VALUES` with named columns (SQLite and Postgres).
-fn rows_of(columns: &[&str], rows: usize, first: usize) -> String {
-    (0..rows)
-        .map(|r| {
+/// `SELECT $a AS c1, $b AS c2 … UNION ALL SELECT …` of the attempts of `outcomes`, numbered
+/// from `$first`: a portable stand-in for `VALUES` with named columns.
+fn attempt_rows<'q>(outcomes: &[&'q Outcome], first: usize, binds: &mut Vec<Bind<'q>>, ids: &'q [String]) -> String {
+    let cols = ["id", "delivery_id", "attempted_at", "duration_ms", "status", "error", "response_body"];
+    outcomes
+        .iter()
+        .zip(ids)
+        .enumerate()
+        .map(|(r, (o, id))| {
+            binds.extend([
+                Bind::Text(id),
+                Bind::Text(&o.delivery.id),
+                Bind::Int(o.attempted_at),
+                Bind::Int(o.duration_ms),
+                Bind::Int(i64::from(o.status)),
+                Bind::Text(o.error),
+                Bind::Text(&o.body),
+            ]);
             let fields: Vec<String> =
-                columns.iter().enumerate().map(|(i, c)| format!("${} AS {c}", first + r * columns.len() + i)).collect();
+                cols.iter().enumerate().map(|(i, c)| format!("${} AS {c}", first + r * cols.len() + i)).collect();
             format!("SELECT {}", fields.join(", "))
         })
         .collect::<Vec<_>>()
         .join(" UNION ALL ")
 }
 
-/// Records attempts and their consequences in one transaction, a few statements per batch:
-/// the attempt rows, the deliveries' new states, the endpoints' failure streaks, and
-/// disabling endpoints on 410 or after `disable_after_ms` of failures only. Returns the
-/// endpoints it disabled.
-pub async fn record(db: &Db, outcomes: &[Outcome], now: i64, disable_after_ms: i64) -> Result<Vec<String>> {
-    let mut tx = db.begin().await.map_err(db_err)?;
-    for chunk in outcomes.chunks(RECORD_CHUNK) {
-        // Only while the delivery exists: its endpoint may have been deleted meanwhile.
-        let cols = ["id", "delivery_id", "attempted_at", "duration_ms", "status", "error", "response_body"];
-        let sql = format!(
-            "INSERT INTO webhook_attempts (id, delivery_id, attempted_at, duration_ms, status, error, response_body) \
-             SELECT v.* FROM ({}) v WHERE EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = v.delivery_id)",
-            rows_of(&cols, chunk.len(), 1)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for o in chunk {
-            q = q
-                .bind(new_id("att"))
-                .bind(&o.delivery.id)
-                .bind(o.attempted_at)
-                .bind(o.duration_ms)
-                .bind(i64::from(o.status))
-                .bind(o.error)
-                .bind(&o.body);
+/// Writes the deliveries intake made, with the first attempts that finished, and what those
+/// attempts mean for their endpoints. On Postgres, when every finished attempt succeeded
+/// (the usual batch), it is one statement. Returns the endpoints it disabled.
+pub async fn insert_fresh(
+    db: &Db,
+    me: &str,
+    rows: &[Fresh],
+    kinds: &[&str],
+    now: i64,
+    lease_until: i64,
+    disable_after_ms: i64,
+) -> Result<Vec<String>> {
+    let done: Vec<&Outcome> = rows.iter().filter_map(|r| if let Fresh::Done(o) = r { Some(o) } else { None }).collect();
+    let all_delivered = done.iter().all(|o| o.next == Next::Delivered);
+    if db.backend == Backend::Postgres && all_delivered && rows.len() <= CHUNK {
+        let (deliveries, mut binds) = insert_deliveries(rows, kinds, me, now, lease_until);
+        let attempt_ids: Vec<String> = done.iter().map(|_| new_id("att")).collect();
+        let mut sql = format!("WITH d AS ({deliveries} RETURNING id)");
+        if !done.is_empty() {
+            let values = attempt_rows(&done, binds.len() + 1, &mut binds, &attempt_ids);
+            sql.push_str(&format!(
+                ", a AS (INSERT INTO webhook_attempts (id, delivery_id, attempted_at, duration_ms, status, error, \
+                 response_body) SELECT v.* FROM ({values}) v WHERE v.delivery_id IN (SELECT id FROM d))"
+            ));
+            let endpoints: HashSet<&str> = done.iter().map(|o| o.delivery.endpoint_id.as_str()).collect();
+            let first = binds.len() + 1;
+            binds.extend(endpoints.iter().map(|e| Bind::Text(e)));
+            sql.push_str(&format!(
+                ", s AS (UPDATE webhook_endpoints SET failing_since = NULL \
+                 WHERE failing_since IS NOT NULL AND id IN ({}))",
+                placeholders(first, endpoints.len())
+            ));
         }
-        q.execute(&mut *tx).await?;
+        sql.push_str(" SELECT COUNT(*) FROM d");
+        bound(sql, &binds).fetch_one(db.pool()).await?;
+        return Ok(Vec::new());
+    }
+    let mut tx = db.begin_quiet().await.map_err(db_err)?;
+    for (chunk, kinds) in rows.chunks(CHUNK).zip(kinds.chunks(CHUNK)) {
+        let (sql, binds) = insert_deliveries(chunk, kinds, me, now, lease_until);
+        bound(sql, &binds).execute(&mut *tx).await?;
+    }
+    insert_attempts(&mut tx, &done).await?;
+    let disabled = consequences(&mut tx, &done, now, disable_after_ms).await?;
+    tx.commit().await.map_err(db_err)?;
+    Ok(disabled)
+}
 
+/// Records the outcomes of held deliveries (retries, and first attempts that outlasted their
+/// batch) in one transaction: the attempts, the deliveries' new states (only where our lease
+/// still holds: a delivery retaken after our lease ran out belongs to its new holder) and
+/// the endpoints' streaks. Returns the endpoints it disabled.
+pub async fn record(db: &Db, me: &str, outcomes: &[Outcome], now: i64, disable_after_ms: i64) -> Result<Vec<String>> {
+    let mut tx = db.begin_quiet().await.map_err(db_err)?;
+    let all: Vec<&Outcome> = outcomes.iter().collect();
+    insert_attempts(&mut tx, &all).await?;
+    for chunk in outcomes.chunks(CHUNK) {
         let cols = ["id", "state", "next_at", "status", "error"];
+        let values = chunk
+            .iter()
+            .enumerate()
+            .map(|(r, _)| {
+                let fields: Vec<String> =
+                    cols.iter().enumerate().map(|(i, c)| format!("${} AS {c}", 3 + r * cols.len() + i)).collect();
+                format!("SELECT {}", fields.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
         let sql = format!(
             "UPDATE webhook_deliveries SET state = v.state, attempts = attempts + 1, next_attempt_at = v.next_at, \
-             lease_until = 0, single_attempt = 0, last_status = v.status, last_error = v.error, updated_at = $1 \
-             FROM ({}) v WHERE webhook_deliveries.id = v.id",
-            rows_of(&cols, chunk.len(), 2)
+             lease_owner = '', single_attempt = 0, last_status = v.status, last_error = v.error, updated_at = $1 \
+             FROM ({values}) v WHERE webhook_deliveries.id = v.id AND webhook_deliveries.lease_owner = $2"
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(me);
         for o in chunk {
-            let (state, next_at) = match o.next {
-                Next::Delivered => ("succeeded", 0),
-                Next::RetryAt(at) => ("pending", at),
-                Next::Failed | Next::Gone => ("failed", 0),
-            };
+            let (state, next_at) = after(&o.next);
             q = q.bind(&o.delivery.id).bind(state).bind(next_at).bind(i64::from(o.status)).bind(o.error);
         }
         q.execute(&mut *tx).await?;
     }
+    let disabled = consequences(&mut tx, &all, now, disable_after_ms).await?;
+    tx.commit().await.map_err(db_err)?;
+    Ok(disabled)
+}
 
-    // Failure streaks: an endpoint's last outcome in the batch decides.
+/// The attempt rows (only for deliveries that exist: an endpoint may have been deleted).
+async fn insert_attempts(tx: &mut Tx, outcomes: &[&Outcome]) -> Result<()> {
+    let ids: Vec<String> = outcomes.iter().map(|_| new_id("att")).collect();
+    for (chunk, ids) in outcomes.chunks(CHUNK).zip(ids.chunks(CHUNK)) {
+        let mut binds = Vec::new();
+        let values = attempt_rows(chunk, 1, &mut binds, ids);
+        let sql = format!(
+            "INSERT INTO webhook_attempts (id, delivery_id, attempted_at, duration_ms, status, error, response_body) \
+             SELECT v.* FROM ({values}) v WHERE EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = v.delivery_id)"
+        );
+        bound(sql, &binds).execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// What attempts mean for their endpoints: a success ends a failure streak, a failure starts
+/// one; 410 Gone, or failing for `disable_after_ms`, disables the endpoint (with its event,
+/// whose commit then wakes the relay). Returns the endpoints disabled.
+async fn consequences(tx: &mut Tx, outcomes: &[&Outcome], now: i64, disable_after_ms: i64) -> Result<Vec<String>> {
+    if outcomes.is_empty() {
+        return Ok(Vec::new());
+    }
+    // An endpoint's last outcome in the batch decides.
     let mut last: HashMap<&str, &Outcome> = HashMap::new();
     for o in outcomes {
         last.insert(&o.delivery.endpoint_id, o);
@@ -287,8 +450,13 @@ pub async fn record(db: &Db, outcomes: &[Outcome], now: i64, disable_after_ms: i
         for id in &ok {
             q = q.bind(*id);
         }
-        q.execute(&mut *tx).await?;
+        q.execute(&mut **tx).await?;
     }
+    let mut disable: Vec<(String, String, String)> = outcomes
+        .iter()
+        .filter(|o| o.next == Next::Gone)
+        .map(|o| (o.delivery.endpoint_id.clone(), o.delivery.org.clone(), "the endpoint answered 410 Gone".into()))
+        .collect();
     if let Some(first_failure) = first_failure
         && !failing.is_empty()
     {
@@ -300,16 +468,7 @@ pub async fn record(db: &Db, outcomes: &[Outcome], now: i64, disable_after_ms: i
         for id in &failing {
             q = q.bind(*id);
         }
-        q.execute(&mut *tx).await?;
-    }
-
-    // Endpoints to disable: 410 Gone, or failing for too long.
-    let mut disable: Vec<(String, String, String)> = outcomes
-        .iter()
-        .filter(|o| o.next == Next::Gone)
-        .map(|o| (o.delivery.endpoint_id.clone(), o.delivery.org.clone(), "the endpoint answered 410 Gone".into()))
-        .collect();
-    if !failing.is_empty() {
+        q.execute(&mut **tx).await?;
         let sql = format!(
             "SELECT id, org_id, failing_since FROM webhook_endpoints \
              WHERE disabled_at IS NULL AND failing_since <= $1 AND id IN ({})",
@@ -319,27 +478,20 @@ pub async fn record(db: &Db, outcomes: &[Outcome], now: i64, disable_after_ms: i
         for id in &failing {
             q = q.bind(*id);
         }
-        for r in q.fetch_all(&mut *tx).await? {
-            let since = coursewire_core::clock::rfc3339(r.try_get("failing_since")?);
+        for r in q.fetch_all(&mut **tx).await? {
+            let since = rfc3339(r.try_get("failing_since")?);
             disable.push((r.try_get("id")?, r.try_get("org_id")?, format!("every delivery failed since {since}")));
         }
     }
     let mut disabled = Vec::new();
     for (id, org, reason) in disable {
-        if endpoint::disable(&mut tx, &org, &id, &reason, now).await.map_err(db_err)? {
+        if endpoints::disable(tx, &org, &id, &reason, now).await.map_err(db_err)? {
             disabled.push(id);
         }
     }
-    tx.commit().await.map_err(db_err)?;
+    if !disabled.is_empty() {
+        // `webhook.disabled` events were written.
+        tx.wake_relay();
+    }
     Ok(disabled)
-}
-
-/// Deliveries due now and not leased: the queue depth operators watch.
-pub async fn due(db: &Db, now: i64) -> Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= $1 AND lease_until <= $1",
-    )
-    .bind(now)
-    .fetch_one(db.pool())
-    .await?)
 }

@@ -5,10 +5,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
 
+use crate::endpoints::Endpoint;
 use crate::guard::{self, GuardedResolver};
-use crate::queue::Endpoint;
 use crate::schedule::{Response, parse_retry_after};
-use crate::signing::signature_header;
+use crate::signing::{Secret, signature_header};
 
 /// Response bytes kept per attempt.
 pub const KEEP_BODY: usize = 4096;
@@ -43,18 +43,26 @@ impl Sender {
         Ok(Sender { client, allow_private })
     }
 
-    /// POSTs `body` (event `event_id`) to `endpoint`; `now` (epoch ms) is only used to read
-    /// HTTP-date `Retry-After` values.
-    pub async fn send(&self, endpoint: &Endpoint, event_id: &str, body: &Arc<str>, now: i64) -> Attempt {
+    /// POSTs `body` (event `event_id`) to `endpoint`, signed with `secrets`; `now` (epoch ms)
+    /// is only used to read HTTP-date `Retry-After` values.
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        secrets: &[Secret],
+        event_id: &str,
+        body: &Arc<str>,
+        now: i64,
+    ) -> Attempt {
         let started = Instant::now();
         let (response, kept) =
-            self.try_send(endpoint, event_id, body, now).await.unwrap_or_else(|e| (e, String::new()));
+            self.try_send(endpoint, secrets, event_id, body, now).await.unwrap_or_else(|e| (e, String::new()));
         Attempt { response, duration_ms: started.elapsed().as_millis() as i64, body: kept }
     }
 
     async fn try_send(
         &self,
         endpoint: &Endpoint,
+        secrets: &[Secret],
         event_id: &str,
         body: &Arc<str>,
         now: i64,
@@ -69,7 +77,7 @@ impl Sender {
             .header(CONTENT_TYPE, "application/json")
             .header("webhook-id", event_id)
             .header("webhook-timestamp", timestamp)
-            .header("webhook-signature", signature_header(&endpoint.secrets, event_id, timestamp, body.as_bytes()));
+            .header("webhook-signature", signature_header(secrets, event_id, timestamp, body.as_bytes()));
         for (name, value) in &endpoint.headers {
             if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str()))
                 && name != USER_AGENT

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use coursewire_api::events::amqp::AmqpBus;
-use coursewire_api::events::bus::{Bus, Outgoing};
+use coursewire_api::events::bus::{Bus, Confirm, Outgoing};
 use coursewire_api::events::relay::{Hub, Relay};
 use coursewire_api::events::topology::Topology;
 use coursewire_proto::v1::*;
@@ -117,7 +117,7 @@ async fn consumers_get_events_with_properties_and_the_logged_body() {
     let Some(url) = amqp_url() else { return };
     let t = topology(&url);
     let (_conn, got) = consume(&url, &t, "enrollment.*").await;
-    let h = amqp_harness(Backend::Sqlite, Arc::new(AmqpBus::new(t.clone()))).await.unwrap();
+    let h = amqp_harness(Backend::Sqlite, AmqpBus::start(t.clone())).await.unwrap();
     let mut c = h.clients();
     let w = world(&mut c).await;
     let e = enroll(&mut c, &w.user.id, &w.published.id).await.unwrap();
@@ -149,11 +149,7 @@ async fn consumers_get_events_with_properties_and_the_logged_body() {
     // confirm), so wait for the marks.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let unpublished: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE published_at IS NULL")
-            .fetch_one(h.db.pool())
-            .await
-            .unwrap();
-        if unpublished == 0 {
+        if h.unpublished().await == 0 {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "every event is marked published after its confirm");
@@ -200,7 +196,7 @@ async fn a_broker_outage_loses_nothing() {
     let mut t = topology(&proxied);
     let (_conn, got) = consume(&url, &Topology { url: url.clone(), ..t.clone() }, "#").await;
     t.url = proxied;
-    let h = amqp_harness(Backend::Sqlite, Arc::new(AmqpBus::new(t))).await.unwrap();
+    let h = amqp_harness(Backend::Sqlite, AmqpBus::start(t)).await.unwrap();
     let mut c = h.clients();
     let w = world(&mut c).await;
     let mut total_events = 4;
@@ -228,21 +224,25 @@ async fn a_broker_outage_loses_nothing() {
 
 /// A bus that publishes, then fails once as if the relay died before marking the rows.
 struct CrashAfterPublish {
-    inner: AmqpBus,
+    inner: Arc<AmqpBus>,
     crashed: AtomicBool,
 }
 
 #[tonic::async_trait]
 impl Bus for CrashAfterPublish {
-    async fn publish(&self, batch: &[Outgoing]) -> anyhow::Result<()> {
-        self.inner.publish(batch).await?;
-        if !self.crashed.swap(true, Ordering::SeqCst) {
-            anyhow::bail!("simulated crash between publish and mark");
-        }
-        Ok(())
+    async fn send(&self, batch: Vec<Outgoing>) -> anyhow::Result<Confirm> {
+        let confirm = self.inner.send(batch).await?;
+        let crash = !self.crashed.swap(true, Ordering::SeqCst);
+        Ok(Box::pin(async move {
+            confirm.await?;
+            if crash {
+                anyhow::bail!("simulated crash between the confirm and moving the cursor");
+            }
+            Ok(())
+        }))
     }
-    fn connected(&self) -> bool {
-        true
+    fn connected(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.connected()
     }
 }
 
@@ -251,7 +251,7 @@ async fn a_crash_between_publish_and_mark_publishes_again() {
     let Some(url) = amqp_url() else { return };
     let t = topology(&url);
     let (_conn, got) = consume(&url, &t, "#").await;
-    let bus = Arc::new(CrashAfterPublish { inner: AmqpBus::new(t), crashed: AtomicBool::new(false) });
+    let bus = Arc::new(CrashAfterPublish { inner: AmqpBus::start(t), crashed: AtomicBool::new(false) });
     let h = amqp_harness(Backend::Sqlite, bus).await.unwrap();
     let mut c = h.clients();
     let d = domain(&mut c, "crash.example.com").await;
@@ -272,14 +272,10 @@ async fn two_relays_on_one_postgres_share_the_work_without_loss() {
     let Some(url) = amqp_url() else { return };
     let t = topology(&url);
     let (_conn, got) = consume(&url, &t, "#").await;
-    let Some(h) = amqp_harness(Backend::Postgres, Arc::new(AmqpBus::new(t.clone()))).await else { return };
+    let Some(h) = amqp_harness(Backend::Postgres, AmqpBus::start(t.clone())).await else { return };
     // A second API replica's relay on the same database: it waits while the first leads.
-    let second = Relay {
-        db: h.db.clone(),
-        bus: Arc::new(AmqpBus::new(t)),
-        hub: Arc::new(Hub::default()),
-        clock: h.clock.clone(),
-    };
+    let second =
+        Relay { db: h.db.clone(), bus: AmqpBus::start(t), hub: Arc::new(Hub::default()), clock: h.clock.clone() };
     let second = tokio::spawn(second.run());
     let mut c = h.clients();
     let w = world(&mut c).await;

@@ -80,20 +80,13 @@ async fn a_failed_write_leaves_no_event(h: &Harness) {
 async fn published_events_are_pruned_after_retention(h: &Harness) {
     let mut c = h.clients();
     let old = domain(&mut c, "old.example.com").await;
-    let unpublished = || async {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE published_at IS NULL")
-            .fetch_one(h.db.pool())
-            .await
-            .unwrap();
-        n
-    };
-    while unpublished().await > 0 {
+    while h.unpublished().await > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     // 31 days later the pruner deletes it (retention is 30 days); newer events stay.
     h.clock.advance(31 * 86_400_000);
     let new = domain(&mut c, "new.example.com").await;
-    while unpublished().await > 0 {
+    while h.unpublished().await > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     h.prune().await;

@@ -67,7 +67,6 @@ pub fn dispatcher_config() -> DispatcherConfig {
         retry_schedule: [100, 200, 400].map(Duration::from_millis).to_vec(),
         timeout: Duration::from_secs(2),
         allow_private_targets: true,
-        poll_interval: Duration::from_millis(20),
         ..DispatcherConfig::default()
     }
 }
@@ -368,6 +367,17 @@ impl Harness {
             .fetch_one(self.db.pool())
             .await
             .unwrap()
+    }
+
+    /// Events not yet confirmed by the bus (unpositioned, or past the relay's cursor).
+    pub async fn unpublished(&self) -> i64 {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM events WHERE position IS NULL \
+             OR position > (SELECT published_position FROM relay_cursor WHERE id = 1)",
+        )
+        .fetch_one(self.db.pool())
+        .await
+        .unwrap()
     }
 
     /// Row counts of every resource table, for "nothing changed" assertions.

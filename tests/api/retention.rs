@@ -53,19 +53,19 @@ async fn replay_over_the_cap_is_refused_before_loading(h: &Harness) {
     let mut c = h.clients();
     let (hook, _) = create_hook(&mut c, "https://hooks.example.com/replay", &["user.*"]).await;
     // 10,001 user events (and as many of a type the endpoint does not want), written directly
-    // and marked published, so the relay leaves them alone.
+    // with positions far beyond the relay's, which only takes rows without one: it leaves
+    // them alone, so only the replay could make deliveries of them.
     let now = h.clock.now_ms();
     for (kind, from) in [("user.created", 0), ("domain.created", 20_000)] {
         for chunk in (from..from + 10_001).collect::<Vec<i64>>().chunks(1000) {
             let values: Vec<String> = chunk
                 .iter()
                 .map(|i| {
-                    format!("('evt_{i:026}', 'acme', '{kind}', 'usr_{i:026}', 1, {now}, '{{}}', {}, {now})", i + 1)
+                    format!("('evt_{i:026}', 'acme', '{kind}', 'usr_{i:026}', 1, {now}, '{{}}', {})", i + 1_000_000)
                 })
                 .collect();
             let sql = format!(
-                "INSERT INTO events (id, org_id, type, resource_id, sequence, created_at, body, position, published_at) \
-                 VALUES {}",
+                "INSERT INTO events (id, org_id, type, resource_id, sequence, created_at, body, position) VALUES {}",
                 values.join(", ")
             );
             sqlx::query(sqlx::AssertSqlSafe(sql)).execute(h.db.pool()).await.unwrap();

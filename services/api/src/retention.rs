@@ -47,7 +47,8 @@ impl Retention {
         let prunes: [(&[&str], i64); 3] = [
             (
                 &["DELETE FROM events WHERE id IN (SELECT id FROM events \
-                   WHERE created_at < $1 AND published_at IS NOT NULL ORDER BY created_at LIMIT 1000)"],
+                   WHERE created_at < $1 ORDER BY created_at LIMIT 1000) \
+                   AND position <= (SELECT published_position FROM relay_cursor WHERE id = 1)"],
                 events_cutoff,
             ),
             (
@@ -88,7 +89,7 @@ impl Retention {
 
     /// A transaction holding the pruning lock, or `None` when another replica prunes now.
     async fn begin_leading(&self) -> anyhow::Result<Option<Tx>> {
-        let mut tx = self.db.begin().await.map_err(|e| anyhow::anyhow!(e.message))?;
+        let mut tx = self.db.begin_quiet().await.map_err(|e| anyhow::anyhow!(e.message))?;
         if self.db.backend == Backend::Postgres {
             let ours: bool =
                 sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(PRUNE_LOCK).fetch_one(&mut *tx).await?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 pub const ERROR_DOMAIN: &str = "coursewire";
 /// Where the reason table lives; sent in `Help` links.
+#[cfg(feature = "grpc")]
 const DOCS: &str = "docs/api.md#error-reasons";
 
 pub type ApiResult<T> = Result<T, ApiError>;

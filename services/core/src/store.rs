@@ -3,12 +3,13 @@
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyConnection, AnyPool, ConnectOptions, Transaction};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 
 use crate::error::ApiResult;
 
@@ -20,19 +21,48 @@ pub enum Backend {
     Postgres,
 }
 
+/// Postgres channels that carry the wake-ups across processes.
+pub const OUTBOX_CHANNEL: &str = "coursewire_outbox";
+pub const DELIVERIES_CHANNEL: &str = "coursewire_deliveries";
+
 #[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
     pub backend: Backend,
+    /// The URL connected to (listeners open their own connections).
+    url: Arc<str>,
     /// SQLite allows one writer: taking this before `BEGIN` queues writers in-process
     /// instead of failing them with SQLITE_BUSY when two deferred transactions upgrade.
     write_lock: Option<Arc<Mutex<()>>>,
+    signals: Arc<Signals>,
 }
 
-/// A write transaction (plus, on SQLite, the writer slot).
+/// Wake-ups that follow commits, so nothing polls: the outbox relay (events were written) and
+/// the dispatchers (deliveries became due by an API call). Within a process a `Notify`; on
+/// Postgres also a `NOTIFY` sent with the commit (listeners get it once the rows are visible),
+/// except to the relay when it runs in this very process.
+#[derive(Default)]
+pub struct Signals {
+    pub outbox: Notify,
+    pub deliveries: Notify,
+    relay_here: AtomicBool,
+}
+
+impl Signals {
+    /// The relay of this process leads (or stopped leading): its wake-ups stay in-process.
+    pub fn set_relay_here(&self, here: bool) {
+        self.relay_here.store(here, Ordering::Relaxed);
+    }
+}
+
+/// A write transaction (plus, on SQLite, the writer slot) and whom its commit wakes.
 pub struct Tx {
     inner: Transaction<'static, Any>,
     _writer: Option<OwnedMutexGuard<()>>,
+    signals: Arc<Signals>,
+    postgres: bool,
+    wake_relay: bool,
+    wake_dispatchers: bool,
 }
 
 impl Deref for Tx {
@@ -49,8 +79,40 @@ impl DerefMut for Tx {
 }
 
 impl Tx {
-    pub async fn commit(self) -> ApiResult<()> {
-        Ok(self.inner.commit().await?)
+    /// Commits, then wakes whom the transaction concerns.
+    pub async fn commit(mut self) -> ApiResult<()> {
+        if self.postgres {
+            let relay = self.wake_relay && !self.signals.relay_here.load(Ordering::Relaxed);
+            let sql = match (relay, self.wake_dispatchers) {
+                (false, false) => None,
+                (true, false) => Some("SELECT pg_notify('coursewire_outbox', '')"),
+                (false, true) => Some("SELECT pg_notify('coursewire_deliveries', '')"),
+                (true, true) => {
+                    Some("SELECT pg_notify('coursewire_outbox', ''), pg_notify('coursewire_deliveries', '')")
+                }
+            };
+            if let Some(sql) = sql {
+                sqlx::query(sql).execute(&mut *self.inner).await?;
+            }
+        }
+        self.inner.commit().await?;
+        if self.wake_relay {
+            self.signals.outbox.notify_one();
+        }
+        if self.wake_dispatchers {
+            self.signals.deliveries.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Its commit wakes the outbox relay (the transaction wrote events).
+    pub fn wake_relay(&mut self) {
+        self.wake_relay = true;
+    }
+
+    /// Its commit wakes the dispatchers (it made deliveries due).
+    pub fn wake_dispatchers(&mut self) {
+        self.wake_dispatchers = true;
     }
 
     /// A savepoint inside this transaction (for per-item work in batches).
@@ -87,7 +149,13 @@ impl Db {
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
-        let db = Db { pool, backend, write_lock: (backend == Backend::Sqlite).then(Default::default) };
+        let db = Db {
+            pool,
+            backend,
+            url: url.as_str().into(),
+            write_lock: (backend == Backend::Sqlite).then(Default::default),
+            signals: Arc::default(),
+        };
         db.migrate().await?;
         Ok(db)
     }
@@ -102,7 +170,16 @@ impl Db {
         &self.pool
     }
 
+    /// A write transaction whose commit wakes the outbox relay: what the API's writes use
+    /// (they record events). A commit that recorded none costs the relay one empty look.
     pub async fn begin(&self) -> ApiResult<Tx> {
+        let mut tx = self.begin_quiet().await?;
+        tx.wake_relay();
+        Ok(tx)
+    }
+
+    /// A write transaction that wakes nobody unless told (`Tx::wake_relay`, …).
+    pub async fn begin_quiet(&self) -> ApiResult<Tx> {
         let writer = match &self.write_lock {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
@@ -113,7 +190,24 @@ impl Db {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         };
-        Ok(Tx { inner, _writer: writer })
+        Ok(Tx {
+            inner,
+            _writer: writer,
+            signals: self.signals.clone(),
+            postgres: self.backend == Backend::Postgres,
+            wake_relay: false,
+            wake_dispatchers: false,
+        })
+    }
+
+    /// The wake-ups of this database's commits.
+    pub fn signals(&self) -> &Arc<Signals> {
+        &self.signals
+    }
+
+    /// The URL this database was opened with (for listener connections).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// True while the database answers a trivial query.

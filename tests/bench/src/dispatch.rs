@@ -55,7 +55,7 @@ async fn measure(url: &str) -> anyhow::Result<()> {
         for chunk in ids.chunks(500) {
             let at = Instant::now();
             let batch: Vec<Outgoing> = chunk.iter().map(|id| outgoing(id)).collect();
-            bus.publish(&batch).await?;
+            bus.send(batch).await?.await?;
             handed.extend(chunk.iter().map(|id| (format!("enr_{}", &id[4..]), at)));
         }
         let last = receiver.wait_for(events * endpoints, Duration::from_secs(180)).await?;

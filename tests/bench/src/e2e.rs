@@ -59,8 +59,19 @@ async fn measure(scratch: &crate::scratch::Scratch) -> anyhow::Result<()> {
     let key = crate::bench_org(&db).await?;
     let users = 40_000;
     crate::enroll::insert_users(&db, users as i64).await?;
-    let shared =
-        ["--database-url", url, "--amqp-url", &t.url, "--amqp-exchange", &t.exchange, "--amqp-queue", &t.queue];
+    let secrets_key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="; // a bench-only key
+    let shared = [
+        "--database-url",
+        url,
+        "--amqp-url",
+        &t.url,
+        "--amqp-exchange",
+        &t.exchange,
+        "--amqp-queue",
+        &t.queue,
+        "--secrets-key",
+        secrets_key,
+    ];
     let port = free_port();
     let mut api = tokio::process::Command::new(&coursewire);
     api.arg("api").args(shared).args(["--listen", &format!("127.0.0.1:{port}"), "--rate-limits", "100000000/1m"]);

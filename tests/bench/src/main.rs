@@ -63,7 +63,7 @@ pub async fn bench_org(db: &coursewire_api::store::Db) -> anyhow::Result<String>
     let new = NewKey {
         org_id: Some("bench".into()),
         label: "bench".into(),
-        scopes: vec![],
+        scopes: vec!["*".into()],
         allowed_cidrs: vec![],
         expires_at: None,
         rate_limit: String::new(),

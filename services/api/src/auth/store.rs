@@ -202,7 +202,7 @@ pub async fn create_key(db: &Db, new: NewKey, now: i64, grantor: Option<&KeyReco
     }
     let Checked { scopes, cidrs, .. } = checked;
 
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_quiet().await?;
     if let Some(org) = &new.org_id {
         // Locks the organization row so concurrent creates cannot pass the limit together.
         let found = sqlx::query("UPDATE organizations SET updated_at = updated_at WHERE id = $1")

@@ -1,14 +1,16 @@
-//! Publishing to RabbitMQ with publisher confirms (the topology is in the shared core).
-use std::sync::atomic::{AtomicBool, Ordering};
+//! Publishing to RabbitMQ with publisher confirms (the topology is in the shared core). The
+//! bus connects and declares its topology as soon as it starts, keeps the connection (and
+//! reconnects with backoff), and says truthfully whether it is connected.
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify, watch};
 
-use super::bus::{Bus, Outgoing};
+use super::bus::{Bus, Confirm, Outgoing};
 use super::topology::Topology;
 
 /// How long a batch may wait for its confirms before the connection is considered dead.
@@ -16,14 +18,69 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct AmqpBus {
     topology: Topology,
-    /// The open connection and confirming channel; `None` until connected or after a failure.
+    /// The open connection and confirming channel; `None` while disconnected.
     link: Mutex<Option<(Connection, Channel)>>,
-    connected: AtomicBool,
+    connected: watch::Sender<bool>,
+    /// Poked when a publish or confirm failed, so the keeper reconnects at once.
+    broken: Arc<Notify>,
 }
 
 impl AmqpBus {
-    pub fn new(topology: Topology) -> Self {
-        AmqpBus { topology, link: Mutex::new(None), connected: AtomicBool::new(false) }
+    /// The bus, connecting (and declaring the topology) in the background right away, so the
+    /// exchange exists before the first event and health tells whether RabbitMQ is reachable.
+    pub fn start(topology: Topology) -> Arc<AmqpBus> {
+        let bus = Arc::new(AmqpBus {
+            topology,
+            link: Mutex::new(None),
+            connected: watch::channel(false).0,
+            broken: Arc::new(Notify::new()),
+        });
+        tokio::spawn(Self::keep(Arc::downgrade(&bus)));
+        bus
+    }
+
+    /// Keeps a connection open until the bus is dropped.
+    async fn keep(bus: std::sync::Weak<AmqpBus>) {
+        let mut backoff = Duration::from_millis(200);
+        let mut told = false;
+        loop {
+            let Some(this) = bus.upgrade() else { return };
+            let healthy =
+                this.link.lock().await.as_ref().is_some_and(|(connection, channel)| {
+                    connection.status().connected() && channel.status().connected()
+                });
+            if healthy {
+                let broken = this.broken.clone();
+                drop(this);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = broken.notified() => {}
+                }
+                continue;
+            }
+            if let Some((connection, _)) = this.link.lock().await.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), connection.close(0, "reconnecting".into())).await;
+            }
+            this.connected.send_replace(false);
+            match this.open().await {
+                Ok(link) => {
+                    *this.link.lock().await = Some(link);
+                    this.connected.send_replace(true);
+                    tracing::info!(exchange = %this.topology.exchange, "connected to RabbitMQ");
+                    backoff = Duration::from_millis(200);
+                    told = false;
+                }
+                Err(e) => {
+                    if !told {
+                        tracing::warn!(error = %e, "cannot reach RabbitMQ; events wait in the outbox, retrying");
+                        told = true;
+                    }
+                    drop(this);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     async fn open(&self) -> anyhow::Result<(Connection, Channel)> {
@@ -31,7 +88,6 @@ impl AmqpBus {
         let channel = connection.create_channel().await?;
         self.topology.declare(&channel).await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        tracing::info!(exchange = %self.topology.exchange, "connected to RabbitMQ");
         Ok((connection, channel))
     }
 
@@ -47,12 +103,20 @@ impl AmqpBus {
             .with_app_id("coursewire".into())
             .with_headers(headers)
     }
+}
 
-    async fn publish_on(&self, channel: &Channel, batch: &[Outgoing]) -> anyhow::Result<()> {
-        // Publish the whole batch, then wait for all confirms: one round trip per batch.
+#[async_trait::async_trait]
+impl Bus for AmqpBus {
+    async fn send(&self, batch: Vec<Outgoing>) -> anyhow::Result<Confirm> {
+        let link = self.link.lock().await;
+        let Some((_, channel)) = link.as_ref() else {
+            anyhow::bail!("not connected to RabbitMQ");
+        };
+        // Publish the whole batch, then wait for all its confirms: one round trip per batch,
+        // and the next batch may be published while this one is being confirmed.
         let mut confirms = Vec::with_capacity(batch.len());
-        for event in batch {
-            let confirm = channel
+        for event in &batch {
+            let published = channel
                 .basic_publish(
                     self.topology.exchange.as_str().into(),
                     event.kind.as_str().into(),
@@ -60,40 +124,36 @@ impl AmqpBus {
                     event.body.as_bytes(),
                     Self::properties(event),
                 )
-                .await?;
-            confirms.push(confirm);
-        }
-        let all = futures::future::try_join_all(confirms);
-        let confirmations =
-            tokio::time::timeout(CONFIRM_TIMEOUT, all).await.context("publisher confirms timed out")??;
-        if let Some(i) = confirmations.iter().position(|c| !c.is_ack()) {
-            anyhow::bail!("RabbitMQ refused event {} (nack)", batch[i].id);
-        }
-        Ok(())
-    }
-}
-
-#[tonic::async_trait]
-impl Bus for AmqpBus {
-    async fn publish(&self, batch: &[Outgoing]) -> anyhow::Result<()> {
-        let mut link = self.link.lock().await;
-        if link.is_none() {
-            *link = Some(self.open().await?);
-            self.connected.store(true, Ordering::Relaxed);
-        }
-        let (_, channel) = link.as_ref().expect("connected above");
-        let result = self.publish_on(channel, batch).await;
-        if result.is_err() {
-            // Drop the link; the next attempt reconnects.
-            if let Some((connection, _)) = link.take() {
-                let _ = tokio::time::timeout(Duration::from_secs(1), connection.close(0, "reconnecting".into())).await;
+                .await;
+            match published {
+                Ok(confirm) => confirms.push(confirm),
+                Err(e) => {
+                    self.broken.notify_one();
+                    return Err(e.into());
+                }
             }
-            self.connected.store(false, Ordering::Relaxed);
         }
-        result
+        drop(link);
+        let broken = self.broken.clone();
+        Ok(Box::pin(async move {
+            let confirmed = async {
+                let all = futures::future::try_join_all(confirms);
+                let confirmations =
+                    tokio::time::timeout(CONFIRM_TIMEOUT, all).await.context("publisher confirms timed out")??;
+                if let Some(i) = confirmations.iter().position(|c| !c.is_ack()) {
+                    anyhow::bail!("RabbitMQ refused event {} (nack)", batch[i].id);
+                }
+                Ok(())
+            };
+            let result = confirmed.await;
+            if result.is_err() {
+                broken.notify_one();
+            }
+            result
+        }))
     }
 
-    fn connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
+    fn connected(&self) -> watch::Receiver<bool> {
+        self.connected.subscribe()
     }
 }

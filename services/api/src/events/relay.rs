@@ -1,27 +1,41 @@
 //! The relay: gives committed outbox rows their position (the order WatchEvents follows),
-//! publishes them in that order through the bus, and marks them published only after the
-//! bus confirmed them. A crash between publish and mark publishes again: at least once.
+//! sends them in that order through the bus, and moves its cursor past them only once the
+//! bus confirmed them. A crash between send and cursor sends again: at least once.
+//!
+//! It is woken, not polling: by the commit of a transaction that wrote events, in this process
+//! directly and from other replicas through Postgres `LISTEN/NOTIFY` (a slow fallback timer
+//! only guards against a missed notification). Up to `PIPELINE` batches are on the bus at
+//! once, so one slow confirm does not hold the next send.
 //!
 //! On Postgres one replica leads (a session advisory lock held on its own connection) and
 //! every statement of the relay runs on that connection, so a replica that lost the lock
-//! cannot write; the others wait to take over. SQLite is single-process: the relay leads.
+//! cannot write; the others wait for the lock inside Postgres (no polling) and take over as
+//! soon as the leader's connection goes. SQLite is single-process: the relay leads.
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
 
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
+use sqlx::postgres::PgListener;
 use sqlx::{AnyConnection, Row};
 use tokio::sync::watch;
 
-use std::sync::atomic::Ordering::Relaxed;
-
-use super::bus::{Bus, Outgoing};
+use super::bus::{Bus, Confirm, Outgoing};
 use crate::clock::SharedClock;
 use crate::metrics::metrics;
-use crate::store::{Backend, Db};
+use crate::store::{Backend, Db, OUTBOX_CHANNEL};
 
 /// Any fixed number; identifies the relay's advisory lock.
 const LEADER_LOCK: i64 = 0x636f_7572_7365;
+/// Events per batch.
 const BATCH: i64 = 500;
-const IDLE_POLL: Duration = Duration::from_millis(10);
+/// Batches sent and not yet confirmed (in-process, confirmation waits for the dispatcher's
+/// first attempts, up to its `FIRST_WAIT`).
+const PIPELINE: usize = 32;
+/// How long the relay sleeps with nothing to do when no wake-up comes.
+const FALLBACK: Duration = Duration::from_secs(10);
 
 /// What the relay tells in-process readers (WatchEvents) and operators.
 pub struct Hub {
@@ -31,7 +45,7 @@ pub struct Hub {
     pub watch_buffer: usize,
     /// How long a full buffer may stay full before the stream is closed.
     pub slow_consumer_timeout: Duration,
-    /// Whether the bus is reachable (health reports it).
+    /// Whether the bus is reachable (health reports it); false until it first connects.
     pub bus_connected: watch::Sender<bool>,
 }
 
@@ -41,7 +55,7 @@ impl Default for Hub {
             sequenced: watch::channel(0).0,
             watch_buffer: 1024,
             slow_consumer_timeout: Duration::from_secs(10),
-            bus_connected: watch::channel(true).0,
+            bus_connected: watch::channel(false).0,
         }
     }
 }
@@ -56,19 +70,48 @@ pub struct Relay {
 /// The connection the leader works on (Postgres), or none (SQLite: write transactions).
 struct Lead(Option<AnyConnection>);
 
+/// A batch on the bus, waiting for its confirmation (the confirmations wait, in the same
+/// order, in a `FuturesOrdered`).
+struct Sent {
+    last_position: i64,
+    oldest_created_at: i64,
+    events: u64,
+    started: Instant,
+}
+
+/// Why the relay loop stopped.
+enum Stop {
+    /// The database failed: lead again from scratch.
+    Db(anyhow::Error),
+}
+
+impl From<sqlx::Error> for Stop {
+    fn from(e: sqlx::Error) -> Stop {
+        Stop::Db(e.into())
+    }
+}
+
+impl From<crate::error::ApiError> for Stop {
+    fn from(e: crate::error::ApiError) -> Stop {
+        Stop::Db(anyhow::anyhow!(e.message))
+    }
+}
+
 impl Relay {
     /// Runs until the task is dropped. Errors are logged and retried with backoff.
     pub async fn run(self) {
+        tokio::spawn(follow_bus(self.bus.connected(), self.hub.clone()));
         loop {
             let lead = self.lead().await;
-            if let Err(e) = self.work(lead).await {
-                tracing::warn!(error = %e, "relay lost its database connection; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+            self.db.signals().set_relay_here(true);
+            let Err(Stop::Db(e)) = self.work(lead).await;
+            self.db.signals().set_relay_here(false);
+            tracing::warn!(error = %e, "relay lost its database connection; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
-    /// Waits until this replica leads.
+    /// Waits until this replica leads: Postgres queues us on the advisory lock.
     async fn lead(&self) -> Lead {
         if self.db.backend == Backend::Sqlite {
             return Lead(None);
@@ -76,13 +119,13 @@ impl Relay {
         loop {
             match self.db.pool().acquire().await {
                 Ok(mut conn) => {
-                    let won: Result<bool, _> = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                        .bind(LEADER_LOCK)
-                        .fetch_one(&mut *conn)
-                        .await;
-                    if let Ok(true) = won {
-                        tracing::info!("this replica now relays events");
-                        return Lead(Some(conn.detach()));
+                    let won = sqlx::query("SELECT pg_advisory_lock($1)").bind(LEADER_LOCK).execute(&mut *conn).await;
+                    match won {
+                        Ok(_) => {
+                            tracing::info!("this replica now relays events");
+                            return Lead(Some(conn.detach()));
+                        }
+                        Err(e) => tracing::warn!(error = %e, "relay cannot take the leader lock"),
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "relay cannot reach the database"),
@@ -91,137 +134,212 @@ impl Relay {
         }
     }
 
-    async fn work(&self, mut lead: Lead) -> anyhow::Result<()> {
-        let mut next: i64 = self.exec_scalar(&mut lead, "SELECT COALESCE(MAX(position), 0) FROM events", None).await?;
-        self.hub.sequenced.send_replace(next);
+    async fn work(&self, mut lead: Lead) -> Result<std::convert::Infallible, Stop> {
+        // Other replicas' commits reach us as notifications; ours wake us in-process.
+        let mut listener = match self.db.backend {
+            Backend::Postgres => {
+                let mut l = PgListener::connect(self.db.url()).await?;
+                l.listen(OUTBOX_CHANNEL).await?;
+                Some(l)
+            }
+            Backend::Sqlite => None,
+        };
+        let mut connected = self.bus.connected();
+        let mut positioned: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+            .fetch_one(&mut *self.conn(&mut lead).await?)
+            .await?;
+        self.hub.sequenced.send_replace(positioned);
+        let mut confirmed: i64 = sqlx::query_scalar("SELECT published_position FROM relay_cursor WHERE id = 1")
+            .fetch_one(&mut *self.conn(&mut lead).await?)
+            .await?;
+        let mut sent_upto = confirmed;
+        let mut in_flight: VecDeque<Sent> = VecDeque::new();
+        let mut confirms: FuturesOrdered<Confirm> = FuturesOrdered::new();
         let mut backoff = Duration::from_millis(100);
-        let mut broker_down = false;
-        let mut last_lag = 0;
+        let mut dirty = true;
         loop {
-            let sequenced = self.sequence(&mut lead, next).await?;
-            if sequenced > 0 {
-                next += sequenced;
-                self.hub.sequenced.send_replace(next);
-            }
-            let published = match self.publish(&mut lead).await {
-                Ok(n) => {
-                    if broker_down {
-                        tracing::info!("event bus reachable again; publishing the backlog");
-                        broker_down = false;
-                        self.hub.bus_connected.send_replace(true);
-                        metrics().broker_connected.store(1, Relaxed);
+            // Fill the pipeline: first what was positioned but never confirmed (after a
+            // restart or a bus failure), then new rows while a wake-up says there may be some.
+            while (dirty || sent_upto < positioned) && in_flight.len() < PIPELINE && *connected.borrow() {
+                let rows = if sent_upto < positioned {
+                    self.positioned_after(&mut lead, sent_upto).await?
+                } else {
+                    let rows = self.position_next(&mut lead, positioned).await?;
+                    dirty = rows.len() as i64 == BATCH;
+                    if let Some(last) = rows.last() {
+                        positioned = last.position;
+                        self.hub.sequenced.send_replace(positioned);
                     }
-                    backoff = Duration::from_millis(100);
-                    n
-                }
-                Err(PublishError::Db(e)) => return Err(e),
-                Err(PublishError::Bus(e)) => {
-                    if !broker_down {
-                        tracing::warn!(error = %e, "cannot publish events; they wait in the outbox");
-                        broker_down = true;
-                        self.hub.bus_connected.send_replace(false);
-                        metrics().broker_connected.store(0, Relaxed);
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    0
-                }
-            };
-            let now = self.clock.now_ms();
-            if now - last_lag >= 1000 {
-                last_lag = now;
-                let oldest: Option<i64> = self
-                    .exec_scalar(&mut lead, "SELECT MIN(created_at) FROM events WHERE published_at IS NULL", None)
-                    .await
-                    .ok();
-                metrics().outbox_lag_ms.store(oldest.map_or(0, |t| (now - t).max(0)), Relaxed);
+                    rows
+                };
+                let Some(last) = rows.last() else { break };
+                let batch = Sent {
+                    last_position: last.position,
+                    oldest_created_at: rows.iter().map(|r| r.created_at).min().unwrap_or_default(),
+                    events: rows.len() as u64,
+                    started: Instant::now(),
+                };
+                confirms.push_back(match self.bus.send(rows).await {
+                    Ok(confirm) => confirm,
+                    Err(e) => Box::pin(async move { Err(e) }),
+                });
+                sent_upto = batch.last_position;
+                in_flight.push_back(batch);
             }
-            if sequenced == 0 && published == 0 {
-                tokio::time::sleep(IDLE_POLL).await;
+            self.report_lag(&in_flight);
+            let room = in_flight.len() < PIPELINE;
+            tokio::select! {
+                Some(done) = confirms.next() => {
+                    // Take every confirmation that is already in, then move the cursor once.
+                    let mut done = Some(done);
+                    let mut advanced = false;
+                    while let Some(result) = done.take() {
+                        let sent = in_flight.pop_front().expect("one batch per confirmation");
+                        if let Err(e) = result {
+                            metrics().publish_failures.fetch_add(1, Relaxed);
+                            tracing::warn!(error = %e, "publishing failed; the events wait in the outbox and go again");
+                            // Everything after the cursor goes again, in order.
+                            in_flight.clear();
+                            confirms = FuturesOrdered::new();
+                            sent_upto = confirmed;
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            break;
+                        }
+                        metrics().published(sent.events, sent.started.elapsed().as_millis() as u64);
+                        confirmed = sent.last_position;
+                        advanced = true;
+                        backoff = Duration::from_millis(100);
+                        done = confirms.next().now_or_never().flatten();
+                    }
+                    if advanced {
+                        self.exec(&mut lead, "UPDATE relay_cursor SET published_position = $1 WHERE id = 1", confirmed)
+                            .await?;
+                    }
+                }
+                _ = self.db.signals().outbox.notified(), if room => dirty = true,
+                notified = async { listener.as_mut().expect("guarded").try_recv().await }, if listener.is_some() && room => {
+                    // `None`: the listener reconnected and may have missed notifications.
+                    notified?;
+                    dirty = true;
+                }
+                _ = connected.changed() => dirty = true,
+                _ = tokio::time::sleep(FALLBACK), if confirms.is_empty() => dirty = true,
             }
         }
     }
 
-    /// Gives the next committed, unpositioned rows positions after `after`, in id order.
-    async fn sequence(&self, lead: &mut Lead, after: i64) -> anyhow::Result<i64> {
+    /// The connection reads run on: the leader's, or one from the pool (SQLite).
+    async fn conn<'c>(&self, lead: &'c mut Lead) -> Result<Conn<'c>, Stop> {
+        Ok(match &mut lead.0 {
+            Some(conn) => Conn::Lead(conn),
+            None => Conn::Pooled(self.db.pool().acquire().await?),
+        })
+    }
+
+    /// Gives the next committed, unpositioned rows positions after `after`, in id order, and
+    /// returns them: one statement to find, order and take them.
+    async fn position_next(&self, lead: &mut Lead, after: i64) -> Result<Vec<Outgoing>, Stop> {
         let sql = "UPDATE events SET position = ranked.pos \
-             FROM (SELECT id, $1 + ROW_NUMBER() OVER (ORDER BY id) AS pos FROM events WHERE position IS NULL ORDER BY id LIMIT 1000) AS ranked \
-             WHERE events.id = ranked.id";
-        Ok(self.exec(lead, sql, &[after]).await? as i64)
-    }
-
-    async fn publish(&self, lead: &mut Lead) -> Result<i64, PublishError> {
-        let sql = "SELECT id, org_id, type, created_at, position, body FROM events \
-             WHERE published_at IS NULL AND position IS NOT NULL ORDER BY position LIMIT $1";
+             FROM (SELECT id, $1 + ROW_NUMBER() OVER (ORDER BY id) AS pos FROM events \
+                   WHERE position IS NULL ORDER BY id LIMIT $2) AS ranked \
+             WHERE events.id = ranked.id \
+             RETURNING events.id, events.org_id, events.type, events.created_at, events.position, events.body";
+        let q = sqlx::query(sql).bind(after).bind(BATCH);
         let rows = match &mut lead.0 {
-            Some(conn) => sqlx::query(sql).bind(BATCH).fetch_all(&mut *conn).await,
-            None => sqlx::query(sql).bind(BATCH).fetch_all(self.db.pool()).await,
-        }
-        .map_err(|e| PublishError::Db(e.into()))?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let batch = rows
-            .iter()
-            .map(|r| {
-                Ok(Outgoing {
-                    id: r.try_get("id")?,
-                    org_id: r.try_get("org_id")?,
-                    kind: r.try_get("type")?,
-                    created_at: r.try_get("created_at")?,
-                    position: r.try_get("position")?,
-                    body: r.try_get::<String, _>("body")?.into(),
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(|e| PublishError::Db(e.into()))?;
-        let started = std::time::Instant::now();
-        if let Err(e) = self.bus.publish(&batch).await {
-            metrics().publish_failures.fetch_add(1, Relaxed);
-            return Err(PublishError::Bus(e));
-        }
-        metrics().published(batch.len() as u64, started.elapsed().as_millis() as u64);
-        let (first, last) = (batch[0].position, batch[batch.len() - 1].position);
-        let now = self.clock.now_ms();
-        self.exec(
-            lead,
-            "UPDATE events SET published_at = $1 WHERE position >= $2 AND position <= $3 AND published_at IS NULL",
-            &[now, first, last],
-        )
-        .await
-        .map_err(PublishError::Db)?;
-        Ok(batch.len() as i64)
-    }
-
-    async fn exec(&self, lead: &mut Lead, sql: &'static str, binds: &[i64]) -> anyhow::Result<u64> {
-        let mut q = sqlx::query(sql);
-        for b in binds {
-            q = q.bind(*b);
-        }
-        Ok(match &mut lead.0 {
-            Some(conn) => q.execute(&mut *conn).await?.rows_affected(),
+            Some(conn) => q.fetch_all(&mut *conn).await?,
             None => {
-                let mut tx = self.db.begin().await.map_err(|e| anyhow::anyhow!(e.message))?;
-                let n = q.execute(&mut *tx).await?.rows_affected();
-                tx.commit().await.map_err(|e| anyhow::anyhow!(e.message))?;
-                n
+                let mut tx = self.db.begin_quiet().await?;
+                let rows = q.fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                rows
             }
-        })
+        };
+        let mut out = rows.iter().map(outgoing).collect::<Result<Vec<_>, _>>()?;
+        out.sort_by_key(|o| o.position);
+        Ok(out)
     }
 
-    async fn exec_scalar(&self, lead: &mut Lead, sql: &'static str, bind: Option<i64>) -> anyhow::Result<i64> {
-        let mut q = sqlx::query_scalar::<_, i64>(sql);
-        if let Some(b) = bind {
-            q = q.bind(b);
+    /// Rows already positioned after `after` (sent before, not confirmed).
+    async fn positioned_after(&self, lead: &mut Lead, after: i64) -> Result<Vec<Outgoing>, Stop> {
+        let rows = sqlx::query(
+            "SELECT id, org_id, type, created_at, position, body FROM events \
+             WHERE position > $1 ORDER BY position LIMIT $2",
+        )
+        .bind(after)
+        .bind(BATCH)
+        .fetch_all(&mut *self.conn(lead).await?)
+        .await?;
+        Ok(rows.iter().map(outgoing).collect::<Result<Vec<_>, _>>()?)
+    }
+
+    async fn exec(&self, lead: &mut Lead, sql: &'static str, value: i64) -> Result<(), Stop> {
+        let q = sqlx::query(sql).bind(value);
+        match &mut lead.0 {
+            Some(conn) => {
+                q.execute(&mut *conn).await?;
+            }
+            None => {
+                let mut tx = self.db.begin_quiet().await?;
+                q.execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
         }
-        Ok(match &mut lead.0 {
-            Some(conn) => q.fetch_one(&mut *conn).await?,
-            None => q.fetch_one(self.db.pool()).await?,
-        })
+        Ok(())
+    }
+
+    /// Outbox lag: the age of the oldest event sent and not yet confirmed (0 when none).
+    fn report_lag(&self, in_flight: &VecDeque<Sent>) {
+        let oldest = in_flight.iter().map(|s| s.oldest_created_at).min();
+        let lag = oldest.map_or(0, |t| (self.clock.now_ms() - t).max(0));
+        metrics().outbox_lag_ms.store(lag, Relaxed);
     }
 }
 
-enum PublishError {
-    Db(anyhow::Error),
-    Bus(anyhow::Error),
+/// The connection a relay statement runs on: the leader's, or one from the pool (SQLite).
+enum Conn<'a> {
+    Lead(&'a mut AnyConnection),
+    Pooled(sqlx::pool::PoolConnection<sqlx::Any>),
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match self {
+            Conn::Lead(c) => c,
+            Conn::Pooled(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match self {
+            Conn::Lead(c) => c,
+            Conn::Pooled(c) => c,
+        }
+    }
+}
+
+fn outgoing(r: &sqlx::any::AnyRow) -> Result<Outgoing, sqlx::Error> {
+    Ok(Outgoing {
+        id: r.try_get("id")?,
+        org_id: r.try_get("org_id")?,
+        kind: r.try_get("type")?,
+        created_at: r.try_get("created_at")?,
+        position: r.try_get("position")?,
+        body: r.try_get::<String, _>("body")?.into(),
+    })
+}
+
+/// Mirrors the bus's state into health and the `coursewire_broker_connected` gauge.
+async fn follow_bus(mut connected: watch::Receiver<bool>, hub: Arc<Hub>) {
+    loop {
+        let now = *connected.borrow_and_update();
+        hub.bus_connected.send_replace(now);
+        metrics().broker_connected.store(i64::from(now), Relaxed);
+        if connected.changed().await.is_err() {
+            return;
+        }
+    }
 }

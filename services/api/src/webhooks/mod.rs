@@ -95,26 +95,19 @@ fn bind_settings<'q>(q: Query<'q>, w: &'q Webhook, sealed_headers: String) -> Ap
         .bind(i64::from(w.max_concurrency)))
 }
 
-async fn set_state(
-    tx: &mut Tx,
-    org: &str,
-    id: &str,
-    disabled_at: Option<i64>,
-    reason: &str,
-    now: i64,
-) -> ApiResult<()> {
+/// Enables an endpoint: its parked deliveries are due again, and dispatchers reload it.
+async fn enable(tx: &mut Tx, org: &str, id: &str, now: i64) -> ApiResult<()> {
     sqlx::query(
-        "UPDATE webhook_endpoints SET disabled_at = $3, disabled_reason = $4, failing_since = NULL, updated_at = $5, \
+        "UPDATE webhook_endpoints SET disabled_at = NULL, disabled_reason = '', failing_since = NULL, updated_at = $3, \
          sequence = sequence + 1 WHERE id = $1 AND org_id = $2",
     )
     .bind(id)
     .bind(org)
-    .bind(disabled_at)
-    .bind(reason)
     .bind(now)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    endpoint::park_deliveries(tx, id, false, now).await?;
+    endpoint::changed(tx, org).await
 }
 
 #[tonic::async_trait]
@@ -163,6 +156,7 @@ impl WebhookService for WebhookApi {
             .execute(&mut *tx)
             .await
             .map_err(ApiError::from)?;
+        endpoint::changed(&mut tx, who.org()).await?;
         let out = CreateWebhookResponse { webhook: Some(w), secret };
         let stored = CreateWebhookResponse { secret: String::new(), ..out.clone() };
         Idempotency::save(&idem, &mut tx, &stored, now).await?;
@@ -243,6 +237,7 @@ impl WebhookService for WebhookApi {
         if done.rows_affected() != 1 {
             return Err(ApiError::etag_mismatch("webhook").into());
         }
+        endpoint::changed(&mut tx, who.org()).await?;
         tx.commit().await?;
         w.etag = etag(seq + 1);
         w.updated_at = Some(to_timestamp(now));
@@ -263,6 +258,7 @@ impl WebhookService for WebhookApi {
         ] {
             sqlx::query(sql).bind(&r.id).execute(&mut *tx).await.map_err(ApiError::from)?;
         }
+        endpoint::changed(&mut tx, who.org()).await?;
         tx.commit().await?;
         Ok(Response::new(Empty {}))
     }
@@ -301,6 +297,7 @@ impl WebhookService for WebhookApi {
         .execute(&mut *tx)
         .await
         .map_err(ApiError::from)?;
+        endpoint::changed(&mut tx, who.org()).await?;
         let shown = self.secrets(&mut tx, who.org(), id, now).await?;
         tx.commit().await?;
         Ok(Response::new(shown))
@@ -312,8 +309,9 @@ impl WebhookService for WebhookApi {
         check("id", id)?;
         let now = self.0.clock.now_ms();
         let mut tx = self.0.db.begin().await?;
+        tx.wake_dispatchers();
         fetch(&mut tx, who.org(), id).await?;
-        set_state(&mut tx, who.org(), id, None, "", now).await?;
+        enable(&mut tx, who.org(), id, now).await?;
         let (w, _) = fetch(&mut tx, who.org(), id).await?;
         tx.commit().await?;
         Ok(Response::new(w))
@@ -342,6 +340,7 @@ impl WebhookService for WebhookApi {
         check("id", id)?;
         let now = self.0.clock.now_ms();
         let mut tx = self.0.db.begin().await?;
+        tx.wake_dispatchers();
         let (w, _) = fetch(&mut tx, who.org(), id).await?;
         if w.disabled {
             return Err(disabled_error(id).into());
@@ -476,16 +475,18 @@ impl WebhookService for WebhookApi {
         check_delivery("id", id)?;
         let now = self.0.clock.now_ms();
         let mut tx = self.0.db.begin().await?;
+        tx.wake_dispatchers();
         let d = deliveries::fetch(&mut tx, who.org(), id).await?;
         let (w, _) = fetch(&mut tx, who.org(), &d.webhook_id).await?;
         if w.disabled {
             return Err(disabled_error(&w.id).into());
         }
         // A pending delivery keeps its schedule and is only brought forward; a finished one
-        // gets exactly one more attempt.
+        // gets exactly one more attempt; one being attempted right now is left to that attempt.
         sqlx::query(
             "UPDATE webhook_deliveries SET single_attempt = CASE WHEN state = 'pending' THEN single_attempt ELSE 1 END, \
-             state = 'pending', next_attempt_at = $2, updated_at = $2 WHERE id = $1",
+             state = 'pending', next_attempt_at = $2, updated_at = $2 \
+             WHERE id = $1 AND NOT (state = 'pending' AND lease_owner <> '')",
         )
         .bind(id)
         .bind(now)
@@ -514,6 +515,7 @@ impl WebhookService for WebhookApi {
         v.finish()?;
         let start = start.unwrap_or_default();
         let mut tx = self.0.db.begin().await?;
+        tx.wake_dispatchers();
         let (w, _) = fetch(&mut tx, who.org(), &r.webhook_id).await?;
         if w.disabled {
             return Err(disabled_error(&w.id).into());

@@ -1,8 +1,13 @@
 //! Where the relay hands events: RabbitMQ in production, or an in-process channel that the
 //! embedded dispatcher reads. Both sit behind one trait, so both modes share the relay.
+//!
+//! Sending is split from confirming: `send` puts a batch on its way (after every earlier
+//! batch) and returns the wait for its confirmation, so the relay can send the next batch
+//! while the bus is still confirming this one.
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot};
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// One outbox row on its way out.
 #[derive(Clone, Debug)]
@@ -16,12 +21,16 @@ pub struct Outgoing {
     pub body: Arc<str>,
 }
 
+/// Resolves once every event of a sent batch is durably accepted (RabbitMQ: confirmed).
+pub type Confirm = BoxFuture<'static, anyhow::Result<()>>;
+
 #[async_trait::async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Returns once every event of the batch is safely accepted (for RabbitMQ: confirmed).
-    async fn publish(&self, batch: &[Outgoing]) -> anyhow::Result<()>;
-    /// True while the bus can accept events (for health and metrics).
-    fn connected(&self) -> bool;
+    /// Sends `batch` after every batch sent before it; the returned future resolves when the
+    /// bus has accepted all of it. An error (here or from the future) means "send again".
+    async fn send(&self, batch: Vec<Outgoing>) -> anyhow::Result<Confirm>;
+    /// Whether the bus can take events now; it changes as connections come and go.
+    fn connected(&self) -> watch::Receiver<bool>;
 }
 
 /// A batch handed to the in-process subscriber; it answers on `accepted` once the events
@@ -33,20 +42,22 @@ pub struct Handoff {
 }
 
 /// The embedded default: events go to one in-process subscriber (the dispatcher).
-#[derive(Default)]
 pub struct InProcessBus {
     subscriber: Mutex<Option<mpsc::Sender<Handoff>>>,
+    connected: watch::Sender<bool>,
 }
 
 impl InProcessBus {
     pub fn new() -> Arc<Self> {
-        Arc::new(InProcessBus::default())
+        Arc::new(InProcessBus { subscriber: Mutex::default(), connected: watch::channel(true).0 })
     }
 
     /// Makes the caller the subscriber (replacing any earlier one). Until someone
-    /// subscribes, publishing succeeds at once: the event log keeps every event.
+    /// subscribes, sending succeeds at once: the event log keeps every event.
     pub fn subscribe(&self) -> mpsc::Receiver<Handoff> {
-        let (tx, rx) = mpsc::channel(4);
+        // Batches in flight: the relay sends the next while the dispatcher works on one (the
+        // relay bounds how many wait for an answer).
+        let (tx, rx) = mpsc::channel(64);
         *self.subscriber.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         rx
     }
@@ -54,20 +65,22 @@ impl InProcessBus {
 
 #[async_trait::async_trait]
 impl Bus for InProcessBus {
-    async fn publish(&self, batch: &[Outgoing]) -> anyhow::Result<()> {
+    async fn send(&self, batch: Vec<Outgoing>) -> anyhow::Result<Confirm> {
         let subscriber = self.subscriber.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(subscriber) = subscriber else {
-            return Ok(());
+            return Ok(Box::pin(async { Ok(()) }));
         };
         let (accepted, answer) = oneshot::channel();
         subscriber
-            .send(Handoff { events: batch.to_vec(), accepted })
+            .send(Handoff { events: batch, accepted })
             .await
             .map_err(|_| anyhow::anyhow!("the in-process dispatcher stopped"))?;
-        answer.await.map_err(|_| anyhow::anyhow!("the in-process dispatcher did not accept the events"))
+        Ok(Box::pin(async move {
+            answer.await.map_err(|_| anyhow::anyhow!("the in-process dispatcher did not accept the events"))
+        }))
     }
 
-    fn connected(&self) -> bool {
-        true
+    fn connected(&self) -> watch::Receiver<bool> {
+        self.connected.subscribe()
     }
 }

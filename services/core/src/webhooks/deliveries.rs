@@ -7,6 +7,9 @@ use crate::ids::new_id;
 pub const PENDING: &str = "pending";
 pub const SUCCEEDED: &str = "succeeded";
 pub const FAILED: &str = "failed";
+/// The `next_attempt_at` of deliveries waiting for their disabled endpoint (9999-12-31):
+/// beyond every claim, until the endpoint is enabled.
+pub const PARKED: i64 = 253_402_300_799_000;
 
 /// One event for one endpoint, due at once.
 pub struct NewDelivery<'a> {
@@ -28,7 +31,7 @@ pub async fn insert(conn: &mut AnyConnection, rows: &[NewDelivery<'_>], now: i64
     for chunk in rows.chunks(INSERT_CHUNK) {
         let mut sql = String::from(
             "INSERT INTO webhook_deliveries (id, org_id, endpoint_id, event_id, event_type, origin, state, attempts, \
-             single_attempt, next_attempt_at, lease_until, last_status, last_error, created_at, updated_at) VALUES ",
+             single_attempt, next_attempt_at, lease_owner, last_status, last_error, created_at, updated_at) VALUES ",
         );
         for i in 0..chunk.len() {
             let p = i * 6;
@@ -36,7 +39,7 @@ pub async fn insert(conn: &mut AnyConnection, rows: &[NewDelivery<'_>], now: i64
                 sql.push(',');
             }
             sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, 'pending', 0, 0, ${n}, 0, 0, '', ${n}, ${n})",
+                "(${}, ${}, ${}, ${}, ${}, ${}, 'pending', 0, 0, ${n}, '', 0, '', ${n}, ${n})",
                 p + 1,
                 p + 2,
                 p + 3,

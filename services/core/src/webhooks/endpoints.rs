@@ -13,6 +13,7 @@ use crate::events::{self, Change};
 use crate::secrets::{Keyring, OpenError};
 use crate::store::Db;
 use crate::validate::Violations;
+use crate::webhooks::deliveries::PARKED;
 
 /// How long a rotated-out secret keeps signing.
 pub const ROTATION_OVERLAP_MS: i64 = 24 * 3_600_000;
@@ -86,6 +87,31 @@ pub fn wants(filters: &[String], kind: &str) -> bool {
         })
 }
 
+/// Records that the organization's endpoints changed (in the caller's transaction):
+/// dispatchers cache endpoints and reload an organization's when its version moved.
+pub async fn changed(conn: &mut AnyConnection, org: &str) -> ApiResult<()> {
+    sqlx::query("UPDATE organizations SET webhooks_version = webhooks_version + 1 WHERE id = $1")
+        .bind(org)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Parks an endpoint's pending deliveries while it is disabled (claims never look at them),
+/// or, with `park == false`, makes them due now again.
+pub async fn park_deliveries(conn: &mut AnyConnection, id: &str, park: bool, now: i64) -> ApiResult<()> {
+    let sql = if park {
+        "UPDATE webhook_deliveries SET next_attempt_at = $2 WHERE endpoint_id = $1 AND state = 'pending' \
+         AND lease_owner = '' AND $3 > 0"
+    } else {
+        "UPDATE webhook_deliveries SET next_attempt_at = $2 WHERE endpoint_id = $1 AND state = 'pending' \
+         AND next_attempt_at >= $3"
+    };
+    let at = if park { PARKED } else { now };
+    sqlx::query(sql).bind(id).bind(at).bind(PARKED).execute(conn).await?;
+    Ok(())
+}
+
 /// The sealed headers stored for an endpoint.
 pub async fn stored_headers(conn: &mut AnyConnection, id: &str) -> ApiResult<SealedHeaders> {
     let text: String =
@@ -123,7 +149,10 @@ pub async fn disable(conn: &mut AnyConnection, org: &str, id: &str, reason: &str
         "disabled_at": crate::clock::rfc3339(now),
     });
     let sequence: i64 = row.try_get("event_sequence")?;
-    events::record(conn, Change { org, kind: "webhook.disabled", resource_id: id, sequence, data: &data, now }).await?;
+    events::record(&mut *conn, Change { org, kind: "webhook.disabled", resource_id: id, sequence, data: &data, now })
+        .await?;
+    park_deliveries(&mut *conn, id, true, now).await?;
+    changed(conn, org).await?;
     Ok(true)
 }
 
@@ -145,7 +174,7 @@ pub async fn reseal(db: &Db, keyring: &Keyring, legacy_only: bool) -> anyhow::Re
         .await?;
         let Some(last) = rows.last() else { return Ok(resealed) };
         after = last.try_get("id")?;
-        let mut tx = db.begin().await.map_err(|e| anyhow::anyhow!(e.message))?;
+        let mut tx = db.begin_quiet().await.map_err(|e| anyhow::anyhow!(e.message))?;
         for r in &rows {
             let id: String = r.try_get("id")?;
             let secret: String = r.try_get("secret")?;

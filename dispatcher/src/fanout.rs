@@ -1,0 +1,149 @@
+//! First attempts, straight from intake. A batch of events is matched against the cached
+//! endpoints; every delivery whose endpoint lane has room (or room in its queue) is attempted
+//! at once; after the attempts finish (or `FIRST_WAIT` passes) the batch's deliveries are
+//! written in one go — finished ones with their attempt, unfinished ones leased to us, and
+//! those whose lane was full due now for a claim — and only then is the batch acknowledged.
+//! A crash before that write means the bus hands the events again and they are sent again
+//! with the same `webhook-id` (at least once); a redelivered event is first checked against
+//! the deliveries already written.
+use std::sync::Arc;
+use std::time::Duration;
+
+use coursewire_core::ids::new_id;
+use tokio::sync::{oneshot, watch};
+
+use crate::lanes::Admit;
+use crate::queue::{self, Claimed, Fresh, Outcome};
+use crate::schedule::Next;
+use crate::{Inner, Job, Report};
+
+/// How long a batch waits for its first attempts before it is written anyway (the rest are
+/// written as in flight and recorded when they end).
+const FIRST_WAIT: Duration = Duration::from_millis(100);
+
+/// One event from the bus.
+#[derive(Debug)]
+pub struct Incoming {
+    pub id: String,
+    pub kind: String,
+    pub org: String,
+    /// The §6 envelope, exactly as stored: what is posted.
+    pub body: Arc<str>,
+    /// The bus handed it before (an earlier intake may have written its deliveries).
+    pub redelivered: bool,
+}
+
+/// What happened to one delivery of the batch so far.
+enum Pending {
+    Attempting(Claimed, oneshot::Receiver<Outcome>),
+    Waiting(Claimed),
+}
+
+/// Sends the first attempts of `events` and writes their deliveries; returns once the batch
+/// is written (the caller then acknowledges it). Returns how many deliveries were made.
+pub async fn first_attempts(inner: &Arc<Inner>, events: &[Incoming]) -> anyhow::Result<usize> {
+    // Test events are addressed to one endpoint when they are created (SendTestEvent).
+    let events: Vec<&Incoming> = events.iter().filter(|e| e.kind != "webhook.test").collect();
+    let mut orgs: Vec<&str> = events.iter().map(|e| e.org.as_str()).collect();
+    orgs.sort_unstable();
+    orgs.dedup();
+    let shared = &inner.shared;
+    inner.cache.refresh(&shared.db, &shared.secrets, &orgs).await?;
+    let redelivered: Vec<&str> = events.iter().filter(|e| e.redelivered).map(|e| e.id.as_str()).collect();
+    let written =
+        if redelivered.is_empty() { Default::default() } else { queue::existing(&shared.db, &redelivered).await? };
+
+    let (done, written_rx) = watch::channel(None);
+    let mut pending = Vec::new();
+    let mut kinds = Vec::new();
+    for e in &events {
+        for endpoint in inner.cache.matching(&e.org, &e.kind) {
+            if written.contains(&(endpoint.id.clone(), e.id.clone())) {
+                continue;
+            }
+            let delivery = Claimed {
+                id: new_id("dlv"),
+                org: e.org.clone(),
+                endpoint_id: endpoint.id.clone(),
+                event_id: e.id.clone(),
+                attempts: 0,
+                single: false,
+            };
+            kinds.push(e.kind.as_str());
+            let (report, outcome) = oneshot::channel();
+            let job = Job {
+                delivery: delivery.clone(),
+                endpoint: endpoint.clone(),
+                body: e.body.clone(),
+                report: Report::First(report, written_rx.clone()),
+            };
+            let (cap, rate) = (endpoint.max_concurrency, endpoint.max_rate);
+            pending.push(match inner.lanes.admit(&endpoint.id, cap, rate, job) {
+                Admit::Start(job) => {
+                    inner.launch(job);
+                    Pending::Attempting(delivery, outcome)
+                }
+                Admit::Queued => Pending::Attempting(delivery, outcome),
+                Admit::Full(_) => Pending::Waiting(delivery),
+            });
+        }
+    }
+    if pending.is_empty() {
+        return Ok(0);
+    }
+
+    // Wait for the attempts, up to FIRST_WAIT; whatever is still running is written as ours.
+    let deadline = tokio::time::Instant::now() + FIRST_WAIT;
+    let mut rows = Vec::with_capacity(pending.len());
+    for p in pending {
+        rows.push(match p {
+            Pending::Waiting(d) => Fresh::Waiting(d),
+            Pending::Attempting(d, mut outcome) => match tokio::time::timeout_at(deadline, &mut outcome).await {
+                Ok(Ok(o)) => Fresh::Done(o),
+                // Still running (or it ended just now and went the late way): ours, leased.
+                _ => {
+                    outcome.close();
+                    match outcome.try_recv() {
+                        Ok(o) => Fresh::Done(o),
+                        Err(_) => Fresh::InFlight(d),
+                    }
+                }
+            },
+        });
+    }
+    let now = shared.clock.now_ms();
+    let in_flight: Vec<String> =
+        rows.iter().filter_map(|r| if let Fresh::InFlight(d) = r { Some(d.id.clone()) } else { None }).collect();
+    inner.hold(&in_flight);
+    let result = queue::insert_fresh(
+        &shared.db,
+        &inner.me,
+        &rows,
+        &kinds,
+        now,
+        inner.lease_until(now),
+        inner.disable_after_ms(),
+    )
+    .await;
+    // Attempts that outlast the batch now report to the recorder (or, if the batch was not
+    // written, are dropped: the events come again).
+    let _ = done.send(Some(result.is_ok()));
+    match result {
+        Ok(disabled) => {
+            for id in disabled {
+                tracing::warn!(endpoint = %id, "webhook endpoint disabled");
+            }
+            inner.count(rows.iter().filter_map(|r| if let Fresh::Done(o) = r { Some(o) } else { None }));
+            let final_outcome = |r: &Fresh| matches!(r, Fresh::Done(o) if !matches!(o.next, Next::RetryAt(_)));
+            if !rows.iter().all(final_outcome) {
+                // Retries, and deliveries due now (full lanes), are for the claim loop.
+                shared.wake.notify_one();
+            }
+            Ok(rows.len())
+        }
+        Err(e) => {
+            inner.unhold(&in_flight);
+            Err(e)
+        }
+    }
+}
