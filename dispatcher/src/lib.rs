@@ -160,7 +160,8 @@ impl Dispatcher {
         Ok(Dispatcher(Arc::new(Inner {
             shared,
             config,
-            me: coursewire_core::ids::new_id("dsp"),
+            // Which process holds a lease, for operators (and the kill test): pid, then unique.
+            me: format!("{}-{}", std::process::id(), coursewire_core::ids::new_id("dsp")),
             sender,
             lanes,
             cache: Cache::default(),

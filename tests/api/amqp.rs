@@ -188,6 +188,45 @@ fn check_order(got: &[Received], enrollments: usize) -> usize {
     duplicates
 }
 
+/// The API's bus connects and declares the topology at start, with no event written yet (an
+/// internal service may bind its own queue first, as docs/events.md tells it to), and health
+/// says whether the broker is reachable from the first moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_topology_is_declared_at_start_and_health_tells_the_truth() {
+    let Some(url) = amqp_url() else { return };
+    let proxy = Proxy::start(&broker_addr(&url)).await;
+    proxy.set_cut(true);
+    let t = topology(&url.replacen(&broker_addr(&url), &format!("127.0.0.1:{}", proxy.port), 1));
+    let h = amqp_harness(Backend::Sqlite, AmqpBus::start(t.clone())).await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel());
+    let broker = |health: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>| {
+        let mut health = health.clone();
+        async move {
+            let req = tonic_health::pb::HealthCheckRequest { service: "coursewire.broker".into() };
+            health.check(req).await.unwrap().into_inner().status
+        }
+    };
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_ne!(broker(&mut health).await, serving, "never reached the broker: not serving");
+    h.clients().account.ping(PingRequest {}).await.expect("the API serves without the broker");
+
+    proxy.set_cut(false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while broker(&mut health).await != serving {
+        assert!(tokio::time::Instant::now() < deadline, "the broker came back but health did not say so");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h.count("events").await, 0);
+    let connection = Connection::connect(&url, ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let passive = lapin::options::ExchangeDeclareOptions { passive: true, ..Default::default() };
+    channel
+        .exchange_declare(t.exchange.as_str().into(), lapin::ExchangeKind::Topic, passive, FieldTable::default())
+        .await
+        .expect("the exchange exists before the first event");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_loses_nothing() {
     let Some(url) = amqp_url() else { return };

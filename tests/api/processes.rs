@@ -110,86 +110,208 @@ async fn all_in_one_delivers_to_the_readme_python_receiver() {
     assert!(status.success(), "SIGTERM exits cleanly: {status}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_dispatchers_lose_nothing_when_one_is_killed() {
-    let (Ok(pg), Ok(amqp)) = (std::env::var("COURSEWIRE_TEST_DATABASE_URL"), std::env::var("COURSEWIRE_TEST_AMQP_URL"))
-    else {
-        assert!(!require_services(), "COURSEWIRE_TEST_DATABASE_URL and COURSEWIRE_TEST_AMQP_URL are required");
-        return;
-    };
-    let db = crate::harness::TestDatabase::create(&pg).await;
-    let suffix = ulid::Ulid::new().to_string().to_lowercase();
-    let (exchange, queue) = (format!("cwtest.{suffix}.events"), format!("cwtest.{suffix}.dispatcher"));
-    let secrets_key = secrets_key();
-    let common = |cmd: &mut Command| {
-        cmd.env_remove("COURSEWIRE_REDIS_URL")
-            .args(["--database-url", &db.url, "--amqp-url", &amqp, "--secrets-key", &secrets_key])
-            .args(["--amqp-exchange", &exchange, "--amqp-queue", &queue])
-            .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
-            .args(["--webhook-allow-private-targets", "--webhook-timeout", "2s"]);
-    };
-    let bin = env!("CARGO_BIN_EXE_coursewire");
-    let out = Command::new(bin).args(["orgs", "create", "acme", "--database-url", &db.url]).output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let out = Command::new(bin).args(["keys", "create", "--org", "acme", "--database-url", &db.url]).output().unwrap();
-    let key = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string();
+/// `coursewire api` and two `coursewire-dispatcher`s on a fresh Postgres database and
+/// RabbitMQ names of their own, with an organization and key made by the CLI.
+struct Cluster {
+    db: crate::harness::TestDatabase,
+    port: u16,
+    key: String,
+    _api: Process,
+    dispatchers: Vec<Process>,
+    /// Starts another `coursewire api` on the same database and RabbitMQ; returns its port.
+    replica: Box<dyn Fn() -> (Process, u16) + Send>,
+}
 
-    let port = free_port();
-    let mut api = Command::new(bin);
-    common(&mut api);
-    api.args(["api", "--listen", &format!("127.0.0.1:{port}"), "--rate-limits", "100000/1m"]);
-    let (_api, _) = spawn(api, "listening");
-    let mut dispatchers = Vec::new();
-    for _ in 0..2 {
-        let mut d = Command::new(dispatcher_bin());
-        common(&mut d);
-        dispatchers.push(spawn(d, "consuming events").0);
-    }
-
-    let mut c = clients(port, &key).await;
-    // Two endpoints × 500 events = 1,000 deliveries; each answer takes 10 ms and each
-    // endpoint takes 4 at a time, so the deliveries take a few seconds.
-    let receiver = Receiver::start(|_| Reply { delay: Duration::from_millis(10), ..Reply::status(204) }).await;
-    for path in ["a", "b"] {
-        let w = Webhook {
-            url: format!("{}?{path}", receiver.url),
-            event_types: vec!["user.created".into()],
-            max_concurrency: 4,
-            ..Default::default()
+impl Cluster {
+    async fn start(retry_schedule: &str) -> Option<Cluster> {
+        let (Ok(pg), Ok(amqp)) =
+            (std::env::var("COURSEWIRE_TEST_DATABASE_URL"), std::env::var("COURSEWIRE_TEST_AMQP_URL"))
+        else {
+            assert!(!require_services(), "COURSEWIRE_TEST_DATABASE_URL and COURSEWIRE_TEST_AMQP_URL are required");
+            return None;
         };
-        c.webhooks.create_webhook(CreateWebhookRequest { webhook: Some(w), request_id: String::new() }).await.unwrap();
-    }
-    let mut writer = clients(port, &key).await;
-    let writes = tokio::spawn(async move {
-        for i in 0..500 {
-            crate::fixtures::user(&mut writer, &format!("learner{i}@example.com")).await;
+        let db = crate::harness::TestDatabase::create(&pg).await;
+        let suffix = ulid::Ulid::new().to_string().to_lowercase();
+        let (exchange, queue) = (format!("cwtest.{suffix}.events"), format!("cwtest.{suffix}.dispatcher"));
+        let secrets_key = secrets_key();
+        let common = |cmd: &mut Command| {
+            cmd.env_remove("COURSEWIRE_REDIS_URL")
+                .args(["--database-url", &db.url, "--amqp-url", &amqp, "--secrets-key", &secrets_key])
+                .args(["--amqp-exchange", &exchange, "--amqp-queue", &queue])
+                .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+                .args(["--webhook-allow-private-targets", "--webhook-timeout", "2s"])
+                .args(["--webhook-retry-schedule", retry_schedule]);
+        };
+        let bin = env!("CARGO_BIN_EXE_coursewire");
+        let out = Command::new(bin).args(["orgs", "create", "acme", "--database-url", &db.url]).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let out =
+            Command::new(bin).args(["keys", "create", "--org", "acme", "--database-url", &db.url]).output().unwrap();
+        let key = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string();
+        let args: Vec<String> = {
+            let mut probe = Command::new(bin);
+            common(&mut probe);
+            probe.get_args().map(|a| a.to_string_lossy().into_owned()).collect()
+        };
+        let api = move || {
+            let port = free_port();
+            let mut api = Command::new(bin);
+            api.env_remove("COURSEWIRE_REDIS_URL").args(&args);
+            api.args(["api", "--listen", &format!("127.0.0.1:{port}"), "--rate-limits", "100000/1m"]);
+            (spawn(api, "listening").0, port)
+        };
+        let (first, port) = api();
+        let mut dispatchers = Vec::new();
+        for _ in 0..2 {
+            let mut d = Command::new(dispatcher_bin());
+            common(&mut d);
+            dispatchers.push(spawn(d, "consuming events").0);
         }
-    });
-    receiver.wait_for(200, Duration::from_secs(30)).await;
-    let victim = dispatchers.remove(0);
-    Command::new("kill").arg("-KILL").arg(victim.0.id().to_string()).status().unwrap();
-    drop(victim);
-    let at_kill = receiver.received().len();
-    assert!(at_kill < 1000, "the kill came mid-way ({at_kill} requests had arrived)");
-    writes.await.unwrap();
+        Some(Cluster { db, port, key, _api: first, dispatchers, replica: Box::new(api) })
+    }
 
-    // Leases of the killed dispatcher lapse (6 × timeout + 5 s) and the survivor retakes them.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let seen = loop {
-        // One delivery is one event at one endpoint (the endpoints differ in their query).
+    /// Endpoints for `user.created` at `receiver`, told apart by their query (`?a`, `?b`, …).
+    async fn endpoints(&self, receiver: &Receiver, paths: &[&str], max_concurrency: i32) {
+        let mut c = clients(self.port, &self.key).await;
+        for path in paths {
+            let w = Webhook {
+                url: format!("{}?{path}", receiver.url),
+                event_types: vec!["user.created".into()],
+                max_concurrency,
+                ..Default::default()
+            };
+            let create = CreateWebhookRequest { webhook: Some(w), request_id: String::new() };
+            c.webhooks.create_webhook(create).await.unwrap();
+        }
+    }
+
+    /// Creates `n` users (one `user.created` event each), in the background.
+    async fn users(&self, n: usize) -> tokio::task::JoinHandle<()> {
+        let mut writer = clients(self.port, &self.key).await;
+        tokio::spawn(async move {
+            for i in 0..n {
+                crate::fixtures::user(&mut writer, &format!("learner{i}@example.com")).await;
+            }
+        })
+    }
+}
+
+/// A write through an API replica that does not relay reaches the bus at once: its commit
+/// notifies the leading relay (LISTEN/NOTIFY), which would otherwise look only every 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_does_not_relay_wakes_the_one_that_does() {
+    let Some(cluster) = Cluster::start("5s").await else { return };
+    let receiver = Receiver::ok().await;
+    cluster.endpoints(&receiver, &["a"], 0).await;
+    // The first API took the relay's lock as it started; this one waits for it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_replica, port) = (cluster.replica)();
+    let mut c = clients(port, &cluster.key).await;
+    for i in 0..5 {
+        let started = Instant::now();
+        crate::fixtures::user(&mut c, &format!("via-replica{i}@example.com")).await;
+        receiver.wait_for(i + 1, Duration::from_secs(5)).await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "write {i} took {took:?} to arrive: the relay was not woken");
+    }
+}
+
+/// Requests per (webhook-id, endpoint) once `expected` distinct deliveries arrived.
+async fn requests_per_delivery(
+    receiver: &Receiver,
+    expected: usize,
+    within: Duration,
+) -> HashMap<(String, String), usize> {
+    let deadline = Instant::now() + within;
+    loop {
         let mut seen: HashMap<(String, String), usize> = HashMap::new();
         for r in receiver.received() {
             *seen.entry((r.header("webhook-id").to_string(), r.uri.clone())).or_default() += 1;
         }
-        if seen.len() >= 1000 {
-            break seen;
+        if seen.len() >= expected {
+            return seen;
         }
-        assert!(Instant::now() < deadline, "only {} of 1,000 deliveries arrived", seen.len());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let total: usize = seen.values().sum();
-    eprintln!("all 1,000 deliveries arrived ({at_kill} requests before the kill); {} duplicates", total - 1000);
+        assert!(Instant::now() < deadline, "only {} of {expected} deliveries arrived", seen.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// No faults, two dispatchers: each delivery is sent exactly as often as its answers ask —
+/// once at `?a`, twice at `?b` (a 500, then the retry) — never once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dispatchers_send_each_attempt_exactly_once() {
+    let Some(cluster) = Cluster::start("300ms").await else { return };
+    // `?b` fails every event's first request; its retry (300 ms later, ±20%) succeeds. Both
+    // endpoints take 4 at a time, so many deliveries wait and are claimed, by either dispatcher.
+    let first_seen = std::sync::Mutex::new(std::collections::HashSet::new());
+    let receiver = Receiver::start_with(move |r: &crate::receiver::Received| {
+        let fresh = r.uri.ends_with("?b") && first_seen.lock().unwrap().insert(r.header("webhook-id").to_string());
+        Reply { delay: Duration::from_millis(5), ..Reply::status(if fresh { 500 } else { 204 }) }
+    })
+    .await;
+    cluster.endpoints(&receiver, &["a", "b"], 4).await;
+    cluster.users(500).await.await.unwrap();
+    requests_per_delivery(&receiver, 1000, Duration::from_secs(60)).await;
+    // Let any stray duplicate arrive before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = requests_per_delivery(&receiver, 1000, Duration::ZERO).await;
+    let wrong: Vec<_> = seen.iter().filter(|((_, uri), n)| **n != if uri.ends_with("?b") { 2 } else { 1 }).collect();
     assert_eq!(seen.len(), 1000);
+    assert!(wrong.is_empty(), "sent more (or less) often than asked: {wrong:?}");
+    assert_eq!(receiver.received().len(), 1500, "0 duplicates");
+}
+
+/// `kill -9` of one dispatcher mid-way: nothing is lost, the deliveries it held are retaken
+/// within 10 s (its leases run out and the survivor wakes for exactly that), and any
+/// duplicate carries the same `webhook-id` (counted and reported).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_dispatchers_work_is_retaken_within_10_s() {
+    let Some(mut cluster) = Cluster::start("5s").await else { return };
+    // Two endpoints × 300 events = 600 deliveries; answers take 100 ms and each endpoint takes
+    // 8 at a time, so each dispatcher holds deliveries (leased) waiting in its lanes.
+    let receiver = Receiver::start(|_| Reply { delay: Duration::from_millis(100), ..Reply::status(204) }).await;
+    cluster.endpoints(&receiver, &["a", "b"], 8).await;
+    let writes = cluster.users(300).await;
+    receiver.wait_for(100, Duration::from_secs(30)).await;
+    let victim = cluster.dispatchers.remove(0);
+    let pid = victim.0.id();
+    Command::new("kill").arg("-KILL").arg(pid.to_string()).status().unwrap();
+    let killed = Instant::now();
+    drop(victim);
+    let at_kill = receiver.received().len();
+    assert!(at_kill < 600, "the kill came mid-way ({at_kill} requests had arrived)");
+
+    // Whatever the victim held (leased to it) is taken by the survivor once its leases lapse.
+    let pool = sqlx::PgPool::connect(&cluster.db.url).await.unwrap();
+    let held_by_victim = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'pending' AND lease_owner LIKE $1",
+        )
+        .bind(format!("{pid}-%"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        n
+    };
+    let held_at_kill = held_by_victim().await;
+    while held_by_victim().await > 0 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the killed dispatcher's deliveries were not retaken in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let retaken = killed.elapsed();
+    writes.await.unwrap();
+    let seen = requests_per_delivery(&receiver, 600, Duration::from_secs(60)).await;
+    let total: usize = seen.values().sum();
+    eprintln!(
+        "all 600 deliveries arrived ({at_kill} requests before the kill); {held_at_kill} held by the killed \
+         dispatcher, retaken after {retaken:?}; {} duplicates, each with its delivery's webhook-id",
+        total - 600
+    );
+    assert!(held_at_kill > 0, "the kill came while the victim held deliveries");
+    assert_eq!(seen.len(), 600);
 }
 
 /// A fresh operator key, as `openssl rand -base64 32` makes one.

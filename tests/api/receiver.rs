@@ -43,7 +43,8 @@ impl Reply {
     }
 }
 
-type Script = Arc<dyn Fn(usize) -> Reply + Send + Sync>;
+/// How to answer: by request number (0-based), seeing the request.
+type Script = Arc<dyn Fn(usize, &Received) -> Reply + Send + Sync>;
 
 pub struct Receiver {
     pub url: String,
@@ -60,23 +61,33 @@ impl Receiver {
     }
 
     pub async fn start(script: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Receiver {
+        Self::start_scripted(Arc::new(move |n, _| script(n))).await
+    }
+
+    /// A receiver that answers each request after looking at it.
+    pub async fn start_with(script: impl Fn(&Received) -> Reply + Send + Sync + 'static) -> Receiver {
+        Self::start_scripted(Arc::new(move |_, r| script(r))).await
+    }
+
+    async fn start_scripted(script: Script) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hooks", listener.local_addr().unwrap());
         let got: Arc<Mutex<Vec<Received>>> = Arc::default();
         let arrived = Arc::new(Notify::new());
-        let script: Arc<Mutex<Script>> = Arc::new(Mutex::new(Arc::new(script)));
+        let script: Arc<Mutex<Script>> = Arc::new(Mutex::new(script));
         let (g, a, s) = (got.clone(), arrived.clone(), script.clone());
         let handler = move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
             let (got, arrived, script) = (g.clone(), a.clone(), s.clone());
             async move {
+                let request = Received { uri: uri.to_string(), headers, body, at: Instant::now() };
                 let n = {
                     let mut got = got.lock().unwrap();
-                    got.push(Received { uri: uri.to_string(), headers, body, at: Instant::now() });
+                    got.push(request.clone());
                     got.len() - 1
                 };
                 arrived.notify_waiters();
                 let script = script.lock().unwrap().clone();
-                let reply = script(n);
+                let reply = script(n, &request);
                 tokio::time::sleep(reply.delay).await;
                 let mut response: Response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
                 for (name, value) in reply.headers {
@@ -94,7 +105,7 @@ impl Receiver {
 
     /// Answers later requests with `script` instead.
     pub fn script(&self, script: impl Fn(usize) -> Reply + Send + Sync + 'static) {
-        *self.script.lock().unwrap() = Arc::new(script);
+        *self.script.lock().unwrap() = Arc::new(move |n, _| script(n));
     }
 
     pub fn received(&self) -> Vec<Received> {

@@ -127,10 +127,12 @@ fn oversized_is_resource_exhausted(response: http::Response<tonic::body::Body>) 
 }
 
 /// Health is SERVING only while the database answers. The broker's state is reported as
-/// the service `coursewire.broker` and never takes the API down: events wait in the outbox.
+/// the service `coursewire.broker` (NOT_SERVING until the first connection) and never takes
+/// the API down: events wait in the outbox.
 async fn follow_database_health(state: Arc<AppState>, health: tonic_health::server::HealthReporter) {
     let mut last = None;
     let mut broker = None;
+    let mut bus_changes = state.hub.bus_connected.subscribe();
     loop {
         let bus = *state.hub.bus_connected.borrow();
         if broker != Some(bus) {
@@ -150,7 +152,12 @@ async fn follow_database_health(state: Arc<AppState>, health: tonic_health::serv
             }
             last = Some(status);
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The broker's state is followed as it changes; the database is asked every few
+        // seconds (one trivial query: the idle cost of health).
+        tokio::select! {
+            _ = bus_changes.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
     }
 }
 
