@@ -2,10 +2,12 @@
 //! and headers already opened, so matching an event and sending it read nothing per event.
 //!
 //! It is exact, not merely fresh: every write to an organization's endpoints bumps
-//! `organizations.webhooks_version` in the same transaction, and before each batch the cache
-//! reads the batch's organizations' versions (one small query) and reloads those that moved.
-//! An event reaches the dispatcher only after its commit, so every endpoint change committed
-//! before it is seen. Entries are also reloaded after `TTL`, in case a row was edited by hand.
+//! `organizations.webhooks_version` in the same transaction. On Postgres the relay reads that
+//! version after the event committed and sends it with the event, so an entry at least that
+//! recent is current without a query; otherwise (SQLite, claims) the cache reads the
+//! organizations' versions (one small query) and reloads those that moved. Either way every
+//! endpoint change committed before an event is seen by it. Entries are also reloaded after
+//! `TTL`, in case a row was edited by hand.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,16 +65,26 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Makes the entries of `orgs` current: one query for their versions, one more to reload
-    /// those that changed.
-    pub async fn refresh(&self, db: &Db, keyring: &Keyring, orgs: &[&str]) -> anyhow::Result<()> {
+    /// Makes the entries of `orgs` current. An organization given with the version its event
+    /// was relayed at needs nothing when the entry is at least that recent; the others cost one
+    /// query for their versions, and one more to reload those that changed.
+    pub async fn refresh(&self, db: &Db, keyring: &Keyring, orgs: &[(&str, Option<i64>)]) -> anyhow::Result<()> {
+        let orgs: Vec<&str> = {
+            let cached = self.orgs.lock().unwrap_or_else(|p| p.into_inner());
+            let current = |org: &str, version: Option<i64>| {
+                cached.get(org).zip(version).is_some_and(|(e, v)| e.version >= v && e.loaded.elapsed() <= TTL)
+            };
+            let mut stale: Vec<&str> = orgs.iter().filter(|(o, v)| !current(o, *v)).map(|(o, _)| *o).collect();
+            stale.dedup();
+            stale
+        };
         if orgs.is_empty() {
             return Ok(());
         }
         let sql = format!("SELECT id, webhooks_version FROM organizations WHERE id IN ({})", placeholders(orgs.len()));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for org in orgs {
-            q = q.bind(*org);
+            q = q.bind(org);
         }
         let versions: Vec<(String, i64)> = q
             .fetch_all(db.pool())

@@ -19,7 +19,7 @@ use crate::{Inner, Job, Report};
 
 /// How long a batch waits for its first attempts before it is written anyway (the rest are
 /// written as in flight and recorded when they end).
-const FIRST_WAIT: Duration = Duration::from_millis(100);
+const FIRST_WAIT: Duration = Duration::from_millis(50);
 
 /// One event from the bus.
 #[derive(Debug)]
@@ -31,6 +31,8 @@ pub struct Incoming {
     pub body: Arc<str>,
     /// The bus handed it before (an earlier intake may have written its deliveries).
     pub redelivered: bool,
+    /// The organization's webhooks version when the event was relayed, if the relay said.
+    pub webhooks_version: Option<i64>,
 }
 
 /// What happened to one delivery of the batch so far.
@@ -44,9 +46,13 @@ enum Pending {
 pub async fn first_attempts(inner: &Arc<Inner>, events: &[Incoming]) -> anyhow::Result<usize> {
     // Test events are addressed to one endpoint when they are created (SendTestEvent).
     let events: Vec<&Incoming> = events.iter().filter(|e| e.kind != "webhook.test").collect();
-    let mut orgs: Vec<&str> = events.iter().map(|e| e.org.as_str()).collect();
-    orgs.sort_unstable();
-    orgs.dedup();
+    // Per organization, the newest version its events were relayed at (unknown if any is).
+    let mut versions: std::collections::BTreeMap<&str, Option<i64>> = Default::default();
+    for e in &events {
+        let v = versions.entry(e.org.as_str()).or_insert(e.webhooks_version);
+        *v = v.zip(e.webhooks_version).map(|(a, b)| a.max(b));
+    }
+    let orgs: Vec<(&str, Option<i64>)> = versions.into_iter().collect();
     let shared = &inner.shared;
     inner.cache.refresh(&shared.db, &shared.secrets, &orgs).await?;
     let redelivered: Vec<&str> = events.iter().filter(|e| e.redelivered).map(|e| e.id.as_str()).collect();

@@ -20,9 +20,11 @@ use crate::fanout::{Incoming, first_attempts};
 
 /// Messages taken from RabbitMQ per batch.
 const BATCH: usize = 500;
-/// Batches being handled at once (the consumer's prefetch covers them): a batch waits for
-/// its first attempts (up to `FIRST_WAIT`), and others go on meanwhile.
-const BATCHES: usize = 32;
+/// Batches being handled at once: a batch waits for its first attempts (up to `FIRST_WAIT`),
+/// and others go on meanwhile.
+const BATCHES: usize = 256;
+/// Messages RabbitMQ hands us before we acknowledge any.
+const PREFETCH: u16 = 8192;
 
 /// The fields of the §6 envelope intake needs.
 #[derive(Deserialize, Debug)]
@@ -50,7 +52,14 @@ pub(crate) async fn in_process(
                     let events: Vec<Incoming> = handoff
                         .events
                         .iter()
-                        .map(|e| Incoming { id: e.id.clone(), kind: e.kind.clone(), org: e.org_id.clone(), body: e.body.clone(), redelivered: false })
+                        .map(|e| Incoming {
+                            id: e.id.clone(),
+                            kind: e.kind.clone(),
+                            org: e.org_id.clone(),
+                            body: e.body.clone(),
+                            redelivered: false,
+                            webhooks_version: e.webhooks_version,
+                        })
                         .collect();
                     match first_attempts(&inner, &events).await {
                         Ok(_) => {
@@ -89,7 +98,7 @@ async fn consume(inner: &Arc<Inner>, topology: &Topology, mut stop: watch::Recei
     let connection = topology.connect().await?;
     let channel = connection.create_channel().await?;
     topology.declare(&channel).await?;
-    channel.basic_qos((BATCH * BATCHES) as u16, BasicQosOptions::default()).await?;
+    channel.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
     let mut consumer = channel
         .basic_consume(
             topology.queue.as_str().into(),
@@ -122,6 +131,7 @@ async fn consume(inner: &Arc<Inner>, topology: &Topology, mut stop: watch::Recei
                             org: e.org,
                             body: String::from_utf8_lossy(&m.data).into_owned().into(),
                             redelivered: m.redelivered,
+                            webhooks_version: webhooks_version(&m.properties),
                         }),
                         Err(e) => {
                             // Not an event of ours: park it in the dead-letter queue.
@@ -159,4 +169,12 @@ async fn consume(inner: &Arc<Inner>, topology: &Topology, mut stop: watch::Recei
     }
     let _ = connection.close(200, "shutting down".into()).await;
     result
+}
+
+/// The `webhooks_version` header the relay puts on each message.
+fn webhooks_version(properties: &lapin::BasicProperties) -> Option<i64> {
+    match properties.headers().as_ref()?.inner().get("webhooks_version")? {
+        lapin::types::AMQPValue::LongLongInt(v) => Some(*v),
+        _ => None,
+    }
 }

@@ -16,7 +16,7 @@ pub mod signing;
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -144,6 +144,8 @@ pub(crate) struct Inner {
     held: Mutex<HashSet<String>>,
     /// Attempts running; `idle` is notified when it drops to zero.
     running: AtomicUsize,
+    /// The claim loop left deliveries behind for want of room: an attempt ending wakes it.
+    starved: AtomicBool,
     idle: Notify,
     /// Where finished attempts go to be recorded; taken away at shutdown, so the recorder
     /// ends once the last attempt that got through has been written.
@@ -167,6 +169,7 @@ impl Dispatcher {
             cache: Cache::default(),
             held: Mutex::default(),
             running: AtomicUsize::new(0),
+            starved: AtomicBool::new(false),
             idle: Notify::new(),
             outcomes: Mutex::new(Some(outcomes)),
             outcomes_rx: Mutex::new(Some(outcomes_rx)),
@@ -272,10 +275,11 @@ impl Inner {
             let room = (self.config.max_in_flight * (QUEUED_ROUNDS as usize + 1))
                 .saturating_sub(running + queued)
                 .min(CLAIM_BATCH);
+            let full = self.lanes.full(QUEUED_ROUNDS);
+            self.starved.store(room == 0 || !full.is_empty(), Relaxed);
             let claimed = if room == 0 {
                 Vec::new()
             } else {
-                let full = self.lanes.full(QUEUED_ROUNDS);
                 match queue::claim(&self.shared.db, &self.me, now, self.lease_until(now), room, &full).await {
                     Ok(c) => c,
                     Err(e) => {
@@ -325,7 +329,7 @@ impl Inner {
     /// Puts claimed deliveries in their endpoints' lanes, starting those with room.
     async fn start(self: &Arc<Self>, claimed: Vec<Claimed>, now: i64) -> anyhow::Result<()> {
         self.hold(&claimed.iter().map(|c| c.id.clone()).collect::<Vec<_>>());
-        let mut orgs: Vec<&str> = claimed.iter().map(|c| c.org.as_str()).collect();
+        let mut orgs: Vec<(&str, Option<i64>)> = claimed.iter().map(|c| (c.org.as_str(), None)).collect();
         orgs.sort_unstable();
         orgs.dedup();
         self.cache.refresh(&self.shared.db, &self.shared.secrets, &orgs).await?;
@@ -394,7 +398,9 @@ impl Inner {
             if inner.running.fetch_sub(1, Relaxed) == 1 {
                 inner.idle.notify_waiters();
             }
-            inner.shared.wake.notify_one();
+            if inner.starved.load(Relaxed) {
+                inner.shared.wake.notify_one();
+            }
         });
     }
 

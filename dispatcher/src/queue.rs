@@ -77,8 +77,9 @@ fn placeholders(from: usize, n: usize) -> String {
 /// Rows per multi-row statement.
 const CHUNK: usize = 200;
 
-/// Leases up to `limit` due deliveries of enabled endpoints (leaving out `full` ones, whose
-/// lanes cannot take more) until `lease_until`.
+/// Leases up to `limit` due deliveries (leaving out those of `full` endpoints, whose lanes
+/// cannot take more) until `lease_until`. Disabled endpoints' deliveries are parked, beyond
+/// any claim; one disabled after its delivery came due is parked by the caller.
 pub async fn claim(
     db: &Db,
     me: &str,
@@ -90,16 +91,22 @@ pub async fn claim(
     let skip = if full.is_empty() {
         String::new()
     } else {
-        format!(" AND d.endpoint_id NOT IN ({})", placeholders(5, full.len()))
+        format!(" AND endpoint_id NOT IN ({})", placeholders(5, full.len()))
     };
-    let lock = if db.backend == Backend::Postgres { " FOR UPDATE OF d SKIP LOCKED" } else { "" };
-    // Due-ness is checked again by the UPDATE itself: on Postgres a row another dispatcher
-    // leased between our snapshot and our lock no longer matches and is left alone.
+    let due = format!(
+        "SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= $3{skip} \
+         ORDER BY next_attempt_at LIMIT $4"
+    );
+    // Postgres: lock what we take, skipping rows another dispatcher is taking, and look the
+    // rows up by key (`= ANY(ARRAY(…))`: an `IN` here is planned as a join over every due row).
+    // Due-ness is checked again by the UPDATE itself, so a row another dispatcher leased
+    // between our snapshot and our lock no longer matches and is left alone.
+    let taken = match db.backend {
+        Backend::Postgres => format!("= ANY(ARRAY({due} FOR UPDATE SKIP LOCKED))"),
+        Backend::Sqlite => format!("IN ({due})"),
+    };
     let sql = format!(
-        "UPDATE webhook_deliveries SET next_attempt_at = $1, lease_owner = $2 WHERE id IN (\
-           SELECT d.id FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id \
-           WHERE d.state = 'pending' AND d.next_attempt_at <= $3 AND e.disabled_at IS NULL{skip} \
-           ORDER BY d.next_attempt_at LIMIT $4{lock}) \
+        "UPDATE webhook_deliveries SET next_attempt_at = $1, lease_owner = $2 WHERE id {taken} \
          AND state = 'pending' AND next_attempt_at <= $3 \
          RETURNING id, org_id, endpoint_id, event_id, attempts, single_attempt"
     );

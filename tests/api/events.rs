@@ -100,3 +100,25 @@ crate::backend_tests!(
     a_failed_write_leaves_no_event,
     published_events_are_pruned_after_retention
 );
+
+/// Events are relayed in commit order: one committed while an older transaction still runs
+/// (here in another database of the same cluster) waits for it, so it can never be overtaken
+/// by an event that transaction commits, and goes out as soon as it ends, without a wake-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_behind_a_running_transaction_waits_for_it_then_goes() {
+    let Some(h) = Harness::start(crate::harness::Backend::Postgres).await else { return };
+    let admin = std::env::var("COURSEWIRE_TEST_DATABASE_URL").unwrap();
+    let elsewhere = sqlx::PgPool::connect(&admin).await.unwrap();
+    let mut older = elsewhere.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()").execute(&mut *older).await.unwrap();
+    let mut c = h.clients();
+    domain(&mut c, "behind.example.com").await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(h.unpublished().await, 1, "not relayed while an older transaction may still commit");
+    older.commit().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while h.unpublished().await > 0 {
+        assert!(std::time::Instant::now() < deadline, "relayed once the older transaction ended");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -369,11 +369,11 @@ impl Harness {
             .unwrap()
     }
 
-    /// Events not yet confirmed by the bus (unpositioned, or past the relay's cursor).
+    /// Events not yet confirmed by the bus (past the relay's cursor).
     pub async fn unpublished(&self) -> i64 {
         sqlx::query_scalar(
-            "SELECT COUNT(*) FROM events WHERE position IS NULL \
-             OR position > (SELECT published_position FROM relay_cursor WHERE id = 1)",
+            "SELECT COUNT(*) FROM events \
+             WHERE (txid, id) > (SELECT published_txid, published_id FROM relay_cursor WHERE id = 1)",
         )
         .fetch_one(self.db.pool())
         .await

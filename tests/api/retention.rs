@@ -53,19 +53,17 @@ async fn replay_over_the_cap_is_refused_before_loading(h: &Harness) {
     let mut c = h.clients();
     let (hook, _) = create_hook(&mut c, "https://hooks.example.com/replay", &["user.*"]).await;
     // 10,001 user events (and as many of a type the endpoint does not want), written directly
-    // with positions far beyond the relay's, which only takes rows without one: it leaves
-    // them alone, so only the replay could make deliveries of them.
+    // before the relay's cursor (txid -1), so it leaves them alone: only the replay could make
+    // deliveries of them.
     let now = h.clock.now_ms();
     for (kind, from) in [("user.created", 0), ("domain.created", 20_000)] {
         for chunk in (from..from + 10_001).collect::<Vec<i64>>().chunks(1000) {
             let values: Vec<String> = chunk
                 .iter()
-                .map(|i| {
-                    format!("('evt_{i:026}', 'acme', '{kind}', 'usr_{i:026}', 1, {now}, '{{}}', {})", i + 1_000_000)
-                })
+                .map(|i| format!("('evt_{i:026}', 'acme', '{kind}', 'usr_{i:026}', 1, {now}, '{{}}', -1)"))
                 .collect();
             let sql = format!(
-                "INSERT INTO events (id, org_id, type, resource_id, sequence, created_at, body, position) VALUES {}",
+                "INSERT INTO events (id, org_id, type, resource_id, sequence, created_at, body, txid) VALUES {}",
                 values.join(", ")
             );
             sqlx::query(sqlx::AssertSqlSafe(sql)).execute(h.db.pool()).await.unwrap();

@@ -48,7 +48,7 @@ impl Retention {
             (
                 &["DELETE FROM events WHERE id IN (SELECT id FROM events \
                    WHERE created_at < $1 ORDER BY created_at LIMIT 1000) \
-                   AND position <= (SELECT published_position FROM relay_cursor WHERE id = 1)"],
+                   AND (txid, id) <= (SELECT published_txid, published_id FROM relay_cursor WHERE id = 1)"],
                 events_cutoff,
             ),
             (

@@ -81,8 +81,9 @@ fn outgoing(id: &str) -> Outgoing {
         kind: "enrollment.created".into(),
         org_id: "bench".into(),
         created_at: 0,
-        position: 0,
+        mark: Default::default(),
         body: Arc::from(""),
+        webhooks_version: None,
     }
 }
 
@@ -105,21 +106,20 @@ async fn create_endpoint(db: &Db, secrets: &Keyring, url: &str) -> anyhow::Resul
 /// Events `from..from+count` in the event log (bodies are read from there); their ids.
 async fn insert_events(db: &Db, from: usize, count: usize) -> anyhow::Result<Vec<String>> {
     let ids: Vec<String> = (from..from + count).map(|n| format!("evt_{n:026}")).collect();
-    for (i, id) in ids.iter().enumerate() {
+    for id in &ids {
         let enrollment = format!("enr_{}", &id[4..]);
         let body = json!({"id": id, "type": "enrollment.created", "created_at": "2026-11-24T10:00:00.123Z",
             "organization_id": "bench", "sequence": 1,
             "data": {"id": enrollment, "user_id": "usr_01jd3xkq7w8h2m4n6p8r0t2v4x", "state": "ACTIVE",
                      "progress": {"lessons_completed": 0, "lessons_required": 5, "percent": 0}}});
         sqlx::query(
-            "INSERT INTO events (id, org_id, type, resource_id, sequence, created_at, body, position, published_at) \
-             VALUES ($1, 'bench', 'enrollment.created', $2, 1, $3, $4, $5, $3)",
+            "INSERT INTO events (id, org_id, type, resource_id, sequence, created_at, body, txid) \
+             VALUES ($1, 'bench', 'enrollment.created', $2, 1, $3, $4, -1)",
         )
         .bind(id)
         .bind(&enrollment)
         .bind(SystemClock.now_ms())
         .bind(body.to_string())
-        .bind((from + i) as i64)
         .execute(db.pool())
         .await?;
     }

@@ -17,7 +17,9 @@
 mod dispatch;
 mod e2e;
 mod enroll;
+mod floor;
 mod limiter;
+mod machine;
 mod ping;
 mod receiver;
 mod relay;

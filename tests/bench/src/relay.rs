@@ -27,8 +27,9 @@ pub async fn run() -> anyhow::Result<()> {
 
 async fn insert(db: &Db, from: i64, count: i64) -> anyhow::Result<()> {
     sqlx::query(
-        "INSERT INTO events (id, org_id, type, resource_id, sequence, created_at, body) \
-         SELECT 'evt_' || lpad(n::text, 26, '0'), 'bench', 'enrollment.created', 'enr_' || lpad(n::text, 26, '0'), 1, $3, $4 \
+        "INSERT INTO events (id, org_id, type, resource_id, sequence, created_at, body, txid) \
+         SELECT 'evt_' || lpad(n::text, 26, '0'), 'bench', 'enrollment.created', 'enr_' || lpad(n::text, 26, '0'), 1, $3, $4, \
+           pg_current_xact_id()::text::bigint \
          FROM generate_series($1, $2) AS n",
     )
     .bind(from)
@@ -44,8 +45,8 @@ async fn insert(db: &Db, from: i64, count: i64) -> anyhow::Result<()> {
 
 async fn unpublished(db: &Db) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(
-        "SELECT COUNT(*) FROM events WHERE position IS NULL \
-         OR position > (SELECT published_position FROM relay_cursor WHERE id = 1)",
+        "SELECT COUNT(*) FROM events \
+         WHERE (txid, id) > (SELECT published_txid, published_id FROM relay_cursor WHERE id = 1)",
     )
     .fetch_one(db.pool())
     .await?)

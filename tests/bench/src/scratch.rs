@@ -9,7 +9,9 @@ pub fn env_or(name: &str, default: &str) -> String {
 pub struct Scratch {
     pub url: String,
     pub topology: Topology,
-    name: String,
+    /// The database's name, and the URL of the server's admin database.
+    pub name: String,
+    pub admin_url: String,
     admin: sqlx::PgPool,
 }
 
@@ -22,7 +24,7 @@ impl Scratch {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await?;
         let url = format!("{}/{name}", admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base));
         let topology = Topology { url: amqp, exchange: format!("{name}.events"), queue: format!("{name}.dispatcher") };
-        Ok(Scratch { url, topology, name, admin })
+        Ok(Scratch { url, topology, name, admin_url, admin })
     }
 
     /// Drops the database and the exchanges and queues.

@@ -94,6 +94,9 @@ impl AmqpBus {
     fn properties(event: &Outgoing) -> BasicProperties {
         let mut headers = FieldTable::default();
         headers.insert("organization_id".into(), AMQPValue::LongString(event.org_id.as_str().into()));
+        if let Some(version) = event.webhooks_version {
+            headers.insert("webhooks_version".into(), AMQPValue::LongLongInt(version));
+        }
         BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2) // persistent

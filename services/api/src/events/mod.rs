@@ -6,6 +6,6 @@ pub mod relay;
 mod service;
 mod watch;
 
-pub use coursewire_core::events::{Change, EVENT_TYPES, bus, record, topology};
+pub use coursewire_core::events::{Change, EVENT_TYPES, Mark, bus, in_order, record, topology};
 pub use service::EventApi;
 pub(crate) use service::type_terms;

@@ -1,6 +1,8 @@
-//! The relay: gives committed outbox rows their position (the order WatchEvents follows),
-//! sends them in that order through the bus, and moves its cursor past them only once the
-//! bus confirmed them. A crash between send and cursor sends again: at least once.
+//! The relay: reads committed outbox rows in commit order (`Mark`: transaction, then id; only
+//! transactions no running one precedes, so nothing that commits later can sort before what
+//! was read), sends them in that order through the bus, and moves its cursor past them only
+//! once the bus confirmed them. It never writes to the events themselves. A crash between
+//! send and cursor sends again: at least once.
 //!
 //! It is woken, not polling: by the commit of a transaction that wrote events, in this process
 //! directly and from other replicas through Postgres `LISTEN/NOTIFY` (a slow fallback timer
@@ -23,6 +25,7 @@ use sqlx::{AnyConnection, Row};
 use tokio::sync::watch;
 
 use super::bus::{Bus, Confirm, Outgoing};
+use super::{Mark, in_order};
 use crate::clock::SharedClock;
 use crate::metrics::metrics;
 use crate::store::{Backend, Db, OUTBOX_CHANNEL};
@@ -31,16 +34,20 @@ use crate::store::{Backend, Db, OUTBOX_CHANNEL};
 const LEADER_LOCK: i64 = 0x636f_7572_7365;
 /// Events per batch.
 const BATCH: i64 = 500;
-/// Batches sent and not yet confirmed (in-process, confirmation waits for the dispatcher's
-/// first attempts, up to its `FIRST_WAIT`).
-const PIPELINE: usize = 32;
+/// Batches, and events, sent and not yet confirmed. In-process a confirmation waits for the
+/// dispatcher's first attempts (up to its `FIRST_WAIT`), so at a few hundred events a second
+/// many small batches are out at once; the event bound keeps memory in check under a backlog.
+const PIPELINE: usize = 1024;
+const PIPELINE_EVENTS: u64 = 20_000;
 /// How long the relay sleeps with nothing to do when no wake-up comes.
 const FALLBACK: Duration = Duration::from_secs(10);
+/// How soon it looks again while committed events wait behind a running transaction.
+const HELD_BACK_RETRY: Duration = Duration::from_millis(5);
 
 /// What the relay tells in-process readers (WatchEvents) and operators.
 pub struct Hub {
-    /// The highest position given out so far.
-    pub sequenced: watch::Sender<i64>,
+    /// Moves whenever the relay read new events: WatchEvents streams look again.
+    pub advanced: watch::Sender<u64>,
     /// Events a WatchEvents stream may buffer before its consumer counts as too slow.
     pub watch_buffer: usize,
     /// How long a full buffer may stay full before the stream is closed.
@@ -52,7 +59,7 @@ pub struct Hub {
 impl Default for Hub {
     fn default() -> Self {
         Hub {
-            sequenced: watch::channel(0).0,
+            advanced: watch::channel(0).0,
             watch_buffer: 1024,
             slow_consumer_timeout: Duration::from_secs(10),
             bus_connected: watch::channel(false).0,
@@ -73,7 +80,7 @@ struct Lead(Option<AnyConnection>);
 /// A batch on the bus, waiting for its confirmation (the confirmations wait, in the same
 /// order, in a `FuturesOrdered`).
 struct Sent {
-    last_position: i64,
+    last: Mark,
     oldest_created_at: i64,
     events: u64,
     started: Instant,
@@ -145,36 +152,29 @@ impl Relay {
             Backend::Sqlite => None,
         };
         let mut connected = self.bus.connected();
-        let mut positioned: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
-            .fetch_one(&mut *self.conn(&mut lead).await?)
-            .await?;
-        self.hub.sequenced.send_replace(positioned);
-        let mut confirmed: i64 = sqlx::query_scalar("SELECT published_position FROM relay_cursor WHERE id = 1")
-            .fetch_one(&mut *self.conn(&mut lead).await?)
-            .await?;
-        let mut sent_upto = confirmed;
+        let (txid, id): (i64, String) =
+            sqlx::query_as("SELECT published_txid, published_id FROM relay_cursor WHERE id = 1")
+                .fetch_one(&mut *self.conn(&mut lead).await?)
+                .await?;
+        let mut confirmed = Mark { txid, id };
+        let mut sent_upto = confirmed.clone();
         let mut in_flight: VecDeque<Sent> = VecDeque::new();
         let mut confirms: FuturesOrdered<Confirm> = FuturesOrdered::new();
         let mut backoff = Duration::from_millis(100);
         let mut dirty = true;
+        // Committed events wait behind a transaction still running (elsewhere in the cluster,
+        // perhaps): nobody will tell us when it ends, so look again shortly.
+        let mut held_back = false;
         loop {
-            // Fill the pipeline: first what was positioned but never confirmed (after a
-            // restart or a bus failure), then new rows while a wake-up says there may be some.
-            while (dirty || sent_upto < positioned) && in_flight.len() < PIPELINE && *connected.borrow() {
-                let rows = if sent_upto < positioned {
-                    self.positioned_after(&mut lead, sent_upto).await?
-                } else {
-                    let rows = self.position_next(&mut lead, positioned).await?;
-                    dirty = rows.len() as i64 == BATCH;
-                    if let Some(last) = rows.last() {
-                        positioned = last.position;
-                        self.hub.sequenced.send_replace(positioned);
-                    }
-                    rows
-                };
+            // Fill the pipeline while a wake-up (or a full batch) says there may be more.
+            while dirty && room(&in_flight) && *connected.borrow() {
+                let (rows, waiting) = self.read_after(&mut lead, &sent_upto).await?;
+                held_back = waiting;
+                dirty = rows.len() as i64 == BATCH;
                 let Some(last) = rows.last() else { break };
+                self.hub.advanced.send_modify(|n| *n += 1);
                 let batch = Sent {
-                    last_position: last.position,
+                    last: last.mark.clone(),
                     oldest_created_at: rows.iter().map(|r| r.created_at).min().unwrap_or_default(),
                     events: rows.len() as u64,
                     started: Instant::now(),
@@ -183,11 +183,11 @@ impl Relay {
                     Ok(confirm) => confirm,
                     Err(e) => Box::pin(async move { Err(e) }),
                 });
-                sent_upto = batch.last_position;
+                sent_upto = batch.last.clone();
                 in_flight.push_back(batch);
             }
             self.report_lag(&in_flight);
-            let room = in_flight.len() < PIPELINE;
+            let room = room(&in_flight);
             tokio::select! {
                 Some(done) = confirms.next() => {
                     // Take every confirmation that is already in, then move the cursor once.
@@ -201,20 +201,20 @@ impl Relay {
                             // Everything after the cursor goes again, in order.
                             in_flight.clear();
                             confirms = FuturesOrdered::new();
-                            sent_upto = confirmed;
+                            sent_upto = confirmed.clone();
+                            dirty = true;
                             tokio::time::sleep(backoff).await;
                             backoff = (backoff * 2).min(Duration::from_secs(5));
                             break;
                         }
                         metrics().published(sent.events, sent.started.elapsed().as_millis() as u64);
-                        confirmed = sent.last_position;
+                        confirmed = sent.last;
                         advanced = true;
                         backoff = Duration::from_millis(100);
                         done = confirms.next().now_or_never().flatten();
                     }
                     if advanced {
-                        self.exec(&mut lead, "UPDATE relay_cursor SET published_position = $1 WHERE id = 1", confirmed)
-                            .await?;
+                        self.save_cursor(&mut lead, &confirmed).await?;
                     }
                 }
                 _ = self.db.signals().outbox.notified(), if room => dirty = true,
@@ -224,6 +224,7 @@ impl Relay {
                     dirty = true;
                 }
                 _ = connected.changed() => dirty = true,
+                _ = tokio::time::sleep(HELD_BACK_RETRY), if held_back && room => dirty = true,
                 _ = tokio::time::sleep(FALLBACK), if confirms.is_empty() => dirty = true,
             }
         }
@@ -237,44 +238,33 @@ impl Relay {
         })
     }
 
-    /// Gives the next committed, unpositioned rows positions after `after`, in id order, and
-    /// returns them: one statement to find, order and take them.
-    async fn position_next(&self, lead: &mut Lead, after: i64) -> Result<Vec<Outgoing>, Stop> {
-        let sql = "UPDATE events SET position = ranked.pos \
-             FROM (SELECT id, $1 + ROW_NUMBER() OVER (ORDER BY id) AS pos FROM events \
-                   WHERE position IS NULL ORDER BY id LIMIT $2) AS ranked \
-             WHERE events.id = ranked.id \
-             RETURNING events.id, events.org_id, events.type, events.created_at, events.position, events.body";
-        let q = sqlx::query(sql).bind(after).bind(BATCH);
-        let rows = match &mut lead.0 {
-            Some(conn) => q.fetch_all(&mut *conn).await?,
-            None => {
-                let mut tx = self.db.begin_quiet().await?;
-                let rows = q.fetch_all(&mut *tx).await?;
-                tx.commit().await?;
-                rows
-            }
-        };
-        let mut out = rows.iter().map(outgoing).collect::<Result<Vec<_>, _>>()?;
-        out.sort_by_key(|o| o.position);
-        Ok(out)
+    /// The next events after `after` in commit order, with (on Postgres) their organization's
+    /// webhooks version read now, after their commit; and whether committed events wait
+    /// behind a transaction still running (they sort after every settled one, so the settled
+    /// ones are a prefix).
+    async fn read_after(&self, lead: &mut Lead, after: &Mark) -> Result<(Vec<Outgoing>, bool), Stop> {
+        let sql = format!(
+            "SELECT id, org_id, type, created_at, txid, body, \
+               (SELECT o.webhooks_version FROM organizations o WHERE o.id = events.org_id) AS webhooks_version, \
+               CASE WHEN {} THEN 1 ELSE 0 END AS settled \
+             FROM events WHERE (txid, id) > ($1, $2) ORDER BY txid, id LIMIT $3",
+            in_order(self.db.backend)
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(after.txid)
+            .bind(&after.id)
+            .bind(BATCH)
+            .fetch_all(&mut *self.conn(lead).await?)
+            .await?;
+        let settled = rows.iter().take_while(|r| r.try_get::<i64, _>("settled").unwrap_or(0) == 1).count();
+        let held_back = settled < rows.len();
+        Ok((rows[..settled].iter().map(outgoing).collect::<Result<Vec<_>, _>>()?, held_back))
     }
 
-    /// Rows already positioned after `after` (sent before, not confirmed).
-    async fn positioned_after(&self, lead: &mut Lead, after: i64) -> Result<Vec<Outgoing>, Stop> {
-        let rows = sqlx::query(
-            "SELECT id, org_id, type, created_at, position, body FROM events \
-             WHERE position > $1 ORDER BY position LIMIT $2",
-        )
-        .bind(after)
-        .bind(BATCH)
-        .fetch_all(&mut *self.conn(lead).await?)
-        .await?;
-        Ok(rows.iter().map(outgoing).collect::<Result<Vec<_>, _>>()?)
-    }
-
-    async fn exec(&self, lead: &mut Lead, sql: &'static str, value: i64) -> Result<(), Stop> {
-        let q = sqlx::query(sql).bind(value);
+    async fn save_cursor(&self, lead: &mut Lead, mark: &Mark) -> Result<(), Stop> {
+        let q = sqlx::query("UPDATE relay_cursor SET published_txid = $1, published_id = $2 WHERE id = 1")
+            .bind(mark.txid)
+            .bind(&mark.id);
         match &mut lead.0 {
             Some(conn) => {
                 q.execute(&mut *conn).await?;
@@ -327,9 +317,15 @@ fn outgoing(r: &sqlx::any::AnyRow) -> Result<Outgoing, sqlx::Error> {
         org_id: r.try_get("org_id")?,
         kind: r.try_get("type")?,
         created_at: r.try_get("created_at")?,
-        position: r.try_get("position")?,
+        mark: Mark { txid: r.try_get("txid")?, id: r.try_get("id")? },
         body: r.try_get::<String, _>("body")?.into(),
+        webhooks_version: r.try_get("webhooks_version")?,
     })
+}
+
+/// Whether another batch may go out.
+fn room(in_flight: &VecDeque<Sent>) -> bool {
+    in_flight.len() < PIPELINE && in_flight.iter().map(|s| s.events).sum::<u64>() < PIPELINE_EVENTS
 }
 
 /// Mirrors the bus's state into health and the `coursewire_broker_connected` gauge.

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::{Mark, in_order};
 use crate::AppState;
 use crate::auth::caller;
 use crate::clock::{from_timestamp, to_timestamp};
@@ -34,7 +35,7 @@ pub(super) fn event_from_row(r: &AnyRow) -> ApiResult<Event> {
     })
 }
 
-pub(super) const COLUMNS: &str = "id, type, created_at, org_id, sequence, resource_id, body, position";
+pub(super) const COLUMNS: &str = "id, type, created_at, org_id, sequence, resource_id, body, txid";
 
 /// ` AND (type = $n OR type LIKE $m …)` for the filters, with every value bound.
 pub(crate) fn type_terms(types: &[String], binds: &mut Vec<String>) -> String {
@@ -145,25 +146,32 @@ impl EventService for EventApi {
         }
         v.finish()?;
         let permit = self.0.streams.open(who.org())?;
+        let in_order = in_order(self.0.db.backend);
         let start = if !r.after_event_id.is_empty() {
-            let position: Option<Option<i64>> =
-                sqlx::query_scalar("SELECT position FROM events WHERE id = $1 AND org_id = $2")
-                    .bind(&r.after_event_id)
-                    .bind(who.org())
-                    .fetch_optional(self.0.db.pool())
-                    .await
-                    .map_err(ApiError::from)?;
-            match position {
+            let sql =
+                format!("SELECT txid, CASE WHEN {in_order} THEN 1 ELSE 0 END AS ready FROM events WHERE id = $1 AND org_id = $2");
+            let found: Option<(i64, bool)> = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&r.after_event_id)
+                .bind(who.org())
+                .fetch_optional(self.0.db.pool())
+                .await
+                .and_then(|row| row.map(|r| Ok((r.try_get("txid")?, r.try_get::<i64, _>("ready")? == 1))).transpose())
+                .map_err(ApiError::from)?;
+            match found {
                 None => return Err(ApiError::not_found("event", &r.after_event_id).into()),
-                Some(None) => {
-                    return Err(ApiError::unavailable("that event is not sequenced yet; retry in a moment").into());
+                Some((_, false)) => {
+                    return Err(ApiError::unavailable("that event is not in order yet; retry in a moment").into());
                 }
-                Some(Some(p)) => p,
+                Some((txid, true)) => Mark { txid, id: r.after_event_id.clone() },
             }
         } else if r.from_start {
-            0
+            Mark::start()
         } else {
-            *self.0.hub.sequenced.borrow()
+            // Live: after the last event already in order.
+            let sql = format!("SELECT txid, id FROM events WHERE {in_order} ORDER BY txid DESC, id DESC LIMIT 1");
+            let last: Option<(i64, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_optional(self.0.db.pool()).await.map_err(ApiError::from)?;
+            last.map_or_else(Mark::start, |(txid, id)| Mark { txid, id })
         };
         Ok(Response::new(super::watch::stream(self.0.clone(), permit, r.types, start)))
     }

@@ -1,6 +1,6 @@
-//! WatchEvents: one query shape for replay and live. Events are read by position (given by
-//! the relay in commit order), so the switch from the log to new events has no gap and no
-//! duplicate. The stream's buffer is bounded; a consumer that leaves it full for too long
+//! WatchEvents: one query shape for replay and live. Events are read in commit order (`Mark`,
+//! only transactions no running one precedes), so the switch from the log to new events has
+//! no gap and no duplicate. The stream's buffer is bounded; a consumer that leaves it full for too long
 //! is closed with SLOW_CONSUMER and resumes from the last id it received.
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::service::{COLUMNS, event_from_row, type_terms};
+use super::{Mark, in_order};
 use crate::AppState;
 use crate::error::{ApiError, Code};
 use crate::streams::{Permit, shutting_down};
@@ -20,28 +21,31 @@ pub fn stream(
     state: Arc<AppState>,
     permit: Permit,
     types: Vec<String>,
-    mut after: i64,
+    mut after: Mark,
 ) -> ReceiverStream<Result<Event, Status>> {
     let org = permit.org().to_string();
     // One slot more than the buffer, kept for the closing status.
     let (tx, rx) = mpsc::channel(state.hub.watch_buffer + 1);
-    let mut sequenced = state.hub.sequenced.subscribe();
+    let mut advanced = state.hub.advanced.subscribe();
     tokio::spawn(async move {
         let _permit = permit;
         let mut binds = vec![org.clone()];
         let terms = type_terms(&types, &mut binds);
         let mut last_sent = String::new();
         let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE org_id = $1{terms} AND position > ${} ORDER BY position LIMIT ${}",
+            "SELECT {COLUMNS} FROM events WHERE org_id = $1{terms} AND (txid, id) > (${}, ${}) AND {} \
+             ORDER BY txid, id LIMIT ${}",
             binds.len() + 1,
-            binds.len() + 2
+            binds.len() + 2,
+            in_order(state.db.backend),
+            binds.len() + 3
         );
         loop {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
             for b in &binds {
                 q = q.bind(b.clone());
             }
-            let rows = match q.bind(after).bind(CHUNK).fetch_all(state.db.pool()).await {
+            let rows = match q.bind(after.txid).bind(after.id.clone()).bind(CHUNK).fetch_all(state.db.pool()).await {
                 Ok(rows) => rows,
                 Err(e) => {
                     let _ = tx.send(Err(ApiError::from(e).into())).await;
@@ -71,7 +75,7 @@ pub fn stream(
                     let _ = tx.try_send(Err(e.into()));
                     return;
                 }
-                after = row_position(row);
+                after = Mark { txid: row_txid(row), id: event.id.clone() };
                 last_sent.clone_from(&event.id);
                 if tx.send(Ok(event)).await.is_err() {
                     return; // the client went away
@@ -80,7 +84,7 @@ pub fn stream(
             if (rows.len() as i64) < CHUNK {
                 // Caught up: wait for the relay to sequence more (or poll, for other replicas).
                 tokio::select! {
-                    _ = sequenced.changed() => {}
+                    _ = advanced.changed() => {}
                     _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
                     _ = tx.closed() => return,
                     _ = state.streams.stopping() => {
@@ -106,6 +110,6 @@ async fn wait_for_room(tx: &mpsc::Sender<Result<Event, Status>>, state: &AppStat
     true
 }
 
-fn row_position(row: &sqlx::any::AnyRow) -> i64 {
-    sqlx::Row::try_get(row, "position").unwrap_or(0)
+fn row_txid(row: &sqlx::any::AnyRow) -> i64 {
+    sqlx::Row::try_get(row, "txid").unwrap_or(0)
 }

@@ -16,9 +16,13 @@ pub struct Outgoing {
     pub kind: String,
     pub org_id: String,
     pub created_at: i64,
-    pub position: i64,
+    /// Its place in the outbox's order.
+    pub mark: super::Mark,
     /// The §6 envelope, exactly as stored.
     pub body: Arc<str>,
+    /// The organization's `webhooks_version`, read after the event committed: a dispatcher
+    /// whose endpoint cache is at least this recent needs not look (`None`: look).
+    pub webhooks_version: Option<i64>,
 }
 
 /// Resolves once every event of a sent batch is durably accepted (RabbitMQ: confirmed).

@@ -48,6 +48,33 @@ struct Envelope<'a, T: Serialize> {
     data: &'a T,
 }
 
+/// An event's place in the outbox's order: the transaction that wrote it (`txid`: Postgres'
+/// transaction id; on SQLite, which has one writer at a time, a counter), then its id. Readers
+/// (the relay, WatchEvents) only read transactions that no running transaction precedes (see
+/// `visible`), so every event that will ever sort before the last one read has been read:
+/// a cursor on this order never skips an event that commits late.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Mark {
+    pub txid: i64,
+    pub id: String,
+}
+
+impl Mark {
+    /// Before every event.
+    pub fn start() -> Mark {
+        Mark { txid: -1, id: String::new() }
+    }
+}
+
+/// The SQL condition on `txid` for events whose place in the order is final: Postgres, below
+/// the oldest transaction still running; SQLite, every committed event.
+pub fn in_order(backend: crate::store::Backend) -> &'static str {
+    match backend {
+        crate::store::Backend::Postgres => "txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+        crate::store::Backend::Sqlite => "txid IS NOT NULL",
+    }
+}
+
 /// One change to record: `kind` is the event type (`enrollment.completed`).
 pub struct Change<'a, T: Serialize> {
     pub org: &'a str,
@@ -70,9 +97,17 @@ pub async fn record<T: Serialize>(conn: &mut AnyConnection, change: Change<'_, T
         data: change.data,
     })
     .map_err(ApiError::internal)?;
-    sqlx::query(
-        "INSERT INTO events (id, org_id, type, resource_id, sequence, created_at, body) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
+    // The transaction's place in the commit order (see `Mark`).
+    let txid = if conn.backend_name() == "PostgreSQL" {
+        "pg_current_xact_id()::text::bigint"
+    } else {
+        "(SELECT COALESCE(MAX(txid), 1) + 1 FROM events)"
+    };
+    let sql = format!(
+        "INSERT INTO events (id, org_id, type, resource_id, sequence, created_at, body, txid) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, {txid})"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
     .bind(&id)
     .bind(change.org)
     .bind(change.kind)
