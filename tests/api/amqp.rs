@@ -18,7 +18,7 @@ use lapin::{Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
 use crate::fixtures::*;
-use crate::harness::{Backend, Harness, Limits, require_services};
+use crate::harness::{Backend, Harness, Limits, TestTopology, require_services};
 use crate::proxy::Proxy;
 
 fn amqp_url() -> Option<String> {
@@ -32,10 +32,15 @@ fn amqp_url() -> Option<String> {
     }
 }
 
-/// Exchange and queue names of this test only.
-fn topology(url: &str) -> Topology {
-    let id = ulid::Ulid::new().to_string().to_lowercase();
-    Topology { url: url.into(), exchange: format!("test.{id}.events"), queue: format!("test.{id}.dispatcher") }
+/// Exchange and queue names of this test only, deleted when it ends.
+fn topology(url: &str) -> TestTopology {
+    TestTopology::new(url, "test")
+}
+
+/// The same names, reached through `proxy`.
+fn through(proxy: &Proxy, t: &Topology) -> Topology {
+    let url = t.url.replacen(&broker_addr(&t.url), &format!("127.0.0.1:{}", proxy.port), 1);
+    Topology { url, ..t.clone() }
 }
 
 struct Received {
@@ -196,8 +201,8 @@ async fn the_topology_is_declared_at_start_and_health_tells_the_truth() {
     let Some(url) = amqp_url() else { return };
     let proxy = Proxy::start(&broker_addr(&url)).await;
     proxy.set_cut(true);
-    let t = topology(&url.replacen(&broker_addr(&url), &format!("127.0.0.1:{}", proxy.port), 1));
-    let h = amqp_harness(Backend::Sqlite, AmqpBus::start(t.clone())).await.unwrap();
+    let t = topology(&url);
+    let h = amqp_harness(Backend::Sqlite, AmqpBus::start(through(&proxy, &t))).await.unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel());
     let broker = |health: &mut tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>| {
         let mut health = health.clone();
@@ -231,11 +236,9 @@ async fn the_topology_is_declared_at_start_and_health_tells_the_truth() {
 async fn a_broker_outage_loses_nothing() {
     let Some(url) = amqp_url() else { return };
     let proxy = Proxy::start(&broker_addr(&url)).await;
-    let proxied = url.replacen(&broker_addr(&url), &format!("127.0.0.1:{}", proxy.port), 1);
-    let mut t = topology(&proxied);
-    let (_conn, got) = consume(&url, &Topology { url: url.clone(), ..t.clone() }, "#").await;
-    t.url = proxied;
-    let h = amqp_harness(Backend::Sqlite, AmqpBus::start(t)).await.unwrap();
+    let t = topology(&url);
+    let (_conn, got) = consume(&url, &t, "#").await;
+    let h = amqp_harness(Backend::Sqlite, AmqpBus::start(through(&proxy, &t))).await.unwrap();
     let mut c = h.clients();
     let w = world(&mut c).await;
     let mut total_events = 4;
@@ -290,7 +293,7 @@ async fn a_crash_between_publish_and_mark_publishes_again() {
     let Some(url) = amqp_url() else { return };
     let t = topology(&url);
     let (_conn, got) = consume(&url, &t, "#").await;
-    let bus = Arc::new(CrashAfterPublish { inner: AmqpBus::start(t), crashed: AtomicBool::new(false) });
+    let bus = Arc::new(CrashAfterPublish { inner: AmqpBus::start(t.clone()), crashed: AtomicBool::new(false) });
     let h = amqp_harness(Backend::Sqlite, bus).await.unwrap();
     let mut c = h.clients();
     let d = domain(&mut c, "crash.example.com").await;
@@ -313,8 +316,12 @@ async fn two_relays_on_one_postgres_share_the_work_without_loss() {
     let (_conn, got) = consume(&url, &t, "#").await;
     let Some(h) = amqp_harness(Backend::Postgres, AmqpBus::start(t.clone())).await else { return };
     // A second API replica's relay on the same database: it waits while the first leads.
-    let second =
-        Relay { db: h.db.clone(), bus: AmqpBus::start(t), hub: Arc::new(Hub::default()), clock: h.clock.clone() };
+    let second = Relay {
+        db: h.db.clone(),
+        bus: AmqpBus::start(t.clone()),
+        hub: Arc::new(Hub::default()),
+        clock: h.clock.clone(),
+    };
     let second = tokio::spawn(second.run());
     let mut c = h.clients();
     let w = world(&mut c).await;

@@ -8,6 +8,7 @@ use coursewire_api::auth::{self, NewKey};
 use coursewire_api::clock::{Clock, ManualClock, SystemClock};
 use coursewire_api::events::bus::{Bus, InProcessBus};
 use coursewire_api::events::relay::{Hub, Relay};
+use coursewire_api::events::topology::Topology;
 use coursewire_api::limits::window::{ClassLimits, parse_windows};
 use coursewire_api::limits::{self, Limiter, MemoryBackend, OnError, RedisBackend};
 use coursewire_api::retention::Retention;
@@ -97,18 +98,58 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // Drop runs outside async context rules; use a helper thread with its own runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                if let Ok(admin) = sqlx::PgPool::connect(&admin_url).await {
-                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
-                }
-            });
-        })
-        .join();
+        on_own_runtime(async move {
+            if let Ok(admin) = sqlx::PgPool::connect(&admin_url).await {
+                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
+            }
+        });
     }
+}
+
+/// Exchange and queue names of one test, deleted with everything in them when this is
+/// dropped: nothing a test published piles up in the broker from run to run.
+pub struct TestTopology(pub Topology);
+
+impl TestTopology {
+    pub fn new(url: &str, prefix: &str) -> TestTopology {
+        let id = ulid::Ulid::new().to_string().to_lowercase();
+        TestTopology(Topology {
+            url: url.into(),
+            exchange: format!("{prefix}.{id}.events"),
+            queue: format!("{prefix}.{id}.dispatcher"),
+        })
+    }
+}
+
+impl std::ops::Deref for TestTopology {
+    type Target = Topology;
+    fn deref(&self) -> &Topology {
+        &self.0
+    }
+}
+
+impl Drop for TestTopology {
+    fn drop(&mut self) {
+        let topology = self.0.clone();
+        on_own_runtime(async move {
+            let cleanup = async {
+                let connection = topology.connect().await?;
+                topology.delete(&connection.create_channel().await?).await?;
+                connection.close(0, "test done".into()).await?;
+                anyhow::Ok(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), cleanup).await;
+        });
+    }
+}
+
+/// Runs cleanup from `Drop`, outside the test's runtime: a helper thread with its own.
+fn on_own_runtime(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(cleanup)
+    })
+    .join();
 }
 
 /// Which rate limit backend a harness uses.
@@ -442,11 +483,7 @@ impl Drop for Harness {
         if let Cleanup::Postgres(_) = &self.cleanup {
             // Close our connections first, so dropping the database does not have to cut them.
             let pool = self.db.pool().clone();
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                rt.block_on(pool.close());
-            })
-            .join();
+            on_own_runtime(async move { pool.close().await });
         }
     }
 }

@@ -120,6 +120,8 @@ struct Cluster {
     dispatchers: Vec<Process>,
     /// Starts another `coursewire api` on the same database and RabbitMQ; returns its port.
     replica: Box<dyn Fn() -> (Process, u16) + Send>,
+    /// Last, so it is deleted after the processes stopped (fields drop in order).
+    _topology: crate::harness::TestTopology,
 }
 
 impl Cluster {
@@ -131,8 +133,8 @@ impl Cluster {
             return None;
         };
         let db = crate::harness::TestDatabase::create(&pg).await;
-        let suffix = ulid::Ulid::new().to_string().to_lowercase();
-        let (exchange, queue) = (format!("cwtest.{suffix}.events"), format!("cwtest.{suffix}.dispatcher"));
+        let topology = crate::harness::TestTopology::new(&amqp, "cwtest");
+        let (exchange, queue) = (topology.exchange.clone(), topology.queue.clone());
         let secrets_key = secrets_key();
         let common = |cmd: &mut Command| {
             cmd.env_remove("COURSEWIRE_REDIS_URL")
@@ -167,7 +169,7 @@ impl Cluster {
             common(&mut d);
             dispatchers.push(spawn(d, "consuming events").0);
         }
-        Some(Cluster { db, port, key, _api: first, dispatchers, replica: Box::new(api) })
+        Some(Cluster { db, _topology: topology, port, key, _api: first, dispatchers, replica: Box::new(api) })
     }
 
     /// Endpoints for `user.created` at `receiver`, told apart by their query (`?a`, `?b`, …).

@@ -179,7 +179,9 @@ fn latencies(sent: &Sent, arrivals: &[(String, Instant)]) -> Vec<f64> {
     let started: HashMap<&str, Instant> = sent.iter().map(|(id, at, _)| (id.as_str(), *at)).collect();
     arrivals
         .iter()
-        .filter_map(|(id, at)| started.get(id.as_str()).map(|s| at.saturating_duration_since(*s).as_secs_f64() * 1000.0))
+        .filter_map(|(id, at)| {
+            started.get(id.as_str()).map(|s| at.saturating_duration_since(*s).as_secs_f64() * 1000.0)
+        })
         .collect()
 }
 

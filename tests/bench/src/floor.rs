@@ -81,9 +81,16 @@ pub async fn measure(
                     sqlx::query(sqlx::AssertSqlSafe(sql)).bind(key).bind(&message).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
-                let props = BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2);
+                let props =
+                    BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2);
                 channel
-                    .basic_publish(exchange.as_str().into(), "enrollment.created".into(), BasicPublishOptions::default(), message.as_bytes(), props)
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        "enrollment.created".into(),
+                        BasicPublishOptions::default(),
+                        message.as_bytes(),
+                        props,
+                    )
                     .await?
                     .await?;
                 anyhow::Ok(())

@@ -20,7 +20,8 @@ pub async fn idle_share(over: Duration) -> f64 {
 pub fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return f64::NAN };
     // Fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
     (ticks(11) + ticks(12)) as f64 / 100.0
@@ -61,7 +62,11 @@ impl CpuMeter {
     pub fn shares(&self) -> serde_json::Value {
         let elapsed = self.at.elapsed().as_secs_f64();
         let used = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).filter(|s| s.is_finite()).sum::<f64>();
-        self.groups.iter().map(|(name, pids, start)| (name.to_string(), round3((used(pids) - start) / elapsed).into())).collect::<serde_json::Map<_, _>>().into()
+        self.groups
+            .iter()
+            .map(|(name, pids, start)| (name.to_string(), round3((used(pids) - start) / elapsed).into()))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     }
 }
 

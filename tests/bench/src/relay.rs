@@ -10,7 +10,7 @@ use coursewire_api::events::relay::{Hub, Relay};
 use coursewire_api::events::topology::Topology;
 use coursewire_api::store::Db;
 use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use serde_json::json;
 
 use crate::report;
@@ -136,12 +136,7 @@ pub async fn cleanup(t: &Topology) {
     if let Ok(connection) = t.connect().await
         && let Ok(channel) = connection.create_channel().await
     {
-        for q in [t.queue.clone(), t.dead_letter_queue()] {
-            let _ = channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
-        }
-        for x in [t.exchange.clone(), t.dead_letter_exchange()] {
-            let _ = channel.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
-        }
+        let _ = t.delete(&channel).await;
         let _ = connection.close(0, "done".into()).await;
     }
 }

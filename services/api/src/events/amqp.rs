@@ -13,7 +13,8 @@ use tokio::sync::{Mutex, Notify, watch};
 use super::bus::{Bus, Confirm, Outgoing};
 use super::topology::Topology;
 
-/// How long a batch may wait for its confirms before the connection is considered dead.
+/// How long a batch may take to publish, or wait for its confirms, before the connection is
+/// considered dead.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct AmqpBus {
@@ -117,25 +118,32 @@ impl Bus for AmqpBus {
         };
         // Publish the whole batch, then wait for all its confirms: one round trip per batch,
         // and the next batch may be published while this one is being confirmed.
-        let mut confirms = Vec::with_capacity(batch.len());
-        for event in &batch {
-            let published = channel
-                .basic_publish(
-                    self.topology.exchange.as_str().into(),
-                    event.kind.as_str().into(),
-                    BasicPublishOptions::default(),
-                    event.body.as_bytes(),
-                    Self::properties(event),
-                )
-                .await;
-            match published {
-                Ok(confirm) => confirms.push(confirm),
-                Err(e) => {
-                    self.broken.notify_one();
-                    return Err(e.into());
-                }
+        // A broker that stops reading (a resource alarm blocks publishers) must not hold the
+        // relay, and this lock, forever: the same timeout as the confirms.
+        let publish_all = async {
+            let mut confirms = Vec::with_capacity(batch.len());
+            for event in &batch {
+                let confirm = channel
+                    .basic_publish(
+                        self.topology.exchange.as_str().into(),
+                        event.kind.as_str().into(),
+                        BasicPublishOptions::default(),
+                        event.body.as_bytes(),
+                        Self::properties(event),
+                    )
+                    .await?;
+                confirms.push(confirm);
             }
-        }
+            anyhow::Ok(confirms)
+        };
+        let published = tokio::time::timeout(CONFIRM_TIMEOUT, publish_all).await.context("publishing timed out");
+        let confirms = match published.and_then(|r| r) {
+            Ok(confirms) => confirms,
+            Err(e) => {
+                self.broken.notify_one();
+                return Err(e);
+            }
+        };
         drop(link);
         let broken = self.broken.clone();
         Ok(Box::pin(async move {

@@ -148,8 +148,9 @@ impl EventService for EventApi {
         let permit = self.0.streams.open(who.org())?;
         let in_order = in_order(self.0.db.backend);
         let start = if !r.after_event_id.is_empty() {
-            let sql =
-                format!("SELECT txid, CASE WHEN {in_order} THEN 1 ELSE 0 END AS ready FROM events WHERE id = $1 AND org_id = $2");
+            let sql = format!(
+                "SELECT txid, CASE WHEN {in_order} THEN 1 ELSE 0 END AS ready FROM events WHERE id = $1 AND org_id = $2"
+            );
             let found: Option<(i64, bool)> = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(&r.after_event_id)
                 .bind(who.org())
@@ -169,8 +170,10 @@ impl EventService for EventApi {
         } else {
             // Live: after the last event already in order.
             let sql = format!("SELECT txid, id FROM events WHERE {in_order} ORDER BY txid DESC, id DESC LIMIT 1");
-            let last: Option<(i64, String)> =
-                sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_optional(self.0.db.pool()).await.map_err(ApiError::from)?;
+            let last: Option<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .fetch_optional(self.0.db.pool())
+                .await
+                .map_err(ApiError::from)?;
             last.map_or_else(Mark::start, |(txid, id)| Mark { txid, id })
         };
         Ok(Response::new(super::watch::stream(self.0.clone(), permit, r.types, start)))

@@ -108,14 +108,14 @@ pub async fn record<T: Serialize>(conn: &mut AnyConnection, change: Change<'_, T
          VALUES ($1, $2, $3, $4, $5, $6, $7, {txid})"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
-    .bind(&id)
-    .bind(change.org)
-    .bind(change.kind)
-    .bind(change.resource_id)
-    .bind(change.sequence)
-    .bind(change.now)
-    .bind(body)
-    .execute(conn)
-    .await?;
+        .bind(&id)
+        .bind(change.org)
+        .bind(change.kind)
+        .bind(change.resource_id)
+        .bind(change.sequence)
+        .bind(change.now)
+        .bind(body)
+        .execute(conn)
+        .await?;
     Ok(id)
 }

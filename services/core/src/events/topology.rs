@@ -1,7 +1,9 @@
 //! The RabbitMQ topology both sides agree on: the durable topic exchange (routing key =
 //! event type), the dispatcher's quorum queue bound `#`, and a dead-letter exchange and queue.
 use anyhow::Context;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
@@ -64,6 +66,18 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+        Ok(())
+    }
+
+    /// Deletes the queues and exchanges `declare` made (test and benchmark runs clean up with
+    /// it, so nothing they published stays in the broker).
+    pub async fn delete(&self, channel: &Channel) -> anyhow::Result<()> {
+        for queue in [self.queue.clone(), self.dead_letter_queue()] {
+            channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+        }
+        for exchange in [self.exchange.clone(), self.dead_letter_exchange()] {
+            channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await?;
+        }
         Ok(())
     }
 
