@@ -16,7 +16,7 @@ pub mod signing;
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,8 +41,9 @@ use sender::Sender;
 const CLAIM_BATCH: usize = 200;
 /// Outcomes written per transaction.
 const RECORD_BATCH: usize = 256;
-/// Deliveries one endpoint's lane may hold waiting, in this process.
-const LANE_QUEUE: usize = 1024;
+/// Deliveries one endpoint's lane may hold waiting, in this process: enough that a busy
+/// endpoint's first attempts wait here rather than go through the database.
+const LANE_QUEUE: usize = 10_000;
 /// A claim leaves out endpoints with this many rounds of their cap already waiting.
 const QUEUED_ROUNDS: u32 = 4;
 /// How long a delivery this process holds stays ours without a renewal.
@@ -139,13 +140,11 @@ pub(crate) struct Inner {
     sender: Sender,
     lanes: Lanes<Job>,
     cache: Cache,
-    /// Deliveries written and leased to us, not yet recorded: their leases are renewed, and
-    /// at shutdown the ones left are handed back.
+    /// Deliveries written and leased to us, not yet recorded: while there are any, the
+    /// heartbeat renews our leases (by our name, one statement).
     held: Mutex<HashSet<String>>,
     /// Attempts running; `idle` is notified when it drops to zero.
     running: AtomicUsize,
-    /// The claim loop left deliveries behind for want of room: an attempt ending wakes it.
-    starved: AtomicBool,
     idle: Notify,
     /// Where finished attempts go to be recorded; taken away at shutdown, so the recorder
     /// ends once the last attempt that got through has been written.
@@ -169,7 +168,6 @@ impl Dispatcher {
             cache: Cache::default(),
             held: Mutex::default(),
             running: AtomicUsize::new(0),
-            starved: AtomicBool::new(false),
             idle: Notify::new(),
             outcomes: Mutex::new(Some(outcomes)),
             outcomes_rx: Mutex::new(Some(outcomes_rx)),
@@ -216,8 +214,8 @@ impl Dispatcher {
         drop(inner.outcomes.lock().unwrap_or_else(|p| p.into_inner()).take());
         let _ = tokio::time::timeout(Duration::from_secs(10), recorder).await;
         heartbeat.abort();
-        let cut_off: Vec<String> = inner.held.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
-        queue::release(&inner.shared.db, &inner.me, &cut_off, inner.shared.clock.now_ms()).await
+        inner.held.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        queue::release_all(&inner.shared.db, &inner.me, inner.shared.clock.now_ms()).await
     }
 }
 
@@ -276,7 +274,6 @@ impl Inner {
                 .saturating_sub(running + queued)
                 .min(CLAIM_BATCH);
             let full = self.lanes.full(QUEUED_ROUNDS);
-            self.starved.store(room == 0 || !full.is_empty(), Relaxed);
             let claimed = if room == 0 {
                 Vec::new()
             } else {
@@ -301,8 +298,9 @@ impl Inner {
             }
             // Sleep until the next delivery comes due by the clock (a retry, or another
             // dispatcher's lease running out), or until woken; nothing due: a long nap.
-            let (due_at, nap) = if room == 0 {
-                (None, Duration::from_millis(100)) // the lanes are full: attempts ending wake us
+            let (due_at, nap) = if room == 0 || !full.is_empty() {
+                // Lanes left out for want of room: look again once they may have drained.
+                (None, Duration::from_millis(100))
             } else {
                 match queue::next_due(&self.shared.db, &self.me).await {
                     Ok(at) => (at, IDLE_CHECK),
@@ -398,9 +396,6 @@ impl Inner {
             if inner.running.fetch_sub(1, Relaxed) == 1 {
                 inner.idle.notify_waiters();
             }
-            if inner.starved.load(Relaxed) {
-                inner.shared.wake.notify_one();
-            }
         });
     }
 
@@ -481,12 +476,11 @@ impl Inner {
     async fn heartbeat(self: Arc<Self>) {
         loop {
             tokio::time::sleep(HEARTBEAT).await;
-            let ids: Vec<String> = self.held.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
-            if ids.is_empty() {
-                continue;
+            if self.held.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+                continue; // idle: nothing to renew, no statement
             }
             let until = self.lease_until(self.shared.clock.now_ms());
-            if let Err(e) = queue::renew(&self.shared.db, &self.me, &ids, until).await {
+            if let Err(e) = queue::renew(&self.shared.db, &self.me, until).await {
                 tracing::warn!(error = %e, "cannot renew delivery leases; others may take them over");
             }
         }

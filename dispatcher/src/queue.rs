@@ -148,20 +148,29 @@ pub async fn release(db: &Db, me: &str, ids: &[String], at: i64) -> Result<()> {
     Ok(())
 }
 
-/// Renews our leases on `ids` (the heartbeat): while we hold them, nobody else takes them.
-pub async fn renew(db: &Db, me: &str, ids: &[String], lease_until: i64) -> Result<()> {
-    for chunk in ids.chunks(CHUNK * 2) {
-        let sql = format!(
-            "UPDATE webhook_deliveries SET next_attempt_at = $1 \
-             WHERE lease_owner = $2 AND state = 'pending' AND id IN ({})",
-            placeholders(3, chunk.len())
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(lease_until).bind(me);
-        for id in chunk {
-            q = q.bind(id);
-        }
-        q.execute(db.pool()).await?;
-    }
+/// Renews every lease we hold (the heartbeat): while we hold them, nobody else takes them.
+pub async fn renew(db: &Db, me: &str, lease_until: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE webhook_deliveries SET next_attempt_at = $1 \
+         WHERE lease_owner = $2 AND lease_owner <> '' AND state = 'pending'",
+    )
+    .bind(lease_until)
+    .bind(me)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Hands back every delivery we still hold, due at `at` (shutdown).
+pub async fn release_all(db: &Db, me: &str, at: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE webhook_deliveries SET next_attempt_at = $1, lease_owner = '' \
+         WHERE lease_owner = $2 AND lease_owner <> '' AND state = 'pending'",
+    )
+    .bind(at)
+    .bind(me)
+    .execute(db.pool())
+    .await?;
     Ok(())
 }
 
