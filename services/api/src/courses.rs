@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::AppState;
 use crate::auth::caller;
 use crate::clock::to_timestamp;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Reason};
 use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
 use crate::ids::{is_id, new_id};
@@ -276,8 +276,8 @@ impl CourseService for CourseApi {
             .await
             .map_err(ApiError::from)?;
         if published > 0 {
-            return Err(ApiError::precondition(
-                "COURSE_IS_PUBLISHED",
+            return Err(ApiError::new(
+                Reason::CourseIsPublished,
                 format!("the course is published to {published} domain(s)"),
             )
             .help("delete its published courses (PublishedCourseService.DeletePublishedCourse) first")

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::AppState;
 use crate::auth::caller;
 use crate::clock::{opt_timestamp, to_timestamp};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Reason};
 use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
 use crate::ids::{check_id, new_id};
@@ -151,9 +151,7 @@ impl DomainUserService for DomainUserApi {
         crate::users::fetch(&mut *tx, who.org(), &du.user_id).await?;
         let created = insert(&mut tx, who.org(), &du.domain_id, &du.user_id, !r.inactive, expires_at, now).await?;
         let Some(created) = created else {
-            return Err(
-                ApiError::already_exists("DOMAIN_USER_EXISTS", "the user already has access to this domain").into()
-            );
+            return Err(ApiError::new(Reason::DomainUserExists, "the user already has access to this domain").into());
         };
         Idempotency::save(&idem, &mut tx, &created, now).await?;
         tx.commit().await?;

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::AppState;
 use crate::auth::caller;
 use crate::clock::to_timestamp;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Reason};
 use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
 use crate::ids::new_id;
@@ -67,10 +67,9 @@ async fn save(tx: &mut Tx, org: &str, d: &Domain, sequence: i64, now: i64, creat
     };
     match q.execute(&mut **tx).await {
         Ok(done) => Ok(done.rows_affected() == 1),
-        Err(e) if is_unique_violation(&e) => Err(ApiError::already_exists(
-            "DOMAIN_EXISTS",
-            format!("a domain with hostname {:?} already exists", d.hostname),
-        )),
+        Err(e) if is_unique_violation(&e) => {
+            Err(ApiError::new(Reason::DomainExists, format!("a domain with hostname {:?} already exists", d.hostname)))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -196,8 +195,8 @@ impl DomainService for DomainApi {
             .await
             .map_err(ApiError::from)?;
         if published > 0 {
-            return Err(ApiError::precondition(
-                "DOMAIN_HAS_PUBLISHED_COURSES",
+            return Err(ApiError::new(
+                Reason::DomainHasPublishedCourses,
                 format!("{published} course(s) are published to this domain"),
             )
             .help("delete its published courses (PublishedCourseService.DeletePublishedCourse) first")

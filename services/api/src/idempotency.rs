@@ -5,7 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
 
-use crate::error::{ApiError, ApiResult, Code};
+use crate::error::{ApiError, ApiResult, Reason};
 use crate::store::{Tx, is_unique_violation};
 
 const TTL_MS: i64 = 24 * 60 * 60 * 1000;
@@ -54,7 +54,7 @@ impl Idempotency {
             return Ok(None);
         };
         if fingerprint != this.fingerprint {
-            return Err(ApiError::invalid("REQUEST_ID_REUSED", "request_id was already used with a different request")
+            return Err(ApiError::new(Reason::RequestIdReused, "request_id was already used with a different request")
                 .with("request_id", &this.request_id)
                 .help("use a new request_id for each distinct request"));
         }
@@ -83,8 +83,7 @@ impl Idempotency {
         .await;
         match insert {
             Err(e) if is_unique_violation(&e) => Err(ApiError::new(
-                Code::Aborted,
-                "REQUEST_IN_PROGRESS",
+                Reason::RequestInProgress,
                 "another request with this request_id was processed at the same time; retry it",
             )),
             r => r.map(|_| ()).map_err(Into::into),

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::AppState;
 use crate::clock::to_timestamp;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Reason};
 use crate::limits::window::Overrides;
 use crate::page::Page;
 use crate::resource::{flag, mask_paths};
@@ -58,7 +58,7 @@ pub async fn create_org(db: &Db, id: &str, name: &str, now: i64) -> ApiResult<()
     .bind(now);
     match q.execute(db.pool()).await {
         Err(e) if is_unique_violation(&e) => {
-            Err(ApiError::already_exists("ORGANIZATION_EXISTS", format!("organization {id:?} already exists")))
+            Err(ApiError::new(Reason::OrganizationExists, format!("organization {id:?} already exists")))
         }
         r => r.map(|_| ()).map_err(Into::into),
     }

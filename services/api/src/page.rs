@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Reason};
 
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
 pub const MAX_PAGE_SIZE: i64 = 1000;
@@ -77,7 +77,7 @@ impl Page {
 
 fn decode(key: &TokenKey, token: &str, scope: &str) -> ApiResult<String> {
     let bad = || {
-        ApiError::invalid("INVALID_PAGE_TOKEN", "page_token is malformed or belongs to another list or filter")
+        ApiError::new(Reason::InvalidPageToken, "page_token is malformed or belongs to another list or filter")
             .help("pass next_page_token unchanged, with the same filters; start over with an empty page_token")
     };
     let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;

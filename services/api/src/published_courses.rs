@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::AppState;
 use crate::auth::caller;
 use crate::clock::to_timestamp;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Reason};
 use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
 use crate::ids::{check_id, new_id};
@@ -96,8 +96,8 @@ impl PublishedCourseService for PublishedCourseApi {
         .await;
         match insert {
             Err(e) if is_unique_violation(&e) => {
-                return Err(ApiError::already_exists(
-                    "COURSE_ALREADY_PUBLISHED",
+                return Err(ApiError::new(
+                    Reason::CourseAlreadyPublished,
                     "this course is already published to this domain",
                 )
                 .into());
@@ -222,8 +222,8 @@ impl PublishedCourseService for PublishedCourseApi {
         .await
         .map_err(ApiError::from)?;
         if enrolled > 0 {
-            return Err(ApiError::precondition(
-                "PUBLISHED_COURSE_HAS_ENROLLMENTS",
+            return Err(ApiError::new(
+                Reason::PublishedCourseHasEnrollments,
                 format!("{enrolled} enrollment(s) use this published course"),
             )
             .help("delete its enrollments (EnrollmentService.DeleteEnrollment) first")

@@ -28,7 +28,7 @@ use crate::courses::CourseApi;
 use crate::domain_users::DomainUserApi;
 use crate::domains::DomainApi;
 use crate::enrollments::EnrollmentApi;
-use crate::error::{ApiError, Code};
+use crate::error::{ApiError, Reason};
 use crate::events::EventApi;
 use crate::limits::RateLimitLayer;
 use crate::organizations::OrganizationApi;
@@ -117,8 +117,7 @@ fn oversized_is_resource_exhausted(response: http::Response<tonic::body::Body>) 
         return response;
     }
     let e = ApiError::new(
-        Code::ResourceExhausted,
-        "MESSAGE_TOO_LARGE",
+        Reason::MessageTooLarge,
         format!("messages are limited to {} MiB", MAX_MESSAGE_BYTES / (1024 * 1024)),
     )
     .with("limit_bytes", MAX_MESSAGE_BYTES.to_string())
@@ -163,3 +162,20 @@ async fn follow_database_health(state: Arc<AppState>, health: tonic_health::serv
 
 /// Completes on Ctrl-C or SIGTERM: what both binaries stop on.
 pub use coursewire_core::shutdown::signal as shutdown_signal;
+
+#[cfg(test)]
+mod tests {
+    use tonic_types::StatusExt;
+
+    use crate::error::Reason;
+
+    /// The proto crate answers undecodable messages itself (it knows no `Reason`): it must
+    /// use the documented one.
+    #[test]
+    fn undecodable_messages_carry_the_documented_reason() {
+        let status = coursewire_proto::codec::malformed();
+        let info = status.get_error_details().error_info().cloned().expect("ErrorInfo");
+        assert_eq!(info.reason, Reason::MalformedRequest.as_str());
+        assert_eq!(status.code() as i32, Reason::MalformedRequest.code() as i32);
+    }
+}

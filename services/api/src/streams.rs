@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::error::{ApiError, ApiResult, Code};
+use crate::error::{ApiError, ApiResult, Reason};
 
 pub const DEFAULT_PER_ORG: usize = 8;
 
@@ -34,8 +34,7 @@ impl Streams {
         let count = open.entry(org.to_string()).or_default();
         if *count >= self.per_org {
             return Err(ApiError::new(
-                Code::ResourceExhausted,
-                "TOO_MANY_STREAMS",
+                Reason::TooManyStreams,
                 format!("your organization already has {} streams open on this server", self.per_org),
             )
             .with("limit", self.per_org.to_string())
@@ -96,7 +95,7 @@ mod tests {
         let s = Streams::new(2);
         let a = s.open("acme").unwrap();
         let _b = s.open("acme").unwrap();
-        assert_eq!(s.open("acme").err().unwrap().reason, "TOO_MANY_STREAMS");
+        assert_eq!(s.open("acme").err().unwrap().reason, crate::error::Reason::TooManyStreams);
         let _other = s.open("initech").expect("other organizations are counted apart");
         drop(a);
         s.open("acme").expect("a closed stream frees its place");

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::AppState;
 use crate::auth::caller;
 use crate::clock::to_timestamp;
-use crate::error::{ApiError, ApiResult, Code};
+use crate::error::{ApiError, ApiResult, Reason};
 use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
 use crate::ids::new_id;
@@ -66,8 +66,9 @@ async fn conflicts(tx: &mut Tx, org: &str, u: &User) -> ApiResult<()> {
             .fetch_optional(&mut **tx)
             .await?;
     if let Some(id) = by_email {
-        return Err(ApiError::already_exists("USER_EMAIL_EXISTS", "a user with this email already exists")
-            .with("existing_id", id));
+        return Err(
+            ApiError::new(Reason::UserEmailExists, "a user with this email already exists").with("existing_id", id)
+        );
     }
     let by_external: Option<String> =
         sqlx::query_scalar("SELECT id FROM users WHERE org_id = $1 AND external_id = $2 AND id <> $3")
@@ -77,7 +78,7 @@ async fn conflicts(tx: &mut Tx, org: &str, u: &User) -> ApiResult<()> {
             .fetch_optional(&mut **tx)
             .await?;
     if let Some(id) = by_external.filter(|_| !u.external_id.is_empty()) {
-        return Err(ApiError::already_exists("USER_EXTERNAL_ID_EXISTS", "a user with this external_id already exists")
+        return Err(ApiError::new(Reason::UserExternalIdExists, "a user with this external_id already exists")
             .with("existing_id", id));
     }
     Ok(())
@@ -111,9 +112,9 @@ async fn save(tx: &mut Tx, org: &str, u: &User, sequence: i64, now: i64, create:
         Ok(done) => Ok(done.rows_affected() == 1),
         // Lost a race with a concurrent write (the pre-check in `conflicts` saw nothing).
         Err(e) if is_unique_violation(&e) => Err(if e.to_string().contains("email") {
-            ApiError::already_exists("USER_EMAIL_EXISTS", "a user with this email already exists")
+            ApiError::new(Reason::UserEmailExists, "a user with this email already exists")
         } else {
-            ApiError::already_exists("USER_EXTERNAL_ID_EXISTS", "a user with this external_id already exists")
+            ApiError::new(Reason::UserExternalIdExists, "a user with this external_id already exists")
         }),
         Err(e) => Err(e.into()),
     }
@@ -194,7 +195,7 @@ impl UserService for UserApi {
             .fetch_optional(self.0.db.pool())
             .await
             .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::new(Code::NotFound, "NOT_FOUND", format!("no user with this {field}")))?;
+            .ok_or_else(|| ApiError::new(Reason::NotFound, format!("no user with this {field}")))?;
         Ok(Response::new(from_row(&row).map_err(ApiError::from)?.0))
     }
 
@@ -273,12 +274,9 @@ impl UserService for UserApi {
                 .await
                 .map_err(ApiError::from)?;
         if enrolled > 0 {
-            return Err(ApiError::precondition(
-                "USER_HAS_ENROLLMENTS",
-                format!("the user has {enrolled} enrollment(s)"),
-            )
-            .help("delete the user's enrollments (EnrollmentService.DeleteEnrollment) first")
-            .into());
+            return Err(ApiError::new(Reason::UserHasEnrollments, format!("the user has {enrolled} enrollment(s)"))
+                .help("delete the user's enrollments (EnrollmentService.DeleteEnrollment) first")
+                .into());
         }
         crate::domain_users::delete_where(&mut tx, who.org(), "user_id", &r.id, now).await?;
         delete_at(&mut tx, "users", "user", who.org(), &r.id, seq).await?;

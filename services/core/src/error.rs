@@ -30,10 +30,109 @@ pub enum Code {
     Unauthenticated = 16,
 }
 
+/// Declares `Reason`: each reason with the code it always travels with and what it means
+/// (docs/api.md's table is checked against this list by a test).
+macro_rules! reasons {
+    ($($variant:ident = $name:literal, $code:ident, $meaning:literal;)*) => {
+        /// Why a call failed: `ErrorInfo.reason`, the stable name clients switch on.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Reason {
+            $(#[doc = $meaning] $variant,)*
+        }
+
+        impl Reason {
+            pub const ALL: &[Reason] = &[$(Reason::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(Reason::$variant => $name,)* }
+            }
+
+            pub fn code(self) -> Code {
+                match self { $(Reason::$variant => Code::$code,)* }
+            }
+
+            pub fn meaning(self) -> &'static str {
+                match self { $(Reason::$variant => $meaning,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    InvalidField = "INVALID_FIELD", InvalidArgument, "one or more fields are invalid; see `BadRequest.field_violations`";
+    InvalidPageToken = "INVALID_PAGE_TOKEN", InvalidArgument, "the page token is malformed or from another list, organization or filter";
+    RequestIdReused = "REQUEST_ID_REUSED", InvalidArgument, "the `request_id` was used with a different request in the last 24 h";
+    MalformedRequest = "MALFORMED_REQUEST", InvalidArgument, "the message does not decode: truncated, not protobuf, or a string field that is not UTF-8";
+    InvalidText = "INVALID_TEXT", InvalidArgument, "a text value holds a NUL byte that could not be stored";
+    ReplayTooLarge = "REPLAY_TOO_LARGE", InvalidArgument, "more than 10,000 events match; replay a narrower time range";
+    MessageTooLarge = "MESSAGE_TOO_LARGE", ResourceExhausted, "the message is over 4 MiB (`metadata.limit_bytes`); split it";
+    MissingCredentials = "MISSING_CREDENTIALS", Unauthenticated, "no `authorization` or `x-api-key` header";
+    MalformedCredentials = "MALFORMED_CREDENTIALS", Unauthenticated, "the header is not one of the accepted forms, or the key is not `sk_` + 48 hex";
+    KeyUnknown = "KEY_UNKNOWN", Unauthenticated, "no such key";
+    KeyRevoked = "KEY_REVOKED", Unauthenticated, "the key was revoked";
+    KeyExpired = "KEY_EXPIRED", Unauthenticated, "the key's expiry has passed";
+    ScopeMissing = "SCOPE_MISSING", PermissionDenied, "the key lacks the scope (`metadata.required_scope`)";
+    ScopeEscalation = "SCOPE_ESCALATION", PermissionDenied, "a key asked for, or changed, a key beyond its own authority (see Delegation)";
+    IpNotAllowed = "IP_NOT_ALLOWED", PermissionDenied, "the key has an IP allowlist and the caller is outside it";
+    OrganizationSuspended = "ORGANIZATION_SUSPENDED", PermissionDenied, "the key's organization is suspended";
+    PlatformKeyRequired = "PLATFORM_KEY_REQUIRED", PermissionDenied, "organization management needs a platform key";
+    OrganizationKeyRequired = "ORGANIZATION_KEY_REQUIRED", PermissionDenied, "platform keys cannot call organization resources";
+    NotFound = "NOT_FOUND", NotFound, "no such resource in your organization (`metadata.resource_id`)";
+    DomainExists = "DOMAIN_EXISTS", AlreadyExists, "another domain has this hostname";
+    UserEmailExists = "USER_EMAIL_EXISTS", AlreadyExists, "another user has this email, case-insensitively (`metadata.existing_id`)";
+    UserExternalIdExists = "USER_EXTERNAL_ID_EXISTS", AlreadyExists, "another user has this external_id (`metadata.existing_id`)";
+    CourseAlreadyPublished = "COURSE_ALREADY_PUBLISHED", AlreadyExists, "the course is already published to this domain";
+    DomainUserExists = "DOMAIN_USER_EXISTS", AlreadyExists, "the user already has access to this domain";
+    EnrollmentExists = "ENROLLMENT_EXISTS", AlreadyExists, "the user is already enrolled (`metadata.existing_id`)";
+    OrganizationExists = "ORGANIZATION_EXISTS", AlreadyExists, "an organization with this id exists";
+    RateLimited = "RATE_LIMITED", ResourceExhausted, "over a rate limit; see `RetryInfo`, `QuotaFailure` and the headers above";
+    TooManyStreams = "TOO_MANY_STREAMS", ResourceExhausted, "the organization has `--max-streams-per-org` streams open on this server (`metadata.limit`)";
+    SlowConsumer = "SLOW_CONSUMER", ResourceExhausted, "a WatchEvents stream left its buffer full too long; resume from `metadata.resume_after_event_id`";
+    EtagMismatch = "ETAG_MISMATCH", Aborted, "the resource changed since you read it; read it again";
+    RequestInProgress = "REQUEST_IN_PROGRESS", Aborted, "a request with the same `request_id` ran at the same time; retry";
+    KeyAlreadyRevoked = "KEY_ALREADY_REVOKED", FailedPrecondition, "revoked keys cannot be changed";
+    DomainHasPublishedCourses = "DOMAIN_HAS_PUBLISHED_COURSES", FailedPrecondition, "delete the domain's published courses first";
+    CourseIsPublished = "COURSE_IS_PUBLISHED", FailedPrecondition, "delete the course's published courses first";
+    PublishedCourseHasEnrollments = "PUBLISHED_COURSE_HAS_ENROLLMENTS", FailedPrecondition, "delete its enrollments first";
+    UserHasEnrollments = "USER_HAS_ENROLLMENTS", FailedPrecondition, "delete the user's enrollments first";
+    UserInactive = "USER_INACTIVE", FailedPrecondition, "inactive users cannot be enrolled";
+    EnrollmentClosed = "ENROLLMENT_CLOSED", FailedPrecondition, "the published course has `enrollment_closed` set";
+    EnrollmentExpired = "ENROLLMENT_EXPIRED", FailedPrecondition, "extend `expires_at` before recording progress or completing";
+    KeyLimitReached = "KEY_LIMIT_REACHED", FailedPrecondition, "an organization holds at most 25 active keys";
+    ConflictingChange = "CONFLICTING_CHANGE", FailedPrecondition, "something the request refers to was removed concurrently; retry";
+    WebhookDisabled = "WEBHOOK_DISABLED", FailedPrecondition, "test events, retries and replays need the endpoint enabled (`EnableWebhook`)";
+    Unavailable = "UNAVAILABLE", Unavailable, "the database is unreachable, or the server is stopping (streams carry a resume cursor); retry with backoff";
+    Internal = "INTERNAL", Internal, "a bug or an unexpected failure; it was logged";
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Code {
+    /// The canonical gRPC name (`INVALID_ARGUMENT`), as the docs write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Code::InvalidArgument => "INVALID_ARGUMENT",
+            Code::NotFound => "NOT_FOUND",
+            Code::AlreadyExists => "ALREADY_EXISTS",
+            Code::PermissionDenied => "PERMISSION_DENIED",
+            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Code::FailedPrecondition => "FAILED_PRECONDITION",
+            Code::Aborted => "ABORTED",
+            Code::Internal => "INTERNAL",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     pub code: Code,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
     /// Boxed: errors travel through every `Result`, and most carry no details.
     pub details: Box<Details>,
@@ -50,18 +149,15 @@ pub struct Details {
 }
 
 impl ApiError {
-    pub fn new(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError { code, reason, message: message.into(), details: Box::default() }
-    }
-
-    pub fn invalid(reason: &'static str, message: impl Into<String>) -> Self {
-        Self::new(Code::InvalidArgument, reason, message)
+    /// An error for `reason`, with the code that reason always has.
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        ApiError { code: reason.code(), reason, message: message.into(), details: Box::default() }
     }
 
     /// One INVALID_ARGUMENT naming every bad field.
     pub fn violations(violations: Vec<(String, String)>) -> Self {
         let fields: Vec<&str> = violations.iter().map(|(f, _)| f.as_str()).collect();
-        let mut e = Self::invalid("INVALID_FIELD", format!("invalid fields: {}", fields.join(", ")));
+        let mut e = Self::new(Reason::InvalidField, format!("invalid fields: {}", fields.join(", ")));
         e.details.violations = violations;
         e
     }
@@ -72,39 +168,28 @@ impl ApiError {
 
     /// NOT_FOUND; also used for other organizations' resources, so existence never leaks.
     pub fn not_found(kind: &'static str, id: &str) -> Self {
-        Self::new(Code::NotFound, "NOT_FOUND", format!("{kind} {id:?} not found")).with("resource_id", id)
-    }
-
-    pub fn already_exists(reason: &'static str, message: impl Into<String>) -> Self {
-        Self::new(Code::AlreadyExists, reason, message)
-    }
-
-    pub fn precondition(reason: &'static str, message: impl Into<String>) -> Self {
-        Self::new(Code::FailedPrecondition, reason, message)
+        Self::new(Reason::NotFound, format!("{kind} {id:?} not found")).with("resource_id", id)
     }
 
     pub fn etag_mismatch(kind: &'static str) -> Self {
-        Self::new(Code::Aborted, "ETAG_MISMATCH", format!("the {kind} changed since it was read"))
+        Self::new(Reason::EtagMismatch, format!("the {kind} changed since it was read"))
             .help("read the resource again and retry with its current etag")
     }
 
-    pub fn unauthenticated(reason: &'static str, message: impl Into<String>) -> Self {
-        Self::new(Code::Unauthenticated, reason, message)
+    pub fn unauthenticated(reason: Reason, message: impl Into<String>) -> Self {
+        debug_assert_eq!(reason.code(), Code::Unauthenticated);
+        Self::new(reason, message)
             .help("send `authorization: Bearer sk_...`, `x-api-key: sk_...` or Basic auth with the key as user")
     }
 
-    pub fn permission_denied(reason: &'static str, message: impl Into<String>) -> Self {
-        Self::new(Code::PermissionDenied, reason, message)
-    }
-
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(Code::Unavailable, "UNAVAILABLE", message).help("retry with backoff")
+        Self::new(Reason::Unavailable, message).help("retry with backoff")
     }
 
     /// Logs the cause and returns an INTERNAL without details.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(Code::Internal, "INTERNAL", "internal error; it has been logged")
+        Self::new(Reason::Internal, "internal error; it has been logged")
     }
 
     pub fn with(mut self, key: &str, value: impl Into<String>) -> Self {
@@ -126,14 +211,14 @@ impl From<sqlx::Error> for ApiError {
                 ApiError::unavailable("the database is unavailable")
             }
             // Text Postgres cannot store (a NUL byte) that validation did not catch by name.
-            sqlx::Error::Database(d) if d.code().as_deref() == Some("22021") => ApiError::invalid(
-                "INVALID_TEXT",
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("22021") => ApiError::new(
+                Reason::InvalidText,
                 "a text value contains a character that cannot be stored (a NUL byte)",
             )
             .help("remove NUL (\\0) characters from the request's text fields"),
             // A row this write refers to was removed by a concurrent call.
-            sqlx::Error::Database(d) if d.is_foreign_key_violation() => ApiError::precondition(
-                "CONFLICTING_CHANGE",
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => ApiError::new(
+                Reason::ConflictingChange,
                 "a resource this request refers to was changed or removed concurrently",
             )
             .help("read the resources again and retry"),
@@ -150,7 +235,7 @@ impl From<ApiError> for tonic::Status {
 
         let Details { metadata, violations, help, retry_after, quota } = *e.details;
         let mut details = ErrorDetails::new();
-        details.set_error_info(e.reason, ERROR_DOMAIN, metadata.into_iter().collect::<HashMap<_, _>>());
+        details.set_error_info(e.reason.as_str(), ERROR_DOMAIN, metadata.into_iter().collect::<HashMap<_, _>>());
         for (field, description) in violations {
             details.add_bad_request_violation(field, description);
         }
@@ -164,5 +249,34 @@ impl From<ApiError> for tonic::Status {
             details.add_quota_failure_violation(subject, description);
         }
         tonic::Status::with_error_details(tonic::Code::from_i32(e.code as i32), e.message, details)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/api.md's reason table is exactly this list: every reason, its code and meaning.
+    #[test]
+    fn the_documented_reasons_are_the_reasons() {
+        let docs = include_str!("../../../docs/api.md");
+        let table = docs.split("### Error reasons").nth(1).expect("docs/api.md has an `Error reasons` table");
+        let documented: Vec<String> = table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+            .map(str::to_string)
+            .collect();
+        let ours: Vec<String> = Reason::ALL
+            .iter()
+            .map(|r| format!("| {} | `{}` | {} |", r.code().name(), r.as_str(), r.meaning()))
+            .collect();
+        let missing: Vec<_> = ours.iter().filter(|r| !documented.contains(r)).collect();
+        let unknown: Vec<_> = documented.iter().filter(|r| !ours.contains(r)).collect();
+        assert!(
+            missing.is_empty() && unknown.is_empty(),
+            "not in docs/api.md: {missing:#?}\nnot a Reason: {unknown:#?}"
+        );
     }
 }

@@ -6,7 +6,7 @@
 use ipnet::IpNet;
 
 use super::store::{KeyRecord, Scopes};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Reason};
 use crate::limits::window::{DAY_MS, Span, Window};
 
 /// What a key would be allowed to do: the fields delegation compares.
@@ -34,11 +34,8 @@ pub fn check(grantor: &KeyRecord, wanted: &Authority<'_>) -> ApiResult<()> {
     if problems.is_empty() {
         return Ok(());
     }
-    Err(ApiError::permission_denied(
-        "SCOPE_ESCALATION",
-        format!("a key can only grant what it holds: {}", problems.join("; ")),
-    )
-    .help("use a key that holds this authority, or ask less of the new key"))
+    Err(ApiError::new(Reason::ScopeEscalation, format!("a key can only grant what it holds: {}", problems.join("; ")))
+        .help("use a key that holds this authority, or ask less of the new key"))
 }
 
 /// Refuses changes to the calling key's own scopes or allowlist.
@@ -53,11 +50,8 @@ pub fn check_self_change(caller: &KeyRecord, scopes: &Scopes, cidrs: &[IpNet]) -
     if changed.is_empty() {
         return Ok(());
     }
-    Err(ApiError::permission_denied(
-        "SCOPE_ESCALATION",
-        format!("a key cannot change its own {}", changed.join(" or ")),
-    )
-    .help("change it with another key that holds this authority"))
+    Err(ApiError::new(Reason::ScopeEscalation, format!("a key cannot change its own {}", changed.join(" or ")))
+        .help("change it with another key that holds this authority"))
 }
 
 fn sorted<T: Ord + Clone>(items: &[T]) -> Vec<T> {

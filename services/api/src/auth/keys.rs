@@ -6,7 +6,7 @@ use http::HeaderMap;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Reason};
 
 const SECRET_HEX_LEN: usize = 48;
 /// Longest credential header we look at; anything longer is refused without parsing.
@@ -39,7 +39,7 @@ fn is_secret(s: &str) -> bool {
 /// The secret from `authorization: Bearer …`, `authorization: Basic base64(key:)` or
 /// `x-api-key: …`. The errors say what was wrong with what was sent.
 pub fn from_headers(headers: &HeaderMap) -> ApiResult<String> {
-    let malformed = |what: &str| ApiError::unauthenticated("MALFORMED_CREDENTIALS", what.to_string());
+    let malformed = |what: &str| ApiError::unauthenticated(Reason::MalformedCredentials, what.to_string());
     let candidate = if let Some(v) = headers.get("x-api-key") {
         v.to_str().map_err(|_| malformed("x-api-key is not ASCII"))?.to_string()
     } else if let Some(v) = headers.get(http::header::AUTHORIZATION) {
@@ -66,7 +66,7 @@ pub fn from_headers(headers: &HeaderMap) -> ApiResult<String> {
         }
     } else {
         return Err(ApiError::unauthenticated(
-            "MISSING_CREDENTIALS",
+            Reason::MissingCredentials,
             "no API key: send `authorization: Bearer sk_...`",
         ));
     };
@@ -117,8 +117,8 @@ mod tests {
             ("x-api-key", "sk_123".to_string()),
         ] {
             let e = from_headers(&headers(name, &value)).unwrap_err();
-            assert_eq!(e.reason, "MALFORMED_CREDENTIALS", "{name}: {value}");
+            assert_eq!(e.reason, Reason::MalformedCredentials, "{name}: {value}");
         }
-        assert_eq!(from_headers(&HeaderMap::new()).unwrap_err().reason, "MISSING_CREDENTIALS");
+        assert_eq!(from_headers(&HeaderMap::new()).unwrap_err().reason, Reason::MissingCredentials);
     }
 }

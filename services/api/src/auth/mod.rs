@@ -22,7 +22,7 @@ pub use crate::organizations::create_org;
 pub use store::{KeyRecord, NewKey, Scopes, create_key, get_key, list_keys, revoke_key, update_key};
 
 use crate::clock::SharedClock;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Reason};
 use crate::store::Db;
 use policy::{Need, Policy};
 
@@ -75,27 +75,27 @@ impl Authenticator {
         let key = self
             .lookup(&hash)
             .await?
-            .ok_or_else(|| ApiError::unauthenticated("KEY_UNKNOWN", "the API key is not known"))?;
+            .ok_or_else(|| ApiError::unauthenticated(Reason::KeyUnknown, "the API key is not known"))?;
         // The lookup is by hash; compare in constant time anyway so no code path branches
         // on a partial match.
         if !bool::from(key.secret_hash.as_bytes().ct_eq(hash.as_bytes())) {
-            return Err(ApiError::unauthenticated("KEY_UNKNOWN", "the API key is not known"));
+            return Err(ApiError::unauthenticated(Reason::KeyUnknown, "the API key is not known"));
         }
         let now = self.clock.now_ms();
         if key.revoked_at.is_some() {
-            return Err(ApiError::unauthenticated("KEY_REVOKED", "the API key was revoked"));
+            return Err(ApiError::unauthenticated(Reason::KeyRevoked, "the API key was revoked"));
         }
         if key.expires_at.is_some_and(|t| t <= now) {
-            return Err(ApiError::unauthenticated("KEY_EXPIRED", "the API key has expired"));
+            return Err(ApiError::unauthenticated(Reason::KeyExpired, "the API key has expired"));
         }
         if key.org_suspended {
-            return Err(ApiError::permission_denied("ORGANIZATION_SUSPENDED", "the organization is suspended"));
+            return Err(ApiError::new(Reason::OrganizationSuspended, "the organization is suspended"));
         }
         if !key.allowed_cidrs.is_empty()
             && !client_ip(&self.trusted_proxies, headers, peer)
                 .is_some_and(|ip| key.allowed_cidrs.iter().any(|net| net.contains(&ip)))
         {
-            return Err(ApiError::permission_denied("IP_NOT_ALLOWED", "this key may not be used from your IP address")
+            return Err(ApiError::new(Reason::IpNotAllowed, "this key may not be used from your IP address")
                 .help("add your address to the key's allowed CIDRs"));
         }
         let policy = policy::policy(path);
@@ -158,17 +158,17 @@ fn client_ip(trusted: &[IpNet], headers: &http::HeaderMap, peer: Option<IpAddr>)
 
 fn authorize(key: &KeyRecord, need: Need) -> ApiResult<()> {
     let denied = |scope: String| {
-        ApiError::permission_denied("SCOPE_MISSING", format!("this key lacks the scope {scope}"))
+        ApiError::new(Reason::ScopeMissing, format!("this key lacks the scope {scope}"))
             .with("required_scope", scope)
             .help("create a key with the scope this method needs (see docs/api.md)")
     };
     match need {
         Need::Platform if !key.platform => {
-            Err(ApiError::permission_denied("PLATFORM_KEY_REQUIRED", "only platform keys may manage organizations"))
+            Err(ApiError::new(Reason::PlatformKeyRequired, "only platform keys may manage organizations"))
         }
         Need::Platform => Ok(()),
-        _ if key.platform => Err(ApiError::permission_denied(
-            "ORGANIZATION_KEY_REQUIRED",
+        _ if key.platform => Err(ApiError::new(
+            Reason::OrganizationKeyRequired,
             "platform keys only manage organizations; use an organization's key",
         )),
         Need::AnyKey => Ok(()),

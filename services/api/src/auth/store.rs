@@ -9,7 +9,7 @@ use sqlx::any::AnyRow;
 use super::delegation::{self, Authority};
 use super::keys;
 use super::policy::RESOURCES;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Reason};
 use crate::ids::new_id;
 use crate::limits::window::{OrgLimits, Overrides, Window, parse_windows};
 use crate::store::Db;
@@ -220,8 +220,8 @@ pub async fn create_key(db: &Db, new: NewKey, now: i64, grantor: Option<&KeyReco
         .fetch_one(&mut *tx)
         .await?;
         if active >= MAX_KEYS_PER_ORG {
-            return Err(ApiError::precondition(
-                "KEY_LIMIT_REACHED",
+            return Err(ApiError::new(
+                Reason::KeyLimitReached,
                 format!("an organization may hold at most {MAX_KEYS_PER_ORG} active keys"),
             )
             .help("revoke a key you no longer use, then create the new one"));
@@ -304,7 +304,7 @@ pub async fn update_key(db: &Db, current: &KeyRecord, fields: &NewKey, caller: &
         .execute(db.pool())
         .await?;
     if done.rows_affected() == 0 {
-        return Err(ApiError::precondition("KEY_ALREADY_REVOKED", "revoked keys cannot be changed"));
+        return Err(ApiError::new(Reason::KeyAlreadyRevoked, "revoked keys cannot be changed"));
     }
     get_key(db, org_id, key_id).await
 }

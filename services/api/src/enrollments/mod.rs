@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::AppState;
 use crate::auth::policy::CallClass;
 use crate::auth::{Caller, caller};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Reason};
 use crate::idempotency::Idempotency;
 use crate::ids::check_id;
 use crate::page::Page;
@@ -41,7 +41,8 @@ fn score_ok(v: &mut Violations, field: &str, score: Option<f64>) {
 impl EnrollmentApi {
     /// Fills in the winner's id when a duplicate lost a race inside the database.
     async fn with_existing_id(&self, who: &Caller, r: &CreateEnrollmentRequest, mut e: ApiError) -> ApiError {
-        if e.reason == "ENROLLMENT_EXISTS" && e.details.metadata.get("existing_id").is_none_or(|id| id.is_empty()) {
+        if e.reason == Reason::EnrollmentExists && e.details.metadata.get("existing_id").is_none_or(|id| id.is_empty())
+        {
             let id: Option<String> = sqlx::query_scalar(
                 "SELECT id FROM enrollments WHERE org_id = $1 AND user_id = $2 AND published_course_id = $3 AND deleted_at IS NULL",
             )
@@ -229,7 +230,7 @@ impl EnrollmentService for EnrollmentApi {
                     Ok(e) => Outcome::Enrollment(e),
                     Err(e) => Outcome::Error(ItemError {
                         code: e.code as i32,
-                        reason: e.reason.into(),
+                        reason: e.reason.as_str().into(),
                         message: e.message,
                         metadata: e.details.metadata,
                     }),

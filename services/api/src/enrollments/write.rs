@@ -8,7 +8,7 @@ use sqlx::{AnyConnection, Row};
 use super::store::fetch;
 use crate::auth::Caller;
 use crate::clock::{opt_timestamp, to_timestamp};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Reason};
 use crate::events::{self, Change};
 use crate::ids::{check_id, new_id};
 use crate::resource::opt_time;
@@ -32,7 +32,7 @@ pub fn validate_create(r: &CreateEnrollmentRequest, prefix: &str, now: i64) -> A
 }
 
 fn duplicate(id: String) -> ApiError {
-    ApiError::already_exists("ENROLLMENT_EXISTS", "the user is already enrolled in this published course")
+    ApiError::new(Reason::EnrollmentExists, "the user is already enrolled in this published course")
         .with("existing_id", id)
         .help("use the existing enrollment (its id is in metadata.existing_id)")
 }
@@ -84,14 +84,11 @@ pub async fn create(
 ) -> ApiResult<Enrollment> {
     let t = target(conn, who, r).await?;
     if !t.active {
-        return Err(ApiError::precondition("USER_INACTIVE", "the user is inactive")
+        return Err(ApiError::new(Reason::UserInactive, "the user is inactive")
             .help("activate the user (UpdateUser active=true) first"));
     }
     if t.enrollment_closed {
-        return Err(ApiError::precondition(
-            "ENROLLMENT_CLOSED",
-            "this published course does not accept new enrollments",
-        ));
+        return Err(ApiError::new(Reason::EnrollmentClosed, "this published course does not accept new enrollments"));
     }
     if let Some(id) = t.existing_id {
         return Err(duplicate(id));
@@ -153,7 +150,7 @@ async fn lock(conn: &mut AnyConnection, who: &Caller, id: &str, now: i64) -> Api
 
 fn expired(e: &Enrollment) -> ApiResult<()> {
     if e.state == State::Expired as i32 {
-        return Err(ApiError::precondition("ENROLLMENT_EXPIRED", "the enrollment has expired")
+        return Err(ApiError::new(Reason::EnrollmentExpired, "the enrollment has expired")
             .help("extend expires_at with UpdateEnrollment first"));
     }
     Ok(())

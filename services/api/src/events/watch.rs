@@ -12,7 +12,7 @@ use tonic::Status;
 use super::service::{COLUMNS, event_from_row, type_terms};
 use super::{Mark, in_order};
 use crate::AppState;
-use crate::error::{ApiError, Code};
+use crate::error::{ApiError, Reason};
 use crate::streams::{Permit, shutting_down};
 
 const CHUNK: i64 = 200;
@@ -66,8 +66,7 @@ pub fn stream(
                 };
                 if !wait_for_room(&tx, &state).await {
                     let e = ApiError::new(
-                        Code::ResourceExhausted,
-                        "SLOW_CONSUMER",
+                        Reason::SlowConsumer,
                         "the stream's buffer stayed full; resume with after_event_id",
                     )
                     .with("resume_after_event_id", last_sent)

@@ -21,7 +21,7 @@ use window::{ClassLimits, Span, Window, WindowState};
 use crate::auth::Caller;
 use crate::auth::policy::CallClass;
 use crate::clock::SharedClock;
-use crate::error::{ApiError, Code};
+use crate::error::{ApiError, Reason};
 
 /// One counter and the windows that apply to it.
 pub struct Subject<'a> {
@@ -231,7 +231,7 @@ impl Verdict {
                 ceil_seconds(self.reset_ms)
             )
         };
-        let mut e = ApiError::new(Code::ResourceExhausted, "RATE_LIMITED", message)
+        let mut e = ApiError::new(Reason::RateLimited, message)
             .with("limit", self.limit.to_string())
             .with("window", self.window.clone())
             .with("call_class", class)

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::AppState;
 use crate::auth::caller;
 use crate::clock::{opt_timestamp, to_timestamp};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Reason};
 use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
 use crate::ids::new_id;
@@ -66,7 +66,7 @@ fn check_delivery(field: &str, id: &str) -> ApiResult<()> {
 }
 
 fn disabled_error(id: &str) -> ApiError {
-    ApiError::precondition("WEBHOOK_DISABLED", format!("webhook {id} is disabled"))
+    ApiError::new(Reason::WebhookDisabled, format!("webhook {id} is disabled"))
         .help("enable it first (WebhookService.EnableWebhook)")
 }
 
@@ -545,8 +545,8 @@ impl WebhookService for WebhookApi {
             .and_then(|row| row.try_get("n"))
             .map_err(ApiError::from)?;
         if count > MAX_REPLAY as i64 {
-            return Err(ApiError::invalid(
-                "REPLAY_TOO_LARGE",
+            return Err(ApiError::new(
+                Reason::ReplayTooLarge,
                 format!("{count} events match; one replay sends at most {MAX_REPLAY}"),
             )
             .help("narrow start_time/end_time and replay in several calls")

@@ -11,7 +11,8 @@ use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::new_id;
 
-/// Every event type (ARCHITECTURE §6); webhook filters are checked against it.
+/// Every event type (ARCHITECTURE §6): webhook filters are checked against it, `record`
+/// writes nothing else, and docs/events.md's table is compared with it by a test.
 pub const EVENT_TYPES: &[&str] = &[
     "domain.created",
     "domain.updated",
@@ -87,6 +88,9 @@ pub struct Change<'a, T: Serialize> {
 
 /// Appends the event of `change` inside `tx`; returns its id.
 pub async fn record<T: Serialize>(conn: &mut AnyConnection, change: Change<'_, T>) -> ApiResult<String> {
+    if !EVENT_TYPES.contains(&change.kind) {
+        return Err(ApiError::internal(format!("event type {:?} is not in EVENT_TYPES", change.kind)));
+    }
     let id = new_id("evt");
     let body = serde_json::to_string(&Envelope {
         id: &id,
@@ -118,4 +122,30 @@ pub async fn record<T: Serialize>(conn: &mut AnyConnection, change: Change<'_, T
         .execute(conn)
         .await?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The types docs/events.md lists (first column of its type table) are exactly these.
+    #[test]
+    fn the_documented_event_types_are_the_event_types() {
+        let docs = include_str!("../../../../docs/events.md");
+        let table = docs.split("## Event types and payloads").nth(1).expect("docs/events.md has the type table");
+        let mut documented: Vec<String> = table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+            .flat_map(|row| {
+                let first = row.split('|').nth(1).unwrap_or_default().to_string();
+                first.split(',').map(|t| t.trim().trim_matches('`').to_string()).collect::<Vec<_>>()
+            })
+            .collect();
+        let mut ours: Vec<String> = EVENT_TYPES.iter().map(|t| t.to_string()).collect();
+        documented.sort();
+        ours.sort();
+        assert_eq!(documented, ours, "docs/events.md's table and EVENT_TYPES differ");
+    }
 }
