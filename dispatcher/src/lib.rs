@@ -16,8 +16,8 @@ pub mod signing;
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,9 +46,10 @@ const RECORD_BATCH: usize = 256;
 const LANE_QUEUE: usize = 10_000;
 /// A claim leaves out endpoints with this many rounds of their cap already waiting.
 const QUEUED_ROUNDS: u32 = 4;
-/// How long a delivery this process holds stays ours without a renewal.
-const LEASE: Duration = Duration::from_secs(6);
-/// How often held leases are renewed (well inside `LEASE`).
+/// How long this process's liveness row keeps what it holds its own without a renewal.
+const LEASE: Duration = Duration::from_secs(5);
+/// How often the liveness row is renewed while this process holds anything, and how often it
+/// looks for dispatchers whose row lapsed (whose deliveries it then hands back).
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// The longest the claim loop sleeps when nothing is due (it is woken for everything else).
 const IDLE_CHECK: Duration = Duration::from_secs(30);
@@ -140,9 +141,11 @@ pub(crate) struct Inner {
     sender: Sender,
     lanes: Lanes<Job>,
     cache: Cache,
-    /// Deliveries written and leased to us, not yet recorded: while there are any, the
-    /// heartbeat renews our leases (by our name, one statement).
+    /// Deliveries written and held by us, not yet recorded: while there are any, the
+    /// heartbeat keeps our liveness row ahead.
     held: Mutex<HashSet<String>>,
+    /// Until when our liveness row, as last written, says we are alive.
+    alive_until: AtomicI64,
     /// Attempts running; `idle` is notified when it drops to zero.
     running: AtomicUsize,
     idle: Notify,
@@ -167,6 +170,7 @@ impl Dispatcher {
             lanes,
             cache: Cache::default(),
             held: Mutex::default(),
+            alive_until: AtomicI64::new(0),
             running: AtomicUsize::new(0),
             idle: Notify::new(),
             outcomes: Mutex::new(Some(outcomes)),
@@ -220,8 +224,21 @@ impl Dispatcher {
 }
 
 impl Inner {
-    fn lease_until(&self, now: i64) -> i64 {
-        now + LEASE.as_millis() as i64
+    /// Before holding anything new: makes sure our liveness row has at least half a lease
+    /// ahead (one statement when it has less; none while the heartbeat keeps it fresh).
+    async fn ensure_alive(&self) -> anyhow::Result<()> {
+        let now = self.shared.clock.now_ms();
+        if self.alive_until.load(Relaxed) - now < LEASE.as_millis() as i64 / 2 {
+            self.renew(now).await?;
+        }
+        Ok(())
+    }
+
+    async fn renew(&self, now: i64) -> anyhow::Result<()> {
+        let until = now + LEASE.as_millis() as i64;
+        queue::alive(&self.shared.db, &self.me, until).await?;
+        self.alive_until.store(until, Relaxed);
+        Ok(())
     }
 
     fn disable_after_ms(&self) -> i64 {
@@ -277,7 +294,11 @@ impl Inner {
             let claimed = if room == 0 {
                 Vec::new()
             } else {
-                match queue::claim(&self.shared.db, &self.me, now, self.lease_until(now), room, &full).await {
+                let claimed = match self.ensure_alive().await {
+                    Ok(()) => queue::claim(&self.shared.db, &self.me, now, room, &full).await,
+                    Err(e) => Err(e),
+                };
+                match claimed {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot claim deliveries; retrying");
@@ -302,7 +323,7 @@ impl Inner {
                 // Lanes left out for want of room: look again once they may have drained.
                 (None, Duration::from_millis(100))
             } else {
-                match queue::next_due(&self.shared.db, &self.me).await {
+                match queue::next_due(&self.shared.db).await {
                     Ok(at) => (at, IDLE_CHECK),
                     Err(_) => (None, Duration::from_secs(1)),
                 }
@@ -472,16 +493,20 @@ impl Inner {
         }
     }
 
-    /// Renews the leases of what this process holds, so nobody else takes it meanwhile.
+    /// Keeps our liveness row ahead while we hold anything (idle: no statement), and hands
+    /// back the deliveries of dispatchers whose row lapsed.
     async fn heartbeat(self: Arc<Self>) {
         loop {
             tokio::time::sleep(HEARTBEAT).await;
-            if self.held.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
-                continue; // idle: nothing to renew, no statement
+            let now = self.shared.clock.now_ms();
+            let holding = !self.held.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+            if holding && let Err(e) = self.renew(now).await {
+                tracing::warn!(error = %e, "cannot renew this dispatcher's liveness; others may take its deliveries over");
             }
-            let until = self.lease_until(self.shared.clock.now_ms());
-            if let Err(e) = queue::renew(&self.shared.db, &self.me, until).await {
-                tracing::warn!(error = %e, "cannot renew delivery leases; others may take them over");
+            match queue::reap(&self.shared.db, now).await {
+                Ok(0) => {}
+                Ok(_) => self.shared.wake.notify_one(),
+                Err(e) => tracing::warn!(error = %e, "cannot look for lapsed dispatchers"),
             }
         }
     }

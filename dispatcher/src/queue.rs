@@ -1,7 +1,8 @@
-//! The dispatcher's database side. A delivery's `next_attempt_at` doubles as its lease: a
-//! dispatcher that takes one moves it to when its lease runs out (renewing it while it holds
-//! the delivery) and writes its name in `lease_owner`; a dead dispatcher's deliveries simply
-//! come due again. Claims take due rows in due order through the partial index
+//! The dispatcher's database side. A dispatcher that takes a delivery writes its name in
+//! `lease_owner` and moves `next_attempt_at` to `HELD`, beyond every claim. The lease is its
+//! liveness row (`dispatcher_liveness`), renewed by a heartbeat while it holds anything:
+//! one row, however many deliveries. When a dispatcher's row lapses (it died, or lost the
+//! database), any other hands its deliveries back, due at once (`reap`). Claims take due rows in due order through the partial index
 //! (`FOR UPDATE SKIP LOCKED` on Postgres, so replicas never take the same row; SQLite has one
 //! process), so a claim costs what it takes, however long the backlog.
 //!
@@ -15,7 +16,7 @@ use coursewire_core::clock::rfc3339;
 use coursewire_core::error::ApiError;
 use coursewire_core::ids::new_id;
 use coursewire_core::store::{Backend, Db, Tx};
-use coursewire_core::webhooks::deliveries::PARKED;
+use coursewire_core::webhooks::deliveries::HELD;
 use coursewire_core::webhooks::endpoints;
 use sqlx::Row;
 
@@ -77,17 +78,10 @@ fn placeholders(from: usize, n: usize) -> String {
 /// Rows per multi-row statement.
 const CHUNK: usize = 200;
 
-/// Leases up to `limit` due deliveries (leaving out those of `full` endpoints, whose lanes
-/// cannot take more) until `lease_until`. Disabled endpoints' deliveries are parked, beyond
+/// Takes up to `limit` due deliveries (leaving out those of `full` endpoints, whose lanes
+/// cannot take more); the caller's liveness row must be ahead. Disabled endpoints' deliveries are parked, beyond
 /// any claim; one disabled after its delivery came due is parked by the caller.
-pub async fn claim(
-    db: &Db,
-    me: &str,
-    now: i64,
-    lease_until: i64,
-    limit: usize,
-    full: &[String],
-) -> Result<Vec<Claimed>> {
+pub async fn claim(db: &Db, me: &str, now: i64, limit: usize, full: &[String]) -> Result<Vec<Claimed>> {
     let skip = if full.is_empty() {
         String::new()
     } else {
@@ -110,7 +104,7 @@ pub async fn claim(
          AND state = 'pending' AND next_attempt_at <= $3 \
          RETURNING id, org_id, endpoint_id, event_id, attempts, single_attempt"
     );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(lease_until).bind(me).bind(now).bind(limit as i64);
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(HELD).bind(me).bind(now).bind(limit as i64);
     for id in full {
         q = q.bind(id);
     }
@@ -148,41 +142,79 @@ pub async fn release(db: &Db, me: &str, ids: &[String], at: i64) -> Result<()> {
     Ok(())
 }
 
-/// Renews every lease we hold (the heartbeat): while we hold them, nobody else takes them.
-pub async fn renew(db: &Db, me: &str, lease_until: i64) -> Result<()> {
+/// Says we are alive until `until` (the heartbeat, and before holding anything new).
+pub async fn alive(db: &Db, me: &str, until: i64) -> Result<()> {
     sqlx::query(
-        "UPDATE webhook_deliveries SET next_attempt_at = $1 \
-         WHERE lease_owner = $2 AND lease_owner <> '' AND state = 'pending'",
+        "INSERT INTO dispatcher_liveness (owner, alive_until) VALUES ($1, $2) \
+         ON CONFLICT (owner) DO UPDATE SET alive_until = excluded.alive_until",
     )
-    .bind(lease_until)
     .bind(me)
+    .bind(until)
     .execute(db.pool())
     .await?;
     Ok(())
 }
 
-/// Hands back every delivery we still hold, due at `at` (shutdown).
+/// Hands back, due at `now`, the deliveries of every dispatcher whose liveness lapsed;
+/// returns how many. Each lapsed row is deleted first and its deliveries released in the
+/// same transaction: a dispatcher renewing at that moment waits on the row, and holds
+/// nothing new before this commits, so only deliveries of the dead are released.
+pub async fn reap(db: &Db, now: i64) -> Result<u64> {
+    let lapsed: Vec<String> = sqlx::query_scalar("SELECT owner FROM dispatcher_liveness WHERE alive_until < $1")
+        .bind(now)
+        .fetch_all(db.pool())
+        .await?;
+    let mut released = 0;
+    for owner in lapsed {
+        let mut tx = db.begin_quiet().await.map_err(db_err)?;
+        let gone = sqlx::query("DELETE FROM dispatcher_liveness WHERE owner = $1 AND alive_until < $2")
+            .bind(&owner)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if gone == 1 {
+            released += sqlx::query(
+                "UPDATE webhook_deliveries SET next_attempt_at = $1, lease_owner = '' \
+                 WHERE lease_owner = $2 AND lease_owner <> '' AND state = 'pending'",
+            )
+            .bind(now)
+            .bind(&owner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await.map_err(db_err)?;
+        if released > 0 {
+            tracing::warn!(dispatcher = %owner, deliveries = released, "a dispatcher stopped renewing; its deliveries are due again");
+        }
+    }
+    Ok(released)
+}
+
+/// Hands back every delivery we still hold, due at `at`, and removes our liveness row
+/// (shutdown).
 pub async fn release_all(db: &Db, me: &str, at: i64) -> Result<()> {
+    let mut tx = db.begin_quiet().await.map_err(db_err)?;
     sqlx::query(
         "UPDATE webhook_deliveries SET next_attempt_at = $1, lease_owner = '' \
          WHERE lease_owner = $2 AND lease_owner <> '' AND state = 'pending'",
     )
     .bind(at)
     .bind(me)
-    .execute(db.pool())
+    .execute(&mut *tx)
     .await?;
+    sqlx::query("DELETE FROM dispatcher_liveness WHERE owner = $1").bind(me).execute(&mut *tx).await?;
+    tx.commit().await.map_err(db_err)?;
     Ok(())
 }
 
-/// When the next pending delivery comes due (a retry, or another dispatcher's lease running
-/// out: that is how a dead dispatcher's deliveries are retaken), if any.
-pub async fn next_due(db: &Db, me: &str) -> Result<Option<i64>> {
+/// When the next pending delivery comes due (a retry), if any; held and parked ones never do.
+pub async fn next_due(db: &Db) -> Result<Option<i64>> {
     Ok(sqlx::query_scalar(
-        "SELECT MIN(next_attempt_at) FROM webhook_deliveries \
-         WHERE state = 'pending' AND next_attempt_at < $1 AND lease_owner <> $2",
+        "SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at < $1",
     )
-    .bind(PARKED)
-    .bind(me)
+    .bind(HELD)
     .fetch_one(db.pool())
     .await?)
 }
@@ -242,13 +274,7 @@ fn after(next: &Next) -> (&'static str, i64) {
 
 /// `INSERT INTO webhook_deliveries … VALUES …` for `rows` (ids are the deliveries'), with
 /// the first attempt's result where there is one.
-fn insert_deliveries<'q>(
-    rows: &'q [Fresh],
-    kinds: &'q [&'q str],
-    me: &'q str,
-    now: i64,
-    lease_until: i64,
-) -> (String, Vec<Bind<'q>>) {
+fn insert_deliveries<'q>(rows: &'q [Fresh], kinds: &'q [&'q str], me: &'q str, now: i64) -> (String, Vec<Bind<'q>>) {
     let mut sql = String::from(
         "INSERT INTO webhook_deliveries (id, org_id, endpoint_id, event_id, event_type, origin, state, attempts, \
          single_attempt, next_attempt_at, lease_owner, last_status, last_error, created_at, updated_at) VALUES ",
@@ -261,7 +287,7 @@ fn insert_deliveries<'q>(
                 let (state, next_at) = after(&o.next);
                 (state, 1, next_at, "", i64::from(o.status), o.error)
             }
-            Fresh::InFlight(_) => ("pending", 0, lease_until, me, 0, ""),
+            Fresh::InFlight(_) => ("pending", 0, HELD, me, 0, ""),
             Fresh::Waiting(_) => ("pending", 0, now, "", 0, ""),
         };
         let p = binds.len();
@@ -352,13 +378,12 @@ pub async fn insert_fresh(
     rows: &[Fresh],
     kinds: &[&str],
     now: i64,
-    lease_until: i64,
     disable_after_ms: i64,
 ) -> Result<Vec<String>> {
     let done: Vec<&Outcome> = rows.iter().filter_map(|r| if let Fresh::Done(o) = r { Some(o) } else { None }).collect();
     let all_delivered = done.iter().all(|o| o.next == Next::Delivered);
     if db.backend == Backend::Postgres && all_delivered && rows.len() <= CHUNK {
-        let (deliveries, mut binds) = insert_deliveries(rows, kinds, me, now, lease_until);
+        let (deliveries, mut binds) = insert_deliveries(rows, kinds, me, now);
         let attempt_ids: Vec<String> = done.iter().map(|_| new_id("att")).collect();
         let mut sql = format!("WITH d AS ({deliveries} RETURNING id)");
         if !done.is_empty() {
@@ -382,7 +407,7 @@ pub async fn insert_fresh(
     }
     let mut tx = db.begin_quiet().await.map_err(db_err)?;
     for (chunk, kinds) in rows.chunks(CHUNK).zip(kinds.chunks(CHUNK)) {
-        let (sql, binds) = insert_deliveries(chunk, kinds, me, now, lease_until);
+        let (sql, binds) = insert_deliveries(chunk, kinds, me, now);
         bound(sql, &binds).execute(&mut *tx).await?;
     }
     insert_attempts(&mut tx, &done).await?;

@@ -30,12 +30,13 @@ pub(crate) fn from_row(r: &AnyRow) -> Result<Delivery, sqlx::Error> {
         event_type: r.try_get("event_type")?,
         state: state as i32,
         attempt_count: r.try_get::<i64, _>("attempts")? as i32,
-        // Parked deliveries (their endpoint is disabled) have no next attempt until it is enabled.
+        // Parked deliveries (their endpoint is disabled) have no next attempt until it is
+        // enabled; held ones are being attempted now.
         next_attempt_at: opt_timestamp(
             (state == State::Pending)
                 .then(|| r.try_get::<i64, _>("next_attempt_at"))
                 .transpose()?
-                .filter(|t| *t < PARKED),
+                .filter(|t| *t < HELD),
         ),
         last_status_code: r.try_get::<i64, _>("last_status")? as i32,
         last_error: r.try_get("last_error")?,

@@ -10,6 +10,9 @@ pub const FAILED: &str = "failed";
 /// The `next_attempt_at` of deliveries waiting for their disabled endpoint (9999-12-31):
 /// beyond every claim, until the endpoint is enabled.
 pub const PARKED: i64 = 253_402_300_799_000;
+/// The `next_attempt_at` of deliveries a dispatcher holds (`lease_owner` names it): beyond
+/// every claim while it is alive (`dispatcher_liveness`); due again once it is not.
+pub const HELD: i64 = PARKED - 1;
 
 /// One event for one endpoint, due at once.
 pub struct NewDelivery<'a> {
