@@ -8,15 +8,16 @@ use coursewire_api::clock::{Clock, SystemClock, rfc3339};
 use coursewire_api::config::parse_duration;
 use coursewire_api::events::amqp::AmqpBus;
 use coursewire_api::events::bus::{Bus, InProcessBus};
-use coursewire_api::events::relay::{Hub, Relay};
+use coursewire_api::events::relay::Hub;
 use coursewire_api::events::topology::Topology;
 use coursewire_api::limits::window::parse_windows;
 use coursewire_api::limits::{self, OnError};
-use coursewire_api::retention::Retention;
 use coursewire_api::secrets::Keyring;
 use coursewire_api::store::Db;
-use coursewire_api::{AppState, organizations, server, webhooks};
-use coursewire_dispatcher::{Config as DispatcherConfig, Dispatcher, Source};
+use coursewire_api::{organizations, server, webhooks};
+use coursewire_dispatcher::{Config as DispatcherConfig, Source};
+
+use crate::app::{Application, Settings};
 
 #[derive(Parser)]
 #[command(name = "coursewire", version, about = "Coursewire: learning resources over gRPC, events and signed webhooks")]
@@ -385,7 +386,6 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(&common.listen)
         .await
         .with_context(|| format!("--listen {}: cannot bind", common.listen))?;
-    let hub = Arc::new(Hub::default());
     let topology = common.amqp_url.as_ref().map(|url| Topology {
         url: url.clone(),
         exchange: common.amqp_exchange.clone(),
@@ -396,41 +396,32 @@ async fn serve(
         Some(t) => (AmqpBus::start(t.clone()), Source::Amqp(t)),
         None => (in_process.clone(), Source::InProcess(in_process.subscribe())),
     };
-    // Stopping: the API drains its calls, then the dispatcher finishes its attempts.
-    let (stopping, stopped) = tokio::sync::watch::channel(false);
-    let dispatcher = if with_dispatcher {
-        let dispatcher = Dispatcher::new(db.clone(), clock.clone(), secrets.clone(), common.dispatcher_config()?)?;
-        let mut stopped = stopped.clone();
-        Some(tokio::spawn(dispatcher.run(source, async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        })))
-    } else {
-        None
-    };
-    let relay = Relay { db: db.clone(), bus, hub: hub.clone(), clock: clock.clone() };
-    let relay = tokio::spawn(relay.run());
-    let retention = Retention {
-        db: db.clone(),
-        clock: clock.clone(),
-        events: parse_duration(&common.event_retention).map_err(anyhow::Error::msg)?,
-        deliveries: parse_duration(&common.delivery_retention).map_err(anyhow::Error::msg)?,
-    };
-    let retention = tokio::spawn(retention.run());
+    let dispatcher = if with_dispatcher { Some((common.dispatcher_config()?, source)) } else { None };
+    let retention = (
+        parse_duration(&common.event_retention).map_err(anyhow::Error::msg)?,
+        parse_duration(&common.delivery_retention).map_err(anyhow::Error::msg)?,
+    );
     let metrics_addr = common.metrics_listen.parse().context("--metrics-listen")?;
     let metrics = tokio::spawn(async move {
         if let Err(e) = coursewire_core::telemetry::serve(metrics_addr, render_metrics).await {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     });
-    let state = Arc::new(AppState::new(db, clock, limiter, hub, secrets, common.max_streams_per_org));
-    let served = server::serve(state, common.trusted()?, listener, server::shutdown_signal()).await;
-    let _ = stopping.send(true);
-    if let Some(dispatcher) = dispatcher {
-        dispatcher.await??;
-    }
-    // Rows not yet confirmed stay unpublished and go out after the next start.
-    relay.abort();
-    retention.abort();
+    let app = Application::build(Settings {
+        db,
+        clock,
+        secrets,
+        limiter,
+        listener,
+        trusted_proxies: common.trusted()?,
+        max_streams_per_org: common.max_streams_per_org,
+        hub: Arc::new(Hub::default()),
+        bus: Some(bus),
+        dispatcher,
+        retention: Some(retention),
+    })
+    .await?;
+    let served = app.run_until(server::shutdown_signal()).await;
     metrics.abort();
     served
 }

@@ -1,8 +1,7 @@
 //! The `coursewire` command: parses the CLI (ARCHITECTURE §2) and starts the chosen role.
 //! No business logic lives here.
-mod cli;
-
 use clap::Parser;
+use coursewire::cli;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

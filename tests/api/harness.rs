@@ -3,18 +3,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use coursewire_api::AppState;
+use coursewire::app::{Application, Settings};
 use coursewire_api::auth::{self, NewKey};
 use coursewire_api::clock::{Clock, ManualClock, SystemClock};
 use coursewire_api::events::bus::{Bus, InProcessBus};
-use coursewire_api::events::relay::{Hub, Relay};
+use coursewire_api::events::relay::Hub;
 use coursewire_api::events::topology::Topology;
 use coursewire_api::limits::window::{ClassLimits, parse_windows};
 use coursewire_api::limits::{self, Limiter, MemoryBackend, OnError, RedisBackend};
 use coursewire_api::retention::Retention;
 use coursewire_api::secrets::Keyring;
 use coursewire_api::store::Db;
-use coursewire_dispatcher::{Config as DispatcherConfig, Dispatcher, Source};
+use coursewire_dispatcher::{Config as DispatcherConfig, Source};
 use coursewire_proto::v1::account_service_client::AccountServiceClient;
 use coursewire_proto::v1::api_key_service_client::ApiKeyServiceClient;
 use coursewire_proto::v1::course_service_client::CourseServiceClient;
@@ -49,17 +49,9 @@ pub struct Harness {
     pub key: String,
     channel: Channel,
     pub hub: Arc<Hub>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<()>>,
-    relay: Option<tokio::task::JoinHandle<()>>,
-    dispatcher: Option<Dispatching>,
+    /// The application as the binary builds it (`coursewire::app`).
+    app: Application,
     cleanup: Cleanup,
-}
-
-/// The in-process dispatcher and the switch that stops it gracefully.
-struct Dispatching {
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 /// The dispatcher settings of test harnesses: a short schedule, loopback receivers allowed.
@@ -278,72 +270,55 @@ impl Harness {
         let key = new_key(&db, "acme", &["*"], clock.now_ms()).await;
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let limiter = limits.limiter(rate_limits, clock.clone()).await?;
         let hub = Arc::new(hub);
-        let relay = Relay { db: db.clone(), bus, hub: hub.clone(), clock: clock.clone() };
-        let relay = tokio::spawn(relay.run());
         let secrets_key: [u8; 32] = std::array::from_fn(|_| rand::random());
         let secrets = Arc::new(Keyring::new(secrets_key, vec![]));
-        let state =
-            Arc::new(AppState::new(db.clone(), clock.clone(), limiter, hub.clone(), secrets.clone(), STREAMS_PER_ORG));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            coursewire_api::server::serve(state, vec![], listener, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        let dispatcher = dispatch.map(|(config, source)| {
-            let (stop, mut stopped) = tokio::sync::watch::channel(false);
-            let dispatcher = Dispatcher::new(db.clone(), clock.clone(), secrets.clone(), config).unwrap();
-            let task = tokio::spawn(dispatcher.run(source, async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            }));
-            Dispatching { stop, task }
-        });
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        Some(Harness {
-            db,
-            clock,
-            secrets,
-            secrets_key,
-            key,
-            hub,
-            channel,
-            shutdown: Some(tx),
-            server: Some(server),
-            relay: Some(relay),
-            dispatcher,
-            cleanup,
+        let app = Application::build(Settings {
+            db: db.clone(),
+            clock: clock.clone(),
+            secrets: secrets.clone(),
+            limiter,
+            listener,
+            trusted_proxies: vec![],
+            max_streams_per_org: STREAMS_PER_ORG,
+            hub: hub.clone(),
+            bus: Some(bus),
+            dispatcher: dispatch,
+            // Tests prune explicitly, at the harness clock's time (`prune`).
+            retention: None,
         })
+        .await
+        .unwrap();
+        let channel = Channel::from_shared(format!("http://{}", app.addr())).unwrap().connect().await.unwrap();
+        Some(Harness { db, clock, secrets, secrets_key, key, hub, channel, app, cleanup })
     }
 
-    /// A second server on the same database (another replica, with its own caches).
+    /// A second server on the same database (another replica, with its own caches; it leaves
+    /// relaying to this one).
     pub async fn replica(&self) -> Replica {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let limiter = Limits::Memory.limiter("600/1m,5000/1h", self.clock.clone()).await.unwrap();
-        let state = Arc::new(AppState::new(
-            self.db.clone(),
-            self.clock.clone(),
-            limiter,
-            self.hub.clone(),
-            self.secrets.clone(),
-            STREAMS_PER_ORG,
-        ));
-        let server = tokio::spawn(async move {
-            let _ = coursewire_api::server::serve(state, vec![], listener, std::future::pending()).await;
-        });
-        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        Replica { channel, server }
+        let app = Application::build(Settings {
+            db: self.db.clone(),
+            clock: self.clock.clone(),
+            secrets: self.secrets.clone(),
+            limiter: Limits::Memory.limiter("600/1m,5000/1h", self.clock.clone()).await.unwrap(),
+            listener: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            trusted_proxies: vec![],
+            max_streams_per_org: STREAMS_PER_ORG,
+            hub: self.hub.clone(),
+            bus: None,
+            dispatcher: None,
+            retention: None,
+        })
+        .await
+        .unwrap();
+        let channel = Channel::from_shared(format!("http://{}", app.addr())).unwrap().connect().await.unwrap();
+        Replica { channel, _app: app }
     }
 
     /// Stops the server as SIGTERM would, and waits until it has drained its calls.
     pub async fn stop_server(&mut self) {
-        let _ = self.shutdown.take().expect("the server runs").send(());
-        tokio::time::timeout(Duration::from_secs(10), self.server.take().unwrap())
+        tokio::time::timeout(Duration::from_secs(10), self.app.stop_server())
             .await
             .expect("the server stopped within 10 s")
             .unwrap();
@@ -358,9 +333,7 @@ impl Harness {
 
     /// Stops the dispatcher as SIGTERM would: no new work, attempts in flight finish.
     pub async fn stop_dispatcher(&mut self) {
-        let d = self.dispatcher.take().expect("this harness runs a dispatcher");
-        let _ = d.stop.send(true);
-        d.task.await.unwrap().unwrap();
+        self.app.stop_dispatcher().await.unwrap();
     }
 
     pub fn channel(&self) -> Channel {
@@ -471,15 +444,8 @@ fn with_database(url: &str, name: &str) -> String {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        for task in [self.server.take(), self.relay.take()].into_iter().flatten() {
-            task.abort();
-        }
-        if let Some(d) = self.dispatcher.take() {
-            d.task.abort();
-        }
+        // The tasks go first: closing the pool waits for the connections they hold.
+        self.app.abort();
         if let Cleanup::Postgres(_) = &self.cleanup {
             // Close our connections first, so dropping the database does not have to cut them.
             let pool = self.db.pool().clone();
@@ -490,18 +456,12 @@ impl Drop for Harness {
 
 pub struct Replica {
     channel: Channel,
-    server: tokio::task::JoinHandle<()>,
+    _app: Application,
 }
 
 impl Replica {
     pub fn clients_with(&self, key: &str) -> Clients {
         Clients::new(self.channel.clone(), WithKey(format!("Bearer {key}").parse().unwrap()))
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.server.abort();
     }
 }
 

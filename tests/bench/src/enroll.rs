@@ -48,7 +48,8 @@ async fn measure(url: &str, name: &str) -> anyhow::Result<()> {
     // Learners for both sides, inserted directly: only enrollment is measured.
     insert_users(&db, LEARNERS * 2).await?;
 
-    let addr = crate::start_server(db.clone()).await?;
+    let app = crate::start_server(db.clone()).await?;
+    let addr = app.addr();
     let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
 
     let ours_pub = published_course(channel.clone(), &key).await?;

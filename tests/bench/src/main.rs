@@ -73,24 +73,27 @@ pub async fn bench_org(db: &coursewire_api::store::Db) -> anyhow::Result<String>
     Ok(auth::create_key(db, new, now, None).await.map_err(|e| anyhow::anyhow!(e.message))?.1)
 }
 
-/// The real server on a free port, with the rate limit layer on but set far above what one
-/// phase sends, so every call takes a real decision and none is refused.
-pub async fn start_server(db: coursewire_api::store::Db) -> anyhow::Result<std::net::SocketAddr> {
+/// The real server on a free port, built as the binary builds it, with the rate limit layer
+/// on but set far above what one phase sends, so every call takes a real decision and none is
+/// refused. Serves while the returned application lives.
+pub async fn start_server(db: coursewire_api::store::Db) -> anyhow::Result<coursewire::app::Application> {
     use std::sync::Arc;
 
     use coursewire_api::clock::SystemClock;
     use coursewire_api::limits::{self, OnError};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let limiter = limits::build("100000000/1m", None, OnError::Open, Arc::new(SystemClock)).await?;
-    let state = Arc::new(coursewire_api::AppState::new(
+    let clock = Arc::new(SystemClock);
+    coursewire::app::Application::build(coursewire::app::Settings {
         db,
-        Arc::new(SystemClock),
-        limiter,
-        Default::default(),
-        Arc::new(coursewire_api::secrets::Keyring::random()),
-        coursewire_api::streams::DEFAULT_PER_ORG,
-    ));
-    tokio::spawn(coursewire_api::server::serve(state, vec![], listener, std::future::pending()));
-    Ok(addr)
+        clock: clock.clone(),
+        secrets: Arc::new(coursewire_api::secrets::Keyring::random()),
+        limiter: limits::build("100000000/1m", None, OnError::Open, clock).await?,
+        listener: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        trusted_proxies: vec![],
+        max_streams_per_org: coursewire_api::streams::DEFAULT_PER_ORG,
+        hub: Default::default(),
+        bus: None,
+        dispatcher: None,
+        retention: None,
+    })
+    .await
 }

@@ -65,7 +65,8 @@ pub async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let db = Db::connect(&format!("sqlite:{}", dir.path().join("bench.db").display())).await?;
     let key = crate::bench_org(&db).await?;
-    let addr = crate::start_server(db).await?;
+    let app = crate::start_server(db).await?;
+    let addr = app.addr();
 
     // Warm up both, then measure baseline, ours, baseline again (drift shows as a gap).
     drive(bare_addr, None).await?;

@@ -1,0 +1,173 @@
+//! The application, assembled in one place (as zero-to-production's `Application::build`):
+//! the `coursewire` binary, the test harness and the benchmarks all start it through
+//! `Application::build`, so what runs in tests is what runs in production. Turning flags into
+//! `Settings` is the CLI's job; this module only wires the parts together and stops them in
+//! the right order.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use coursewire_api::clock::SharedClock;
+use coursewire_api::events::bus::Bus;
+use coursewire_api::events::relay::{Hub, Relay};
+use coursewire_api::limits::Limiter;
+use coursewire_api::retention::Retention;
+use coursewire_api::secrets::Keyring;
+use coursewire_api::store::Db;
+use coursewire_api::{AppState, server};
+use coursewire_dispatcher::{Config as DispatcherConfig, Dispatcher, Source};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// What the application is made of. The caller owns the resources (database, clock, keys,
+/// limiter, listener) so that tests can keep handles on them.
+pub struct Settings {
+    pub db: Db,
+    pub clock: SharedClock,
+    pub secrets: Arc<Keyring>,
+    pub limiter: Arc<Limiter>,
+    pub listener: tokio::net::TcpListener,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub max_streams_per_org: usize,
+    pub hub: Arc<Hub>,
+    /// Where the relay publishes events; `None`: this replica leaves relaying to others.
+    pub bus: Option<Arc<dyn Bus>>,
+    /// A dispatcher in this process (the all-in-one), reading from `Source`.
+    pub dispatcher: Option<(DispatcherConfig, Source)>,
+    /// Pruning of old events and deliveries: (event retention, delivery retention).
+    pub retention: Option<(Duration, Duration)>,
+}
+
+/// A running application: the gRPC server on `addr`, and its background tasks.
+pub struct Application {
+    addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop_serving: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    dispatcher: Option<(watch::Sender<bool>, JoinHandle<anyhow::Result<()>>)>,
+    /// Tasks that hold nothing worth finishing: aborted when the application stops.
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Starts every part: the server accepts calls as soon as this returns.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let Settings {
+            db,
+            clock,
+            secrets,
+            limiter,
+            listener,
+            trusted_proxies,
+            max_streams_per_org,
+            hub,
+            bus,
+            dispatcher,
+            retention,
+        } = settings;
+        let addr = listener.local_addr()?;
+        let mut background = Vec::new();
+        if let Some(bus) = bus {
+            let relay = Relay { db: db.clone(), bus, hub: hub.clone(), clock: clock.clone() };
+            background.push(tokio::spawn(relay.run()));
+        }
+        if let Some((events, deliveries)) = retention {
+            let retention = Retention { db: db.clone(), clock: clock.clone(), events, deliveries };
+            background.push(tokio::spawn(retention.run()));
+        }
+        let dispatcher = match dispatcher {
+            Some((config, source)) => {
+                let (stop, mut stopped) = watch::channel(false);
+                let dispatcher = Dispatcher::new(db.clone(), clock.clone(), secrets.clone(), config)?;
+                let task = tokio::spawn(dispatcher.run(source, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                }));
+                Some((stop, task))
+            }
+            None => None,
+        };
+        let state = Arc::new(AppState::new(db, clock, limiter, hub, secrets, max_streams_per_org));
+        let (stop_serving, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(server::serve(state.clone(), trusted_proxies, listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(Application { addr, state, stop_serving: Some(stop_serving), server: Some(server), dispatcher, background })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `signal`, then stops as on SIGTERM (see `stop`).
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let mut server = self.server.take().expect("the server runs");
+        let ended = tokio::select! {
+            _ = signal => None,
+            // The server ended by itself (it failed): stop the rest too, and say why.
+            ended = &mut server => Some(ended),
+        };
+        match ended {
+            None => {
+                self.server = Some(server);
+                self.stop().await
+            }
+            Some(ended) => {
+                let stopped = self.stop().await;
+                ended??;
+                stopped
+            }
+        }
+    }
+
+    /// Stops in order: the server drains its calls, then the dispatcher finishes its attempts
+    /// in flight; the relay stops last (events not yet confirmed go after the next start).
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.stop_server().await?;
+        self.stop_dispatcher().await?;
+        for task in self.background.drain(..) {
+            task.abort();
+        }
+        Ok(())
+    }
+
+    /// Stops serving and waits until the calls in progress are answered.
+    pub async fn stop_server(&mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop_serving.take() {
+            let _ = stop.send(());
+        }
+        match self.server.take() {
+            Some(server) => server.await?,
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the dispatcher as SIGTERM would: no new work, attempts in flight finish.
+    pub async fn stop_dispatcher(&mut self) -> anyhow::Result<()> {
+        match self.dispatcher.take() {
+            Some((stop, task)) => {
+                let _ = stop.send(true);
+                task.await?
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Cancels every task at once (no draining): what dropping does.
+    pub fn abort(&mut self) {
+        if let Some(task) = self.server.take() {
+            task.abort();
+        }
+        if let Some((_, task)) = self.dispatcher.take() {
+            task.abort();
+        }
+        for task in self.background.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Application {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
