@@ -13,3 +13,6 @@ pub mod store;
 pub mod telemetry;
 pub mod validate;
 pub mod webhooks;
+
+#[cfg(test)]
+pub(crate) mod doc_tables;

@@ -132,14 +132,10 @@ mod tests {
     #[test]
     fn the_documented_event_types_are_the_event_types() {
         let docs = include_str!("../../../../docs/events.md");
-        let table = docs.split("## Event types and payloads").nth(1).expect("docs/events.md has the type table");
-        let mut documented: Vec<String> = table
-            .lines()
-            .skip_while(|l| !l.starts_with('|'))
-            .take_while(|l| l.starts_with('|'))
-            .skip(2)
+        let mut documented: Vec<String> = crate::doc_tables::rows(docs, "## Event types and payloads")
+            .into_iter()
             .flat_map(|row| {
-                let first = row.split('|').nth(1).unwrap_or_default().to_string();
+                let first = row.split('|').nth(1).unwrap_or_default();
                 first.split(',').map(|t| t.trim().trim_matches('`').to_string()).collect::<Vec<_>>()
             })
             .collect();
