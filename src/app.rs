@@ -41,7 +41,6 @@ pub struct Settings {
 /// A running application: the gRPC server on `addr`, and its background tasks.
 pub struct Application {
     addr: SocketAddr,
-    pub state: Arc<AppState>,
     stop_serving: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     dispatcher: Option<(watch::Sender<bool>, JoinHandle<anyhow::Result<()>>)>,
@@ -88,10 +87,10 @@ impl Application {
         };
         let state = Arc::new(AppState::new(db, clock, limiter, hub, secrets, max_streams_per_org));
         let (stop_serving, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(server::serve(state.clone(), trusted_proxies, listener, async {
+        let server = tokio::spawn(server::serve(state, trusted_proxies, listener, async {
             let _ = stopped.await;
         }));
-        Ok(Application { addr, state, stop_serving: Some(stop_serving), server: Some(server), dispatcher, background })
+        Ok(Application { addr, stop_serving: Some(stop_serving), server: Some(server), dispatcher, background })
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -121,11 +121,13 @@ pub async fn first_attempts(inner: &Arc<Inner>, events: &[Incoming]) -> anyhow::
     let in_flight: Vec<String> =
         rows.iter().filter_map(|r| if let Fresh::InFlight(d) = r { Some(d.id.clone()) } else { None }).collect();
     inner.hold(&in_flight);
-    let alive = if in_flight.is_empty() { Ok(()) } else { inner.ensure_alive().await };
-    let result = match alive {
-        Ok(()) => queue::insert_fresh(&shared.db, &inner.me, &rows, &kinds, now, inner.disable_after_ms()).await,
-        Err(e) => Err(e),
-    };
+    let result = async {
+        if !in_flight.is_empty() {
+            inner.ensure_alive().await?;
+        }
+        queue::insert_fresh(&shared.db, &inner.me, &rows, &kinds, now, inner.disable_after_ms()).await
+    }
+    .await;
     // Attempts that outlast the batch now report to the recorder (or, if the batch was not
     // written, are dropped: the events come again).
     let _ = done.send(Some(result.is_ok()));

@@ -294,11 +294,11 @@ impl Inner {
             let claimed = if room == 0 {
                 Vec::new()
             } else {
-                let claimed = match self.ensure_alive().await {
-                    Ok(()) => queue::claim(&self.shared.db, &self.me, now, room, &full).await,
-                    Err(e) => Err(e),
+                let claimed = async {
+                    self.ensure_alive().await?;
+                    queue::claim(&self.shared.db, &self.me, now, room, &full).await
                 };
-                match claimed {
+                match claimed.await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot claim deliveries; retrying");
@@ -317,8 +317,9 @@ impl Inner {
             if took == room && room > 0 {
                 continue; // more may be due
             }
-            // Sleep until the next delivery comes due by the clock (a retry, or another
-            // dispatcher's lease running out), or until woken; nothing due: a long nap.
+            // Sleep until the next retry comes due by the clock, or until woken (writes, and
+            // the heartbeat handing back a lapsed dispatcher's deliveries); nothing due: a
+            // long nap.
             let (due_at, nap) = if room == 0 || !full.is_empty() {
                 // Lanes left out for want of room: look again once they may have drained.
                 (None, Duration::from_millis(100))

@@ -2,9 +2,10 @@
 //! `lease_owner` and moves `next_attempt_at` to `HELD`, beyond every claim. The lease is its
 //! liveness row (`dispatcher_liveness`), renewed by a heartbeat while it holds anything:
 //! one row, however many deliveries. When a dispatcher's row lapses (it died, or lost the
-//! database), any other hands its deliveries back, due at once (`reap`). Claims take due rows in due order through the partial index
-//! (`FOR UPDATE SKIP LOCKED` on Postgres, so replicas never take the same row; SQLite has one
-//! process), so a claim costs what it takes, however long the backlog.
+//! database), any other hands its deliveries back, due at once (`reap`). Claims take due
+//! rows in due order through the partial index (`FOR UPDATE SKIP LOCKED` on Postgres, so
+//! replicas never take the same row; SQLite has one process), so a claim costs what it
+//! takes, however long the backlog.
 //!
 //! Writes come in batches: the deliveries intake made (with the first attempts that finished)
 //! in one statement on Postgres when nothing failed, and the outcomes of held deliveries in
@@ -79,8 +80,9 @@ fn placeholders(from: usize, n: usize) -> String {
 const CHUNK: usize = 200;
 
 /// Takes up to `limit` due deliveries (leaving out those of `full` endpoints, whose lanes
-/// cannot take more); the caller's liveness row must be ahead. Disabled endpoints' deliveries are parked, beyond
-/// any claim; one disabled after its delivery came due is parked by the caller.
+/// cannot take more); the caller's liveness row must be ahead. Disabled endpoints'
+/// deliveries are parked, beyond any claim; one disabled after its delivery came due is
+/// parked by the caller.
 pub async fn claim(db: &Db, me: &str, now: i64, limit: usize, full: &[String]) -> Result<Vec<Claimed>> {
     let skip = if full.is_empty() {
         String::new()
@@ -173,37 +175,34 @@ pub async fn reap(db: &Db, now: i64) -> Result<u64> {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        if gone == 1 {
-            released += sqlx::query(
-                "UPDATE webhook_deliveries SET next_attempt_at = $1, lease_owner = '' \
-                 WHERE lease_owner = $2 AND lease_owner <> '' AND state = 'pending'",
-            )
-            .bind(now)
-            .bind(&owner)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
+        let theirs = if gone == 1 { release_owner(&mut tx, &owner, now).await? } else { 0 };
         tx.commit().await.map_err(db_err)?;
-        if released > 0 {
-            tracing::warn!(dispatcher = %owner, deliveries = released, "a dispatcher stopped renewing; its deliveries are due again");
+        if theirs > 0 {
+            tracing::warn!(dispatcher = %owner, deliveries = theirs, "a dispatcher stopped renewing; its deliveries are due again");
         }
+        released += theirs;
     }
     Ok(released)
+}
+
+/// Makes every delivery `owner` holds due at `at` and nobody's; returns how many.
+async fn release_owner(tx: &mut Tx, owner: &str, at: i64) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE webhook_deliveries SET next_attempt_at = $1, lease_owner = '' \
+         WHERE lease_owner = $2 AND lease_owner <> '' AND state = 'pending'",
+    )
+    .bind(at)
+    .bind(owner)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
 }
 
 /// Hands back every delivery we still hold, due at `at`, and removes our liveness row
 /// (shutdown).
 pub async fn release_all(db: &Db, me: &str, at: i64) -> Result<()> {
     let mut tx = db.begin_quiet().await.map_err(db_err)?;
-    sqlx::query(
-        "UPDATE webhook_deliveries SET next_attempt_at = $1, lease_owner = '' \
-         WHERE lease_owner = $2 AND lease_owner <> '' AND state = 'pending'",
-    )
-    .bind(at)
-    .bind(me)
-    .execute(&mut *tx)
-    .await?;
+    release_owner(&mut tx, me, at).await?;
     sqlx::query("DELETE FROM dispatcher_liveness WHERE owner = $1").bind(me).execute(&mut *tx).await?;
     tx.commit().await.map_err(db_err)?;
     Ok(())

@@ -1,7 +1,7 @@
 //! WatchEvents: one query shape for replay and live. Events are read in commit order (`Mark`,
 //! only transactions no running one precedes), so the switch from the log to new events has
-//! no gap and no duplicate. The stream's buffer is bounded; a consumer that leaves it full for too long
-//! is closed with SLOW_CONSUMER and resumes from the last id it received.
+//! no gap and no duplicate. The stream's buffer is bounded; a consumer that leaves it full
+//! for too long is closed with SLOW_CONSUMER and resumes from the last id it received.
 use std::sync::Arc;
 
 use coursewire_proto::v1::Event;
@@ -81,7 +81,7 @@ pub fn stream(
                 }
             }
             if (rows.len() as i64) < CHUNK {
-                // Caught up: wait for the relay to sequence more (or poll, for other replicas).
+                // Caught up: wait for the relay to read more (or poll, for other replicas).
                 tokio::select! {
                     _ = advanced.changed() => {}
                     _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}

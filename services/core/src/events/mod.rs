@@ -52,7 +52,7 @@ struct Envelope<'a, T: Serialize> {
 /// An event's place in the outbox's order: the transaction that wrote it (`txid`: Postgres'
 /// transaction id; on SQLite, which has one writer at a time, a counter), then its id. Readers
 /// (the relay, WatchEvents) only read transactions that no running transaction precedes (see
-/// `visible`), so every event that will ever sort before the last one read has been read:
+/// `in_order`), so every event that will ever sort before the last one read has been read:
 /// a cursor on this order never skips an event that commits late.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Mark {
