@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coursewire_api::clock::SharedClock;
+use coursewire_api::enrollments::deadlines::Deadlines;
 use coursewire_api::events::bus::Bus;
 use coursewire_api::events::relay::{Hub, Relay};
+use coursewire_api::groups::fanout::FanOut;
 use coursewire_api::limits::Limiter;
 use coursewire_api::retention::Retention;
 use coursewire_api::secrets::Keyring;
@@ -85,7 +87,18 @@ impl Application {
             }
             None => None,
         };
-        let state = Arc::new(AppState::new(db, clock, limiter, hub, secrets, max_streams_per_org));
+        let state = Arc::new(AppState::new(db.clone(), clock.clone(), limiter, hub, secrets, max_streams_per_org));
+        // Every replica runs the deadline scheduler: each deadline is claimed by one of them.
+        let deadlines = Deadlines { db, clock, wake: state.deadlines.clone() };
+        background.push(tokio::spawn(deadlines.run()));
+        // And a fan-out worker: operations are leased, one replica runs each at a time.
+        let fanout = FanOut {
+            db: state.db.clone(),
+            clock: state.clock.clone(),
+            wake: state.fanout.clone(),
+            owner: coursewire_api::ids::new_id("worker"),
+        };
+        background.push(tokio::spawn(fanout.run()));
         let (stop_serving, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(server::serve(state, trusted_proxies, listener, async {
             let _ = stopped.await;

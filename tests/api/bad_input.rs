@@ -114,14 +114,14 @@ async fn bad_input_is_refused_and_writes_nothing(h: &Harness) {
         user_id: w.user.id.clone(),
         published_course_id: w.published.id.clone(),
         expires_at: Some(pbjson_types::Timestamp { seconds: 1, nanos: 0 }),
-        request_id: String::new(),
+        ..Default::default()
     };
     expect(c.enrollments.create_enrollment(past).await, f, &["expires_at"], "expiry in the past");
     let bad_nanos = CreateEnrollmentRequest {
         user_id: w.user.id.clone(),
         published_course_id: w.published.id.clone(),
         expires_at: Some(pbjson_types::Timestamp { seconds: 4_000_000_000, nanos: -5 }),
-        request_id: String::new(),
+        ..Default::default()
     };
     expect(c.enrollments.create_enrollment(bad_nanos).await, f, &["expires_at"], "timestamp out of range");
 

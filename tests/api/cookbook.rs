@@ -66,6 +66,10 @@ fn readme_cookbook_works_verbatim() {
     assert!(stdout.contains("\"state\": \"COMPLETED\""), "{stdout}");
     assert!(stdout.contains("\"secret\": \"whsec_"), "CreateWebhook shows the signing secret: {stdout}");
     assert!(
+        stdout.contains(r#"{"state":"COMPLETED","progress":{"coursesCompleted":1,"coursesTotal":1,"percent":100}}"#),
+        "the path enrollment reuses the completed enrollment: {stdout}"
+    );
+    assert!(
         stdout.trim_end().ends_with(
             "1 enrollment.created\n2 enrollment.progressed\n3 enrollment.progressed\n4 enrollment.completed"
         ),

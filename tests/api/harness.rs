@@ -22,6 +22,8 @@ use coursewire_proto::v1::domain_service_client::DomainServiceClient;
 use coursewire_proto::v1::domain_user_service_client::DomainUserServiceClient;
 use coursewire_proto::v1::enrollment_service_client::EnrollmentServiceClient;
 use coursewire_proto::v1::event_service_client::EventServiceClient;
+use coursewire_proto::v1::group_service_client::GroupServiceClient;
+use coursewire_proto::v1::learning_path_service_client::LearningPathServiceClient;
 use coursewire_proto::v1::organization_service_client::OrganizationServiceClient;
 use coursewire_proto::v1::published_course_service_client::PublishedCourseServiceClient;
 use coursewire_proto::v1::user_service_client::UserServiceClient;
@@ -474,6 +476,8 @@ pub struct Clients {
     pub published: PublishedCourseServiceClient<Authed>,
     pub domain_users: DomainUserServiceClient<Authed>,
     pub enrollments: EnrollmentServiceClient<Authed>,
+    pub paths: LearningPathServiceClient<Authed>,
+    pub groups: GroupServiceClient<Authed>,
     pub events: EventServiceClient<Authed>,
     pub keys: ApiKeyServiceClient<Authed>,
     pub orgs: OrganizationServiceClient<Authed>,
@@ -496,6 +500,8 @@ impl Clients {
             published: PublishedCourseServiceClient::new(svc()),
             domain_users: DomainUserServiceClient::new(svc()),
             enrollments: EnrollmentServiceClient::new(svc()),
+            paths: LearningPathServiceClient::new(svc()),
+            groups: GroupServiceClient::new(svc()),
             events: EventServiceClient::new(svc()),
             keys: ApiKeyServiceClient::new(svc()),
             orgs: OrganizationServiceClient::new(svc()),

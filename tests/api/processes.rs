@@ -37,7 +37,7 @@ fn spawn(mut cmd: Command, ready: &str) -> (Process, Vec<String>) {
     (Process(child), seen)
 }
 
-async fn clients(port: u16, key: &str) -> Clients {
+pub(crate) async fn clients(port: u16, key: &str) -> Clients {
     let channel = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
     crate::harness::clients_for(channel, WithKey(format!("Bearer {key}").parse().unwrap()))
 }
@@ -112,20 +112,20 @@ async fn all_in_one_delivers_to_the_readme_python_receiver() {
 
 /// `coursewire api` and two `coursewire-dispatcher`s on a fresh Postgres database and
 /// RabbitMQ names of their own, with an organization and key made by the CLI.
-struct Cluster {
-    db: crate::harness::TestDatabase,
-    port: u16,
-    key: String,
-    _api: Process,
+pub(crate) struct Cluster {
+    pub db: crate::harness::TestDatabase,
+    pub port: u16,
+    pub key: String,
+    pub api: Process,
     dispatchers: Vec<Process>,
     /// Starts another `coursewire api` on the same database and RabbitMQ; returns its port.
-    replica: Box<dyn Fn() -> (Process, u16) + Send>,
+    pub replica: Box<dyn Fn() -> (Process, u16) + Send>,
     /// Last, so it is deleted after the processes stopped (fields drop in order).
     _topology: crate::harness::TestTopology,
 }
 
 impl Cluster {
-    async fn start(retry_schedule: &str) -> Option<Cluster> {
+    pub async fn start(retry_schedule: &str) -> Option<Cluster> {
         let (Ok(pg), Ok(amqp)) =
             (std::env::var("COURSEWIRE_TEST_DATABASE_URL"), std::env::var("COURSEWIRE_TEST_AMQP_URL"))
         else {
@@ -169,7 +169,7 @@ impl Cluster {
             common(&mut d);
             dispatchers.push(spawn(d, "consuming events").0);
         }
-        Some(Cluster { db, _topology: topology, port, key, _api: first, dispatchers, replica: Box::new(api) })
+        Some(Cluster { db, _topology: topology, port, key, api: first, dispatchers, replica: Box::new(api) })
     }
 
     /// Endpoints for `user.created` at `receiver`, told apart by their query (`?a`, `?b`, …).

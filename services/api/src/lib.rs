@@ -9,7 +9,9 @@ pub mod domain_users;
 pub mod domains;
 pub mod enrollments;
 pub mod events;
+pub mod groups;
 pub mod idempotency;
+pub mod learning_paths;
 pub mod limits;
 pub mod metrics;
 pub mod organizations;
@@ -45,6 +47,10 @@ pub struct AppState {
     pub tokens: TokenKey,
     /// Long-lived streams: a cap per organization, and the signal to end them.
     pub streams: Arc<streams::Streams>,
+    /// Wakes this replica's deadline scheduler after a write that sets a date.
+    pub deadlines: Arc<tokio::sync::Notify>,
+    /// Wakes this replica's fan-out worker after a call started an operation.
+    pub fanout: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
@@ -57,6 +63,16 @@ impl AppState {
         streams_per_org: usize,
     ) -> AppState {
         let tokens = TokenKey::new(secrets.subkey("coursewire page tokens"));
-        AppState { db, clock, limiter, hub, secrets, tokens, streams: streams::Streams::new(streams_per_org) }
+        AppState {
+            db,
+            clock,
+            limiter,
+            hub,
+            secrets,
+            tokens,
+            streams: streams::Streams::new(streams_per_org),
+            deadlines: Arc::default(),
+            fanout: Arc::default(),
+        }
     }
 }

@@ -229,6 +229,21 @@ impl PublishedCourseService for PublishedCourseApi {
             .help("delete its enrollments (EnrollmentService.DeleteEnrollment) first")
             .into());
         }
+        let path: Option<String> =
+            sqlx::query_scalar("SELECT path_id FROM learning_path_courses WHERE published_course_id = $1 LIMIT 1")
+                .bind(&r.id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(ApiError::from)?;
+        if let Some(path) = path {
+            return Err(ApiError::new(
+                Reason::PublishedCourseInPath,
+                "the published course is part of a learning path",
+            )
+            .with("learning_path_id", path)
+            .help("remove it from the path's published_course_ids (UpdateLearningPath) first")
+            .into());
+        }
         // Deleted enrollments are kept for history until their published course goes.
         sqlx::query("DELETE FROM enrollments WHERE published_course_id = $1")
             .bind(&r.id)

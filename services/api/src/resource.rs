@@ -67,3 +67,67 @@ pub async fn delete_at(
 pub fn flag(b: bool) -> i64 {
     i64::from(b)
 }
+
+/// One organization-owned table. Every query made through it is bound to the caller's
+/// organization, so a resource module holds only its own columns, validation and rules, and
+/// cannot forget the tenant.
+pub struct Table {
+    /// The SQL table, with `id`, `org_id` and `sequence` columns.
+    pub name: &'static str,
+    /// What errors call one row ("learning path").
+    pub kind: &'static str,
+    /// The event type prefix (`learning_path` → `learning_path.created`).
+    pub events: &'static str,
+    /// The columns a read selects.
+    pub columns: &'static str,
+}
+
+impl Table {
+    /// Row `id` of `org`, or NOT_FOUND.
+    pub async fn get<'e>(
+        &self,
+        conn: impl sqlx::Executor<'e, Database = sqlx::Any>,
+        org: &str,
+        id: &str,
+    ) -> ApiResult<sqlx::any::AnyRow> {
+        let sql = format!("SELECT {} FROM {} WHERE id = $1 AND org_id = $2", self.columns, self.name);
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(org)
+            .fetch_optional(conn)
+            .await?
+            .ok_or_else(|| ApiError::not_found(self.kind, id))
+    }
+
+    /// One page of `org`'s rows in id order (one extra row tells whether another page exists).
+    pub async fn page<'e>(
+        &self,
+        conn: impl sqlx::Executor<'e, Database = sqlx::Any>,
+        org: &str,
+        page: &crate::page::Page,
+    ) -> ApiResult<Vec<sqlx::any::AnyRow>> {
+        let sql =
+            format!("SELECT {} FROM {} WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3", self.columns, self.name);
+        Ok(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(org).bind(&page.after).bind(page.limit()).fetch_all(conn).await?)
+    }
+
+    /// Deletes row `id` if it is still at `sequence` (see `delete_at`).
+    pub async fn delete(&self, conn: &mut AnyConnection, org: &str, id: &str, sequence: i64) -> ApiResult<()> {
+        delete_at(conn, self.name, self.kind, org, id, sequence).await
+    }
+
+    /// Records `<events>.<action>` of row `id` at `sequence`, in the caller's transaction.
+    pub async fn record<T: serde::Serialize>(
+        &self,
+        conn: &mut AnyConnection,
+        org: &str,
+        action: &str,
+        (id, sequence): (&str, i64),
+        data: &T,
+        now: i64,
+    ) -> ApiResult<()> {
+        let kind = format!("{}.{action}", self.events);
+        let change = crate::events::Change { org, kind: &kind, resource_id: id, sequence, data, now };
+        crate::events::record(conn, change).await.map(|_| ())
+    }
+}

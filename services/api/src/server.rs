@@ -11,6 +11,8 @@ use coursewire_proto::v1::domain_service_server::DomainServiceServer;
 use coursewire_proto::v1::domain_user_service_server::DomainUserServiceServer;
 use coursewire_proto::v1::enrollment_service_server::EnrollmentServiceServer;
 use coursewire_proto::v1::event_service_server::EventServiceServer;
+use coursewire_proto::v1::group_service_server::GroupServiceServer;
+use coursewire_proto::v1::learning_path_service_server::LearningPathServiceServer;
 use coursewire_proto::v1::organization_service_server::OrganizationServiceServer;
 use coursewire_proto::v1::published_course_service_server::PublishedCourseServiceServer;
 use coursewire_proto::v1::user_service_server::UserServiceServer;
@@ -30,6 +32,8 @@ use crate::domains::DomainApi;
 use crate::enrollments::EnrollmentApi;
 use crate::error::{ApiError, Reason};
 use crate::events::EventApi;
+use crate::groups::GroupApi;
+use crate::learning_paths::LearningPathApi;
 use crate::limits::RateLimitLayer;
 use crate::organizations::OrganizationApi;
 use crate::published_courses::PublishedCourseApi;
@@ -96,6 +100,8 @@ pub async fn serve(
         .add_service(limited!(PublishedCourseServiceServer, PublishedCourseApi(state.clone())))
         .add_service(limited!(DomainUserServiceServer, DomainUserApi(state.clone())))
         .add_service(limited!(EnrollmentServiceServer, EnrollmentApi(state.clone())))
+        .add_service(limited!(LearningPathServiceServer, LearningPathApi(state.clone())))
+        .add_service(limited!(GroupServiceServer, GroupApi(state.clone())))
         .add_service(limited!(EventServiceServer, EventApi(state.clone())))
         .add_service(limited!(WebhookServiceServer, WebhookApi(state.clone())))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

@@ -84,6 +84,8 @@ reasons! {
     CourseAlreadyPublished = "COURSE_ALREADY_PUBLISHED", AlreadyExists, "the course is already published to this domain";
     DomainUserExists = "DOMAIN_USER_EXISTS", AlreadyExists, "the user already has access to this domain";
     EnrollmentExists = "ENROLLMENT_EXISTS", AlreadyExists, "the user is already enrolled (`metadata.existing_id`)";
+    GroupMemberExists = "GROUP_MEMBER_EXISTS", AlreadyExists, "the user is already a member of the group";
+    PathEnrollmentExists = "PATH_ENROLLMENT_EXISTS", AlreadyExists, "the user is already enrolled in this learning path (`metadata.existing_id`)";
     OrganizationExists = "ORGANIZATION_EXISTS", AlreadyExists, "an organization with this id exists";
     RateLimited = "RATE_LIMITED", ResourceExhausted, "over a rate limit; see `RetryInfo`, `QuotaFailure` and the headers above";
     TooManyStreams = "TOO_MANY_STREAMS", ResourceExhausted, "the organization has `--max-streams-per-org` streams open on this server (`metadata.limit`)";
@@ -94,6 +96,9 @@ reasons! {
     DomainHasPublishedCourses = "DOMAIN_HAS_PUBLISHED_COURSES", FailedPrecondition, "delete the domain's published courses first";
     CourseIsPublished = "COURSE_IS_PUBLISHED", FailedPrecondition, "delete the course's published courses first";
     PublishedCourseHasEnrollments = "PUBLISHED_COURSE_HAS_ENROLLMENTS", FailedPrecondition, "delete its enrollments first";
+    PublishedCourseInPath = "PUBLISHED_COURSE_IN_PATH", FailedPrecondition, "remove it from its learning paths (`metadata.learning_path_id`) first";
+    GroupHasMembers = "GROUP_HAS_MEMBERS", FailedPrecondition, "remove the group's members first";
+    PathHasEnrollments = "PATH_HAS_ENROLLMENTS", FailedPrecondition, "delete the learning path's path enrollments first";
     UserHasEnrollments = "USER_HAS_ENROLLMENTS", FailedPrecondition, "delete the user's enrollments first";
     UserInactive = "USER_INACTIVE", FailedPrecondition, "inactive users cannot be enrolled";
     EnrollmentClosed = "ENROLLMENT_CLOSED", FailedPrecondition, "the published course has `enrollment_closed` set";
@@ -104,6 +109,9 @@ reasons! {
     Unavailable = "UNAVAILABLE", Unavailable, "the database is unreachable, or the server is stopping (streams carry a resume cursor); retry with backoff";
     Internal = "INTERNAL", Internal, "a bug or an unexpected failure; it was logged";
 }
+
+/// Field violations one error lists.
+pub const MAX_VIOLATIONS: usize = 20;
 
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,9 +163,17 @@ impl ApiError {
     }
 
     /// One INVALID_ARGUMENT naming every bad field.
-    pub fn violations(violations: Vec<(String, String)>) -> Self {
+    /// INVALID_ARGUMENT naming the first `MAX_VIOLATIONS` bad fields (all of them would not
+    /// fit in a response's headers for a request with hundreds of bad items).
+    pub fn violations(mut violations: Vec<(String, String)>) -> Self {
+        let more = violations.len().saturating_sub(MAX_VIOLATIONS);
+        violations.truncate(MAX_VIOLATIONS);
         let fields: Vec<&str> = violations.iter().map(|(f, _)| f.as_str()).collect();
-        let mut e = Self::new(Reason::InvalidField, format!("invalid fields: {}", fields.join(", ")));
+        let mut message = format!("invalid fields: {}", fields.join(", "));
+        if more > 0 {
+            message.push_str(&format!(" (and {more} more not listed)"));
+        }
+        let mut e = Self::new(Reason::InvalidField, message);
         e.details.violations = violations;
         e
     }

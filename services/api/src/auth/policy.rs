@@ -79,6 +79,28 @@ const TABLE: &[(&str, Need, CallClass)] = &[
     ("/coursewire.v1.EnrollmentService/CompleteEnrollment", Writes("enrollments"), Modify),
     ("/coursewire.v1.EnrollmentService/BatchCreateEnrollments", Writes("enrollments"), Modify),
     ("/coursewire.v1.EnrollmentService/ExportEnrollments", Reads("enrollments"), Read),
+    ("/coursewire.v1.LearningPathService/CreateLearningPath", Writes("courses"), Modify),
+    ("/coursewire.v1.LearningPathService/GetLearningPath", Reads("courses"), Read),
+    ("/coursewire.v1.LearningPathService/ListLearningPaths", Reads("courses"), Read),
+    ("/coursewire.v1.LearningPathService/UpdateLearningPath", Writes("courses"), Modify),
+    ("/coursewire.v1.LearningPathService/DeleteLearningPath", Writes("courses"), Remove),
+    // Path enrollments enroll in courses: they need what course enrollments need.
+    ("/coursewire.v1.LearningPathService/CreatePathEnrollment", Writes("enrollments"), Modify),
+    ("/coursewire.v1.LearningPathService/GetPathEnrollment", Reads("enrollments"), Read),
+    ("/coursewire.v1.LearningPathService/ListPathEnrollments", Reads("enrollments"), Read),
+    ("/coursewire.v1.LearningPathService/DeletePathEnrollment", Writes("enrollments"), Remove),
+    // Groups are people: `users`. Assigning enrolls every member: `enrollments:write`.
+    ("/coursewire.v1.GroupService/CreateGroup", Writes("users"), Modify),
+    ("/coursewire.v1.GroupService/GetGroup", Reads("users"), Read),
+    ("/coursewire.v1.GroupService/ListGroups", Reads("users"), Read),
+    ("/coursewire.v1.GroupService/UpdateGroup", Writes("users"), Modify),
+    ("/coursewire.v1.GroupService/DeleteGroup", Writes("users"), Remove),
+    ("/coursewire.v1.GroupService/AddGroupMembers", Writes("users"), Modify),
+    ("/coursewire.v1.GroupService/RemoveGroupMembers", Writes("users"), Modify),
+    ("/coursewire.v1.GroupService/ListGroupMembers", Reads("users"), Read),
+    ("/coursewire.v1.GroupService/AssignToGroup", Writes("enrollments"), Modify),
+    ("/coursewire.v1.GroupService/UnassignFromGroup", Writes("enrollments"), Modify),
+    ("/coursewire.v1.GroupService/GetOperation", Reads("users"), Read),
     ("/coursewire.v1.ApiKeyService/CreateApiKey", Writes("keys"), Modify),
     ("/coursewire.v1.ApiKeyService/GetApiKey", Reads("keys"), Read),
     ("/coursewire.v1.ApiKeyService/ListApiKeys", Reads("keys"), Read),
@@ -110,7 +132,11 @@ const TABLE: &[(&str, Need, CallClass)] = &[
 ];
 
 /// Methods whose handler charges the rate limit per item (a batch counts its items).
-const PER_ITEM: &[&str] = &["/coursewire.v1.EnrollmentService/BatchCreateEnrollments"];
+const PER_ITEM: &[&str] = &[
+    "/coursewire.v1.EnrollmentService/BatchCreateEnrollments",
+    "/coursewire.v1.GroupService/AddGroupMembers",
+    "/coursewire.v1.GroupService/RemoveGroupMembers",
+];
 
 pub fn counts_per_item(path: &str) -> bool {
     PER_ITEM.contains(&path)

@@ -1,6 +1,7 @@
 //! EnrollmentService: a user in a published course, with lesson progress and completion.
+pub mod deadlines;
 mod store;
-mod write;
+pub(crate) mod write;
 
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use crate::error::{ApiError, ApiResult, Reason};
 use crate::idempotency::Idempotency;
 use crate::ids::check_id;
 use crate::page::Page;
-use crate::resource::{mask_paths, opt_time};
+use crate::resource::mask_paths;
 use crate::validate::Violations;
 use store::Filter;
 
@@ -64,13 +65,13 @@ impl EnrollmentService for EnrollmentApi {
         let who = caller(&req)?;
         let r = req.into_inner();
         let now = self.0.clock.now_ms();
-        let expires_at = write::validate_create(&r, "", now)?;
+        let dates = write::validate_create(&r, "", now)?;
         let idem = Idempotency::new(who.org(), &r.request_id, "CreateEnrollment", &r)?;
         let mut tx = self.0.db.begin().await?;
         if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {
             return Ok(Response::new(done));
         }
-        let e = match write::create(&mut tx, &who, &r, expires_at, now).await {
+        let e = match write::create(&mut tx, who.org(), &r, dates, now).await {
             Ok(e) => e,
             Err(err) => {
                 drop(tx);
@@ -79,6 +80,9 @@ impl EnrollmentService for EnrollmentApi {
         };
         Idempotency::save(&idem, &mut tx, &e, now).await?;
         tx.commit().await?;
+        if dates.due_at.is_some() || dates.expires_at.is_some() {
+            self.0.deadlines.notify_one();
+        }
         Ok(Response::new(e))
     }
 
@@ -95,15 +99,7 @@ impl EnrollmentService for EnrollmentApi {
     ) -> Result<Response<ListEnrollmentsResponse>, Status> {
         let who = caller(&req)?;
         let r = req.get_ref();
-        let filter = Filter::new(
-            &r.user_id,
-            &r.course_id,
-            &r.published_course_id,
-            r.state,
-            &r.updated_after,
-            &r.completed_after,
-            &r.completed_before,
-        )?;
+        let filter = Filter::try_from(r)?;
         let page = Page::new(&self.0.tokens, r.page_size, &r.page_token, &filter.scope(who.org()))?;
         let now = self.0.clock.now_ms();
         let rows = filter
@@ -122,14 +118,21 @@ impl EnrollmentService for EnrollmentApi {
         let r = req.into_inner();
         let patch = r.enrollment.unwrap_or_default();
         check("enrollment.id", &patch.id)?;
-        mask_paths(r.update_mask.as_ref(), &["expires_at"])?;
-        let mut v = Violations::default();
-        let expires_at = opt_time(&mut v, "enrollment.expires_at", patch.expires_at.as_ref());
-        v.finish()?;
+        let paths = mask_paths(r.update_mask.as_ref(), &["expires_at", "due_at"])?;
         let now = self.0.clock.now_ms();
+        let mut v = Violations::default();
+        let dates = write::Dates::validate(
+            &mut v,
+            "enrollment.",
+            patch.expires_at.as_ref().filter(|_| paths.contains(&"expires_at")),
+            patch.due_at.as_ref().filter(|_| paths.contains(&"due_at")),
+            now,
+        );
+        v.finish()?;
         let mut tx = self.0.db.begin().await?;
-        let e = write::update_expiry(&mut tx, &who, &patch.id, &patch.etag, expires_at, now).await?;
+        let e = write::update_dates(&mut tx, who.org(), &patch.id, &patch.etag, &paths, dates, now).await?;
         tx.commit().await?;
+        self.0.deadlines.notify_one();
         Ok(Response::new(e))
     }
 
@@ -138,7 +141,7 @@ impl EnrollmentService for EnrollmentApi {
         let r = req.get_ref();
         check("id", &r.id)?;
         let mut tx = self.0.db.begin().await?;
-        write::delete(&mut tx, &who, &r.id, &r.etag, self.0.clock.now_ms()).await?;
+        write::delete(&mut tx, who.org(), &r.id, &r.etag, self.0.clock.now_ms()).await?;
         tx.commit().await?;
         Ok(Response::new(Empty {}))
     }
@@ -159,7 +162,7 @@ impl EnrollmentService for EnrollmentApi {
         let mut tx = self.0.db.begin().await?;
         let (enrollment, lesson) = write::record_progress(
             &mut tx,
-            &who,
+            who.org(),
             &r.enrollment_id,
             &r.lesson_id,
             state,
@@ -182,7 +185,7 @@ impl EnrollmentService for EnrollmentApi {
         score_ok(&mut v, "score", r.score);
         v.finish()?;
         let mut tx = self.0.db.begin().await?;
-        let e = write::complete(&mut tx, &who, &r.id, r.score, r.passed, self.0.clock.now_ms()).await?;
+        let e = write::complete(&mut tx, who.org(), &r.id, r.score, r.passed, self.0.clock.now_ms()).await?;
         tx.commit().await?;
         Ok(Response::new(e))
     }
@@ -214,9 +217,9 @@ impl EnrollmentService for EnrollmentApi {
             // Each item runs in its own savepoint: a failed item leaves no trace.
             let outcome = match write::validate_create(item, &format!("requests[{i}]."), now) {
                 Err(e) => Err(e),
-                Ok(expires_at) => {
+                Ok(dates) => {
                     let mut sp = tx.savepoint().await?;
-                    match write::create(&mut sp, &who, item, expires_at, now).await {
+                    match write::create(&mut sp, who.org(), item, dates, now).await {
                         Ok(e) => sp.commit().await.map(|_| e).map_err(ApiError::from),
                         Err(e) => {
                             sp.rollback().await.map_err(ApiError::from)?;
@@ -240,6 +243,7 @@ impl EnrollmentService for EnrollmentApi {
         let response = BatchCreateEnrollmentsResponse { results };
         Idempotency::save(&idem, &mut tx, &response, now).await?;
         tx.commit().await?;
+        self.0.deadlines.notify_one();
         let mut response = Response::new(response);
         if let Some(v) = verdict {
             v.headers(response.metadata_mut().as_mut());
@@ -255,15 +259,7 @@ impl EnrollmentService for EnrollmentApi {
     ) -> Result<Response<Self::ExportEnrollmentsStream>, Status> {
         let who = caller(&req)?;
         let r = req.get_ref();
-        let filter = Filter::new(
-            &r.user_id,
-            &r.course_id,
-            &r.published_course_id,
-            r.state,
-            &r.updated_after,
-            &r.completed_after,
-            &r.completed_before,
-        )?;
+        let filter = Filter::try_from(r)?;
         if !r.after_id.is_empty() {
             check("after_id", &r.after_id)?;
         }

@@ -13,7 +13,7 @@ use crate::validate::Violations;
 /// Progress is derived from the course's current lessons, so editing a course never
 /// leaves stored counters stale.
 pub const SELECT: &str = "SELECT e.id, e.user_id, e.published_course_id, e.course_id, e.domain_id, e.state, \
-     e.enrolled_at, e.expires_at, e.completed_at, e.score, e.passed, e.updated_at, e.sequence, \
+     e.enrolled_at, e.expires_at, e.due_at, e.overdue_at, e.completed_at, e.score, e.passed, e.updated_at, e.sequence, \
      (SELECT COUNT(*) FROM lessons l WHERE l.course_id = e.course_id AND l.required = 1) AS lessons_required, \
      (SELECT COUNT(*) FROM lesson_progress p JOIN lessons l ON l.id = p.lesson_id \
         WHERE p.enrollment_id = e.id AND l.required = 1 AND p.state = 'COMPLETED') AS lessons_completed \
@@ -21,10 +21,13 @@ pub const SELECT: &str = "SELECT e.id, e.user_id, e.published_course_id, e.cours
 
 pub fn from_row(r: &AnyRow, now: i64) -> Result<Enrollment, sqlx::Error> {
     let expires_at: Option<i64> = r.try_get("expires_at")?;
-    let completed = r.try_get::<String, _>("state")? == "COMPLETED";
-    let state = match (completed, expires_at) {
-        (true, _) => State::Completed,
-        (false, Some(t)) if t <= now => State::Expired,
+    let stored: String = r.try_get("state")?;
+    let completed = stored == "COMPLETED";
+    // Expiry shows at once, before the scheduler stores it (and emits its event).
+    let state = match (stored.as_str(), expires_at) {
+        ("COMPLETED", _) => State::Completed,
+        ("EXPIRED", _) => State::Expired,
+        (_, Some(t)) if t <= now => State::Expired,
         _ => State::Active,
     };
     let required: i64 = r.try_get("lessons_required")?;
@@ -57,6 +60,8 @@ pub fn from_row(r: &AnyRow, now: i64) -> Result<Enrollment, sqlx::Error> {
         sequence,
         updated_at: Some(to_timestamp(r.try_get("updated_at")?)),
         etag: etag(sequence),
+        due_at: opt_timestamp(r.try_get("due_at")?),
+        overdue_at: opt_timestamp(r.try_get("overdue_at")?),
     })
 }
 
@@ -83,26 +88,43 @@ pub struct Filter {
     pub updated_after: Option<i64>,
     pub completed_after: Option<i64>,
     pub completed_before: Option<i64>,
+    pub due_before: Option<i64>,
+    /// The courses of this learning path, for the users enrolled in it.
+    pub learning_path_id: String,
+    /// What this group assigns (its courses, its paths' courses), for its members.
+    pub group_id: String,
 }
 
 type Ts = Option<pbjson_types::Timestamp>;
 
+/// ListEnrollments and ExportEnrollments filter by the same fields, with the same names.
+macro_rules! filter_from {
+    ($($request:ty),*) => {$(
+        impl TryFrom<&$request> for Filter {
+            type Error = ApiError;
+            fn try_from(r: &$request) -> ApiResult<Filter> {
+                let ids = [&r.user_id, &r.course_id, &r.published_course_id, &r.learning_path_id, &r.group_id];
+                let times = [&r.updated_after, &r.completed_after, &r.completed_before, &r.due_before];
+                Filter::new(ids.map(|s| s.as_str()), r.state, times)
+            }
+        }
+    )*};
+}
+filter_from!(coursewire_proto::v1::ListEnrollmentsRequest, coursewire_proto::v1::ExportEnrollmentsRequest);
+
 impl Filter {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        user_id: &str,
-        course_id: &str,
-        published_course_id: &str,
-        state: i32,
-        updated_after: &Ts,
-        completed_after: &Ts,
-        completed_before: &Ts,
-    ) -> ApiResult<Filter> {
+    /// `ids`: user, course, published course, learning path, group; `times`: updated after,
+    /// completed after, completed before, due before.
+    fn new(ids: [&str; 5], state: i32, times: [&Ts; 4]) -> ApiResult<Filter> {
+        let [user_id, course_id, published_course_id, learning_path_id, group_id] = ids;
+        let [updated_after, completed_after, completed_before, due_before] = times;
         let mut v = Violations::default();
         for (field, prefix, id) in [
             ("user_id", "usr", user_id),
             ("course_id", "crs", course_id),
             ("published_course_id", "pub", published_course_id),
+            ("learning_path_id", "pth", learning_path_id),
+            ("group_id", "grp", group_id),
         ] {
             if !id.is_empty() {
                 check_id(&mut v, field, prefix, id);
@@ -122,6 +144,9 @@ impl Filter {
             updated_after: time("updated_after", updated_after),
             completed_after: time("completed_after", completed_after),
             completed_before: time("completed_before", completed_before),
+            due_before: time("due_before", due_before),
+            learning_path_id: learning_path_id.into(),
+            group_id: group_id.into(),
         };
         v.finish()?;
         Ok(filter)
@@ -147,6 +172,24 @@ impl Filter {
                 sql.push_str(&format!(" AND e.{column} = ${}", texts.len()));
             }
         }
+        if !self.learning_path_id.is_empty() {
+            texts.push(self.learning_path_id.clone());
+            let n = texts.len();
+            sql.push_str(&format!(
+                " AND e.published_course_id IN (SELECT published_course_id FROM learning_path_courses WHERE path_id = ${n}) \
+                 AND e.user_id IN (SELECT user_id FROM path_enrollments WHERE path_id = ${n} AND deleted_at IS NULL)"
+            ));
+        }
+        if !self.group_id.is_empty() {
+            texts.push(self.group_id.clone());
+            let n = texts.len();
+            sql.push_str(&format!(
+                " AND e.user_id IN (SELECT user_id FROM group_members WHERE group_id = ${n} AND removed_at IS NULL) \
+                 AND (e.published_course_id IN (SELECT target_id FROM group_assignments WHERE group_id = ${n}) \
+                   OR e.published_course_id IN (SELECT c.published_course_id FROM group_assignments a \
+                     JOIN learning_path_courses c ON c.path_id = a.target_id WHERE a.group_id = ${n}))"
+            ));
+        }
         let mut ints: Vec<i64> = Vec::new();
         let mut int_term = |sql: &mut String, term: &str, value: i64| {
             ints.push(value);
@@ -158,7 +201,9 @@ impl Filter {
             State::Active => {
                 int_term(&mut sql, " AND e.state = 'ACTIVE' AND (e.expires_at IS NULL OR e.expires_at > ?)", now)
             }
-            State::Expired => int_term(&mut sql, " AND e.state = 'ACTIVE' AND e.expires_at <= ?", now),
+            State::Expired => {
+                int_term(&mut sql, " AND (e.state = 'EXPIRED' OR (e.state = 'ACTIVE' AND e.expires_at <= ?))", now)
+            }
         }
         if let Some(t) = self.updated_after {
             int_term(&mut sql, " AND e.updated_at > ?", t);
@@ -168,6 +213,9 @@ impl Filter {
         }
         if let Some(t) = self.completed_before {
             int_term(&mut sql, " AND e.completed_at < ?", t);
+        }
+        if let Some(t) = self.due_before {
+            int_term(&mut sql, " AND e.due_at < ?", t);
         }
         int_term(&mut sql, " ORDER BY e.id LIMIT ?", limit);
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));

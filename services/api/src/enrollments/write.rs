@@ -6,7 +6,6 @@ use coursewire_proto::v1::{CreateEnrollmentRequest, Enrollment, LessonProgress, 
 use sqlx::{AnyConnection, Row};
 
 use super::store::fetch;
-use crate::auth::Caller;
 use crate::clock::{opt_timestamp, to_timestamp};
 use crate::error::{ApiError, ApiResult, Reason};
 use crate::events::{self, Change};
@@ -15,20 +14,43 @@ use crate::resource::opt_time;
 use crate::store::is_unique_violation;
 use crate::validate::Violations;
 
-async fn record(conn: &mut AnyConnection, who: &Caller, kind: &str, e: &Enrollment, now: i64) -> ApiResult<()> {
-    events::record(conn, Change { org: who.org(), kind, resource_id: &e.id, sequence: e.sequence, data: e, now })
-        .await
-        .map(|_| ())
+async fn record(conn: &mut AnyConnection, org: &str, kind: &str, e: &Enrollment, now: i64) -> ApiResult<()> {
+    events::record(conn, Change { org, kind, resource_id: &e.id, sequence: e.sequence, data: e, now }).await.map(|_| ())
 }
 
-pub fn validate_create(r: &CreateEnrollmentRequest, prefix: &str, now: i64) -> ApiResult<Option<i64>> {
+/// An enrollment's deadlines, as epoch ms.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Dates {
+    pub expires_at: Option<i64>,
+    pub due_at: Option<i64>,
+}
+
+impl Dates {
+    /// Both dates, each (when set) in the future.
+    pub fn validate(
+        v: &mut Violations,
+        prefix: &str,
+        expires_at: Option<&pbjson_types::Timestamp>,
+        due_at: Option<&pbjson_types::Timestamp>,
+        now: i64,
+    ) -> Dates {
+        let mut future = |field: &str, t| {
+            let field = format!("{prefix}{field}");
+            let ms = opt_time(v, &field, t);
+            v.check(ms.is_none_or(|t| t > now), &field, "must be in the future");
+            ms
+        };
+        Dates { expires_at: future("expires_at", expires_at), due_at: future("due_at", due_at) }
+    }
+}
+
+pub fn validate_create(r: &CreateEnrollmentRequest, prefix: &str, now: i64) -> ApiResult<Dates> {
     let mut v = Violations::default();
     check_id(&mut v, &format!("{prefix}user_id"), "usr", &r.user_id);
     check_id(&mut v, &format!("{prefix}published_course_id"), "pub", &r.published_course_id);
-    let expires_at = opt_time(&mut v, &format!("{prefix}expires_at"), r.expires_at.as_ref());
-    v.check(expires_at.is_none_or(|t| t > now), &format!("{prefix}expires_at"), "must be in the future");
+    let dates = Dates::validate(&mut v, prefix, r.expires_at.as_ref(), r.due_at.as_ref(), now);
     v.finish()?;
-    Ok(expires_at)
+    Ok(dates)
 }
 
 fn duplicate(id: String) -> ApiError {
@@ -47,7 +69,7 @@ struct Target {
     existing_id: Option<String>,
 }
 
-async fn target(conn: &mut AnyConnection, who: &Caller, r: &CreateEnrollmentRequest) -> ApiResult<Target> {
+async fn target(conn: &mut AnyConnection, org: &str, r: &CreateEnrollmentRequest) -> ApiResult<Target> {
     let row = sqlx::query(
         "SELECT u.active, p.course_id, p.domain_id, p.enrollment_closed, \
            (SELECT COUNT(*) FROM lessons l WHERE l.course_id = p.course_id AND l.required = 1) AS lessons_required, \
@@ -56,12 +78,12 @@ async fn target(conn: &mut AnyConnection, who: &Caller, r: &CreateEnrollmentRequ
     )
     .bind(&r.user_id)
     .bind(&r.published_course_id)
-    .bind(who.org())
+    .bind(org)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else {
         // Say which one is missing.
-        crate::users::fetch(&mut *conn, who.org(), &r.user_id).await?;
+        crate::users::fetch(&mut *conn, org, &r.user_id).await?;
         return Err(ApiError::not_found("published course", &r.published_course_id));
     };
     Ok(Target {
@@ -77,12 +99,16 @@ async fn target(conn: &mut AnyConnection, who: &Caller, r: &CreateEnrollmentRequ
 /// Creates the enrollment, granting domain access when the user lacks it.
 pub async fn create(
     conn: &mut AnyConnection,
-    who: &Caller,
+    org: &str,
     r: &CreateEnrollmentRequest,
-    expires_at: Option<i64>,
+    dates: Dates,
     now: i64,
 ) -> ApiResult<Enrollment> {
-    let t = target(conn, who, r).await?;
+    let t = target(conn, org, r).await?;
+    // An existing enrollment is reported first: `ensure` reuses it whatever else changed.
+    if let Some(id) = t.existing_id {
+        return Err(duplicate(id));
+    }
     if !t.active {
         return Err(ApiError::new(Reason::UserInactive, "the user is inactive")
             .help("activate the user (UpdateUser active=true) first"));
@@ -90,10 +116,7 @@ pub async fn create(
     if t.enrollment_closed {
         return Err(ApiError::new(Reason::EnrollmentClosed, "this published course does not accept new enrollments"));
     }
-    if let Some(id) = t.existing_id {
-        return Err(duplicate(id));
-    }
-    crate::domain_users::ensure(conn, who.org(), &t.domain_id, &r.user_id, now).await?;
+    crate::domain_users::ensure(conn, org, &t.domain_id, &r.user_id, now).await?;
     let e = Enrollment {
         id: new_id("enr"),
         user_id: r.user_id.clone(),
@@ -102,7 +125,9 @@ pub async fn create(
         domain_id: t.domain_id,
         state: State::Active as i32,
         enrolled_at: Some(to_timestamp(now)),
-        expires_at: opt_timestamp(expires_at),
+        expires_at: opt_timestamp(dates.expires_at),
+        due_at: opt_timestamp(dates.due_at),
+        overdue_at: None,
         progress: Some(Progress { lessons_completed: 0, lessons_required: t.lessons_required as i32, percent: 0 }),
         completed_at: None,
         score: None,
@@ -112,17 +137,18 @@ pub async fn create(
         etag: crate::resource::etag(1),
     };
     let insert = sqlx::query(
-        "INSERT INTO enrollments (id, org_id, user_id, published_course_id, course_id, domain_id, state, enrolled_at, expires_at, updated_at, sequence) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'ACTIVE', $7, $8, $7, 1)",
+        "INSERT INTO enrollments (id, org_id, user_id, published_course_id, course_id, domain_id, state, enrolled_at, expires_at, due_at, updated_at, sequence) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'ACTIVE', $7, $8, $9, $7, 1)",
     )
     .bind(&e.id)
-    .bind(who.org())
+    .bind(org)
     .bind(&e.user_id)
     .bind(&e.published_course_id)
     .bind(&e.course_id)
     .bind(&e.domain_id)
     .bind(now)
-    .bind(expires_at)
+    .bind(dates.expires_at)
+    .bind(dates.due_at)
     .execute(&mut *conn)
     .await;
     match insert {
@@ -130,22 +156,49 @@ pub async fn create(
         Err(e) if is_unique_violation(&e) => return Err(duplicate(String::new())),
         r => r?,
     };
-    record(conn, who, "enrollment.created", &e, now).await?;
+    record(conn, org, "enrollment.created", &e, now).await?;
     Ok(e)
 }
 
+/// The user's live enrollment in the published course: the existing one (reused as it is),
+/// or a new one with `dates`. Returns its id.
+pub async fn ensure(
+    conn: &mut AnyConnection,
+    org: &str,
+    user_id: &str,
+    published_course_id: &str,
+    dates: Dates,
+    now: i64,
+) -> ApiResult<String> {
+    let r = CreateEnrollmentRequest {
+        user_id: user_id.into(),
+        published_course_id: published_course_id.into(),
+        expires_at: opt_timestamp(dates.expires_at),
+        due_at: opt_timestamp(dates.due_at),
+        request_id: String::new(),
+    };
+    match create(conn, org, &r, dates, now).await {
+        Ok(e) => Ok(e.id),
+        Err(e) if e.reason == Reason::EnrollmentExists => match e.details.metadata.get("existing_id") {
+            Some(id) if !id.is_empty() => Ok(id.clone()),
+            _ => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
 /// Bumps the enrollment's sequence: a row lock that serializes writers to one enrollment.
-async fn lock(conn: &mut AnyConnection, who: &Caller, id: &str, now: i64) -> ApiResult<Enrollment> {
+async fn lock(conn: &mut AnyConnection, org: &str, id: &str, now: i64) -> ApiResult<Enrollment> {
     let done = sqlx::query("UPDATE enrollments SET sequence = sequence + 1, updated_at = $1 WHERE id = $2 AND org_id = $3 AND deleted_at IS NULL")
         .bind(now)
         .bind(id)
-        .bind(who.org())
+        .bind(org)
         .execute(&mut *conn)
         .await?;
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found("enrollment", id));
     }
-    fetch(conn, who.org(), id, now).await
+    fetch(conn, org, id, now).await
 }
 
 fn expired(e: &Enrollment) -> ApiResult<()> {
@@ -160,14 +213,14 @@ fn expired(e: &Enrollment) -> ApiResult<()> {
 /// A completed lesson stays completed (a later IN_PROGRESS only updates the score).
 pub async fn record_progress(
     conn: &mut AnyConnection,
-    who: &Caller,
+    org: &str,
     id: &str,
     lesson_id: &str,
     state: LessonState,
     score: Option<f64>,
     now: i64,
 ) -> ApiResult<(Enrollment, LessonProgress)> {
-    let e = lock(conn, who, id, now).await?;
+    let e = lock(conn, org, id, now).await?;
     expired(&e)?;
     let part_of_course: Option<i64> =
         sqlx::query_scalar("SELECT required FROM lessons WHERE id = $1 AND course_id = $2")
@@ -213,11 +266,11 @@ pub async fn record_progress(
         updated_at: Some(to_timestamp(row.try_get("updated_at")?)),
         completed_at: opt_timestamp(row.try_get("completed_at")?),
     };
-    let mut e = fetch(conn, who.org(), id, now).await?;
-    record(conn, who, "enrollment.progressed", &e, now).await?;
+    let mut e = fetch(conn, org, id, now).await?;
+    record(conn, org, "enrollment.progressed", &e, now).await?;
     let p = e.progress.unwrap_or_default();
     if e.state == State::Active as i32 && p.lessons_required > 0 && p.lessons_completed >= p.lessons_required {
-        e = complete_now(conn, who, id, None, None, now).await?.unwrap_or(e);
+        e = complete_now(conn, org, id, None, None, now).await?.unwrap_or(e);
     }
     Ok((e, lesson))
 }
@@ -225,7 +278,7 @@ pub async fn record_progress(
 /// Completes an ACTIVE enrollment; `None` when it was not ACTIVE (nothing written).
 async fn complete_now(
     conn: &mut AnyConnection,
-    who: &Caller,
+    org: &str,
     id: &str,
     score: Option<f64>,
     passed: Option<bool>,
@@ -240,62 +293,91 @@ async fn complete_now(
     .bind(score)
     .bind(passed.map(i64::from))
     .bind(id)
-    .bind(who.org())
+    .bind(org)
     .execute(&mut *conn)
     .await?;
     if done.rows_affected() == 0 {
         return Ok(None);
     }
-    let e = fetch(conn, who.org(), id, now).await?;
-    record(conn, who, "enrollment.completed", &e, now).await?;
+    let e = fetch(conn, org, id, now).await?;
+    record(conn, org, "enrollment.completed", &e, now).await?;
+    crate::learning_paths::members::course_completed(conn, org, &e.user_id, &e.published_course_id, now).await?;
     Ok(Some(e))
 }
 
 /// Explicit completion; repeating it returns the completed enrollment unchanged.
 pub async fn complete(
     conn: &mut AnyConnection,
-    who: &Caller,
+    org: &str,
     id: &str,
     score: Option<f64>,
     passed: Option<bool>,
     now: i64,
 ) -> ApiResult<Enrollment> {
-    if let Some(e) = complete_now(conn, who, id, score, passed, now).await? {
+    if let Some(e) = complete_now(conn, org, id, score, passed, now).await? {
         return Ok(e);
     }
-    let e = fetch(conn, who.org(), id, now).await?;
+    let e = fetch(conn, org, id, now).await?;
     expired(&e)?;
     Ok(e)
 }
 
-pub async fn update_expiry(
-    conn: &mut AnyConnection,
-    who: &Caller,
-    id: &str,
-    etag: &str,
-    expires_at: Option<i64>,
-    now: i64,
-) -> ApiResult<Enrollment> {
-    let current = fetch(conn, who.org(), id, now).await?;
-    crate::resource::check_etag(etag, current.sequence, "enrollment")?;
-    let done = sqlx::query("UPDATE enrollments SET expires_at = $1, updated_at = $2, sequence = sequence + 1 WHERE id = $3 AND sequence = $4")
-        .bind(expires_at)
-        .bind(now)
+/// Sets the dates named in `paths` (`expires_at`, `due_at`). Extending an expired enrollment
+/// reactivates it; moving `due_at` clears `overdue_at`, so the new date fires its event again.
+/// Reads the enrollment under a row lock (Postgres; SQLite has one writer), so that nothing
+/// else, the deadline scheduler included, changes it before this transaction writes: a
+/// write without an etag then never fails because of a concurrent one.
+async fn fetch_locked(conn: &mut AnyConnection, org: &str, id: &str, now: i64) -> ApiResult<Enrollment> {
+    sqlx::query("UPDATE enrollments SET sequence = sequence WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL")
         .bind(id)
-        .bind(current.sequence)
+        .bind(org)
         .execute(&mut *conn)
         .await?;
+    fetch(conn, org, id, now).await
+}
+
+pub async fn update_dates(
+    conn: &mut AnyConnection,
+    org: &str,
+    id: &str,
+    etag: &str,
+    paths: &[&str],
+    dates: Dates,
+    now: i64,
+) -> ApiResult<Enrollment> {
+    let current = fetch_locked(conn, org, id, now).await?;
+    crate::resource::check_etag(etag, current.sequence, "enrollment")?;
+    let old = |t: &Option<pbjson_types::Timestamp>| t.as_ref().and_then(crate::clock::from_timestamp);
+    let expires_at = if paths.contains(&"expires_at") { dates.expires_at } else { old(&current.expires_at) };
+    let due_at = if paths.contains(&"due_at") { dates.due_at } else { old(&current.due_at) };
+    let reactivate = expires_at.is_none_or(|t| t > now);
+    let rearm = due_at != old(&current.due_at);
+    let done = sqlx::query(
+        "UPDATE enrollments SET expires_at = $1, due_at = $2, \
+           state = CASE WHEN state = 'EXPIRED' AND $3 = 1 THEN 'ACTIVE' ELSE state END, \
+           overdue_at = CASE WHEN $4 = 1 THEN NULL ELSE overdue_at END, \
+           updated_at = $5, sequence = sequence + 1 WHERE id = $6 AND sequence = $7",
+    )
+    .bind(expires_at)
+    .bind(due_at)
+    .bind(i64::from(reactivate))
+    .bind(i64::from(rearm))
+    .bind(now)
+    .bind(id)
+    .bind(current.sequence)
+    .execute(&mut *conn)
+    .await?;
     if done.rows_affected() == 0 {
         return Err(ApiError::etag_mismatch("enrollment"));
     }
-    let e = fetch(conn, who.org(), id, now).await?;
-    record(conn, who, "enrollment.updated", &e, now).await?;
+    let e = fetch(conn, org, id, now).await?;
+    record(conn, org, "enrollment.updated", &e, now).await?;
     Ok(e)
 }
 
 /// Soft delete: the row stays for history; a new enrollment of the same pair is allowed.
-pub async fn delete(conn: &mut AnyConnection, who: &Caller, id: &str, etag: &str, now: i64) -> ApiResult<()> {
-    let current = fetch(conn, who.org(), id, now).await?;
+pub async fn delete(conn: &mut AnyConnection, org: &str, id: &str, etag: &str, now: i64) -> ApiResult<()> {
+    let current = fetch_locked(conn, org, id, now).await?;
     crate::resource::check_etag(etag, current.sequence, "enrollment")?;
     let done = sqlx::query("UPDATE enrollments SET deleted_at = $1, updated_at = $1, sequence = sequence + 1 WHERE id = $2 AND sequence = $3")
         .bind(now)
@@ -310,5 +392,5 @@ pub async fn delete(conn: &mut AnyConnection, who: &Caller, id: &str, etag: &str
     e.sequence += 1;
     e.etag = crate::resource::etag(e.sequence);
     e.updated_at = Some(to_timestamp(now));
-    record(conn, who, "enrollment.deleted", &e, now).await
+    record(conn, org, "enrollment.deleted", &e, now).await
 }
