@@ -70,6 +70,10 @@ fn readme_cookbook_works_verbatim() {
         "the path enrollment reuses the completed enrollment: {stdout}"
     );
     assert!(
+        stdout.contains(r#"{"done":true,"membersDone":"1"}"#),
+        "the group's operation enrolled its member (reusing the path enrollment; int64 is a JSON string): {stdout}"
+    );
+    assert!(
         stdout.trim_end().ends_with(
             "1 enrollment.created\n2 enrollment.progressed\n3 enrollment.progressed\n4 enrollment.completed"
         ),

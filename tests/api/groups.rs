@@ -197,6 +197,31 @@ async fn group_rules_bad_input_and_isolation(h: &Harness) {
     let r = RemoveGroupMembersRequest { group_id: g.id.clone(), user_ids: vec![ada.id.clone()] };
     assert_err(o.groups.remove_group_members(r).await, nf, "NOT_FOUND");
     assert!(o.groups.list_groups(ListGroupsRequest::default()).await.unwrap().into_inner().groups.len() == 1);
+    let rename = Group { id: g.id.clone(), name: "Mine".into(), ..Default::default() };
+    assert_err(
+        o.groups.update_group(UpdateGroupRequest { group: Some(rename), update_mask: None }).await,
+        nf,
+        "NOT_FOUND",
+    );
+    assert_err(
+        o.groups.delete_group(DeleteGroupRequest { id: g.id.clone(), etag: String::new() }).await,
+        nf,
+        "NOT_FOUND",
+    );
+    let r = UnassignFromGroupRequest { group_id: g.id.clone(), target_id: w.path.id.clone() };
+    assert_err(o.groups.unassign_from_group(r).await, nf, "NOT_FOUND");
+    let r = UnassignFromGroupRequest { group_id: g.id.clone(), target_id: w.path.id.clone() };
+    assert_err(c.groups.unassign_from_group(r).await, nf, "NOT_FOUND");
+    let r = UnassignFromGroupRequest { group_id: g.id.clone(), target_id: "usr_nope".into() };
+    let s = assert_err(c.groups.unassign_from_group(r).await, Code::InvalidArgument, "INVALID_FIELD");
+    assert_eq!(violations(&s), vec!["target_id".to_string()]);
+    let mask = Some(pbjson_types::FieldMask { paths: vec!["assignments".into()] });
+    let r = UpdateGroupRequest { group: Some(Group { id: g.id.clone(), ..Default::default() }), update_mask: mask };
+    let s = assert_err(c.groups.update_group(r).await, Code::InvalidArgument, "INVALID_FIELD");
+    assert_eq!(violations(&s), vec!["update_mask".to_string()]);
+    let bad = AddGroupMembersRequest { group_id: g.id.clone(), user_ids: vec!["grp_x".into()], ..Default::default() };
+    let res = c.groups.add_group_members(bad).await.unwrap().into_inner();
+    assert!(matches!(&res.results[0].result, Some(Outcome::Error(e)) if e.reason == "INVALID_FIELD"));
     let after = (h.snapshot().await, count(h, &format!("SELECT {tables}")).await);
     assert_eq!(before, after, "refused calls wrote nothing");
 

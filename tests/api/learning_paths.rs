@@ -238,6 +238,16 @@ async fn paths_are_isolated_between_organizations(h: &Harness) {
     assert_err(new_path(&mut o, "Theirs", vec![w.published[0].id.clone()]).await, nf, "NOT_FOUND");
     let listed = o.paths.list_learning_paths(ListLearningPathsRequest::default()).await.unwrap().into_inner();
     assert!(listed.learning_paths.is_empty());
+    let r = ListPathEnrollmentsRequest { user_id: w.path.id.clone(), ..Default::default() };
+    let s = assert_err(o.paths.list_path_enrollments(r).await, Code::InvalidArgument, "INVALID_FIELD");
+    assert_eq!(violations(&s), vec!["user_id".to_string()]);
+    let mask = Some(FieldMask { paths: vec!["etag".into()] });
+    let r = UpdateLearningPathRequest {
+        learning_path: Some(LearningPath { id: w.path.id.clone(), ..Default::default() }),
+        update_mask: mask,
+    };
+    let s = assert_err(c.paths.update_learning_path(r).await, Code::InvalidArgument, "INVALID_FIELD");
+    assert_eq!(violations(&s), vec!["update_mask".to_string()]);
     let listed = o.paths.list_path_enrollments(ListPathEnrollmentsRequest::default()).await.unwrap().into_inner();
     assert!(listed.path_enrollments.is_empty());
     let after = (h.snapshot().await, h.count("learning_paths").await, h.count("path_enrollments").await);

@@ -12,11 +12,10 @@ use crate::AppState;
 use crate::auth::caller;
 use crate::clock::to_timestamp;
 use crate::error::{ApiError, ApiResult, Reason};
-use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
 use crate::ids::{is_id, new_id};
 use crate::page::Page;
-use crate::resource::{check_etag, delete_at, etag, flag, mask_paths};
+use crate::resource::{Table, check_etag, etag, flag, mask_paths};
 use crate::store::Tx;
 use crate::validate::Violations;
 
@@ -24,7 +23,12 @@ pub struct CourseApi(pub Arc<AppState>);
 
 /// Lessons one course may have.
 const MAX_LESSONS: usize = 500;
-const COLUMNS: &str = "id, title, description, created_at, updated_at, sequence FROM courses";
+pub const COURSES: Table = Table {
+    name: "courses",
+    kind: "course",
+    events: "course",
+    columns: "id, title, description, created_at, updated_at, sequence",
+};
 
 fn from_row(r: &AnyRow) -> Result<(Course, i64), sqlx::Error> {
     let sequence = r.try_get("sequence")?;
@@ -74,13 +78,7 @@ async fn load_lessons<'e>(
 }
 
 pub(crate) async fn fetch(tx: &mut Tx, org: &str, id: &str) -> ApiResult<(Course, i64)> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} WHERE id = $1 AND org_id = $2")))
-        .bind(id)
-        .bind(org)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| ApiError::not_found("course", id))?;
-    let (mut course, seq) = from_row(&row)?;
+    let (mut course, seq) = from_row(&COURSES.get(&mut **tx, org, id).await?)?;
     course.lessons = load_lessons(&mut **tx, &[id]).await?.into_iter().map(|(_, l)| l).collect();
     Ok((course, seq))
 }
@@ -152,22 +150,10 @@ impl CourseService for CourseApi {
         c.created_at = Some(to_timestamp(now));
         c.updated_at = c.created_at;
         c.etag = etag(1);
-        sqlx::query("INSERT INTO courses (id, org_id, title, description, created_at, updated_at, sequence) VALUES ($1, $2, $3, $4, $5, $5, 1)")
-            .bind(&c.id)
-            .bind(who.org())
-            .bind(&c.title)
-            .bind(&c.description)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::from)?;
+        COURSES.insert(&mut tx, who.org(), &c.id, now, &[("title", &c.title), ("description", &c.description)]).await?;
         let id = c.id.clone();
         replace_lessons(&mut tx, &id, &mut c.lessons, &[]).await?;
-        events::record(
-            &mut tx,
-            Change { org: who.org(), kind: "course.created", resource_id: &c.id, sequence: 1, data: &c, now },
-        )
-        .await?;
+        COURSES.record(&mut tx, who.org(), "created", (&c.id, 1), &c, now).await?;
         Idempotency::save(&idem, &mut tx, &c, now).await?;
         tx.commit().await?;
         Ok(Response::new(c))
@@ -176,13 +162,7 @@ impl CourseService for CourseApi {
     async fn get_course(&self, req: Request<GetCourseRequest>) -> Result<Response<Course>, Status> {
         let who = caller(&req)?;
         check("id", &req.get_ref().id)?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} WHERE id = $1 AND org_id = $2")))
-            .bind(&req.get_ref().id)
-            .bind(who.org())
-            .fetch_optional(self.0.db.pool())
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::not_found("course", &req.get_ref().id))?;
+        let row = COURSES.get(self.0.db.pool(), who.org(), &req.get_ref().id).await?;
         let (mut c, _) = from_row(&row).map_err(ApiError::from)?;
         c.lessons = load_lessons(self.0.db.pool(), &[&c.id]).await?.into_iter().map(|(_, l)| l).collect();
         Ok(Response::new(c))
@@ -192,15 +172,7 @@ impl CourseService for CourseApi {
         let who = caller(&req)?;
         let r = req.get_ref();
         let page = Page::new(&self.0.tokens, r.page_size, &r.page_token, &format!("courses|{}", who.org()))?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3"
-        )))
-        .bind(who.org())
-        .bind(&page.after)
-        .bind(page.limit())
-        .fetch_all(self.0.db.pool())
-        .await
-        .map_err(ApiError::from)?;
+        let rows = COURSES.page(self.0.db.pool(), who.org(), &page).await?;
         let mut courses =
             rows.iter().map(|r| from_row(r).map(|c| c.0)).collect::<Result<Vec<_>, _>>().map_err(ApiError::from)?;
         let next_page_token = page.finish(&mut courses, |c| &c.id);
@@ -235,29 +207,15 @@ impl CourseService for CourseApi {
         let mut v = Violations::default();
         validate(&mut c, &mut v);
         v.finish()?;
-        let done = sqlx::query("UPDATE courses SET title = $1, description = $2, updated_at = $3, sequence = sequence + 1 WHERE id = $4 AND sequence = $5")
-            .bind(&c.title)
-            .bind(&c.description)
-            .bind(now)
-            .bind(&c.id)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::from)?;
-        if done.rows_affected() == 0 {
-            return Err(ApiError::etag_mismatch("course").into());
-        }
+        let columns = [("title", c.title.as_str()), ("description", &c.description)];
+        COURSES.update(&mut tx, who.org(), (&c.id, seq), now, &columns).await?;
         if paths.contains(&"lessons") {
             let id = c.id.clone();
             replace_lessons(&mut tx, &id, &mut c.lessons, &existing).await?;
         }
         c.etag = etag(seq + 1);
         c.updated_at = Some(to_timestamp(now));
-        events::record(
-            &mut tx,
-            Change { org: who.org(), kind: "course.updated", resource_id: &c.id, sequence: seq + 1, data: &c, now },
-        )
-        .await?;
+        COURSES.record(&mut tx, who.org(), "updated", (&c.id, seq + 1), &c, now).await?;
         tx.commit().await?;
         Ok(Response::new(c))
     }
@@ -283,13 +241,9 @@ impl CourseService for CourseApi {
             .help("delete its published courses (PublishedCourseService.DeletePublishedCourse) first")
             .into());
         }
-        delete_at(&mut tx, "courses", "course", who.org(), &r.id, seq).await?;
+        COURSES.delete(&mut tx, who.org(), &r.id, seq).await?;
         c.etag = etag(seq + 1);
-        events::record(
-            &mut tx,
-            Change { org: who.org(), kind: "course.deleted", resource_id: &c.id, sequence: seq + 1, data: &c, now },
-        )
-        .await?;
+        COURSES.record(&mut tx, who.org(), "deleted", (&c.id, seq + 1), &c, now).await?;
         tx.commit().await?;
         Ok(Response::new(Empty {}))
     }

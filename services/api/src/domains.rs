@@ -12,17 +12,21 @@ use crate::AppState;
 use crate::auth::caller;
 use crate::clock::to_timestamp;
 use crate::error::{ApiError, ApiResult, Reason};
-use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
 use crate::ids::new_id;
 use crate::page::Page;
-use crate::resource::{check_etag, delete_at, etag, mask_paths};
+use crate::resource::{Table, check_etag, etag, mask_paths};
 use crate::store::{Tx, is_unique_violation};
 use crate::validate::{Violations, is_hostname};
 
 pub struct DomainApi(pub Arc<AppState>);
 
-const COLUMNS: &str = "id, hostname, name, created_at, updated_at, sequence FROM domains";
+pub const DOMAINS: Table = Table {
+    name: "domains",
+    kind: "domain",
+    events: "domain",
+    columns: "id, hostname, name, created_at, updated_at, sequence",
+};
 
 fn from_row(r: &AnyRow) -> Result<(Domain, i64), sqlx::Error> {
     let sequence = r.try_get("sequence")?;
@@ -79,13 +83,7 @@ pub(crate) async fn fetch<'e>(
     org: &str,
     id: &str,
 ) -> ApiResult<(Domain, i64)> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} WHERE id = $1 AND org_id = $2")))
-        .bind(id)
-        .bind(org)
-        .fetch_optional(conn)
-        .await?
-        .ok_or_else(|| ApiError::not_found("domain", id))?;
-    Ok(from_row(&row)?)
+    Ok(from_row(&DOMAINS.get(conn, org, id).await?)?)
 }
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
@@ -112,11 +110,7 @@ impl DomainService for DomainApi {
         d.updated_at = d.created_at;
         d.etag = etag(1);
         save(&mut tx, who.org(), &d, 0, now, true).await?;
-        events::record(
-            &mut tx,
-            Change { org: who.org(), kind: "domain.created", resource_id: &d.id, sequence: 1, data: &d, now },
-        )
-        .await?;
+        DOMAINS.record(&mut tx, who.org(), "created", (&d.id, 1), &d, now).await?;
         Idempotency::save(&idem, &mut tx, &d, now).await?;
         tx.commit().await?;
         Ok(Response::new(d))
@@ -132,15 +126,7 @@ impl DomainService for DomainApi {
         let who = caller(&req)?;
         let r = req.get_ref();
         let page = Page::new(&self.0.tokens, r.page_size, &r.page_token, &format!("domains|{}", who.org()))?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3"
-        )))
-        .bind(who.org())
-        .bind(&page.after)
-        .bind(page.limit())
-        .fetch_all(self.0.db.pool())
-        .await
-        .map_err(ApiError::from)?;
+        let rows = DOMAINS.page(self.0.db.pool(), who.org(), &page).await?;
         let mut domains =
             rows.iter().map(|r| from_row(r).map(|d| d.0)).collect::<Result<Vec<_>, _>>().map_err(ApiError::from)?;
         let next_page_token = page.finish(&mut domains, |d| &d.id);
@@ -172,11 +158,7 @@ impl DomainService for DomainApi {
         let seq = seq + 1;
         d.etag = etag(seq);
         d.updated_at = Some(to_timestamp(now));
-        events::record(
-            &mut tx,
-            Change { org: who.org(), kind: "domain.updated", resource_id: &d.id, sequence: seq, data: &d, now },
-        )
-        .await?;
+        DOMAINS.record(&mut tx, who.org(), "updated", (&d.id, seq), &d, now).await?;
         tx.commit().await?;
         Ok(Response::new(d))
     }
@@ -203,14 +185,10 @@ impl DomainService for DomainApi {
             .into());
         }
         crate::domain_users::delete_where(&mut tx, who.org(), "domain_id", &r.id, now).await?;
-        delete_at(&mut tx, "domains", "domain", who.org(), &r.id, seq).await?;
+        DOMAINS.delete(&mut tx, who.org(), &r.id, seq).await?;
         let seq = seq + 1;
         d.etag = etag(seq);
-        events::record(
-            &mut tx,
-            Change { org: who.org(), kind: "domain.deleted", resource_id: &d.id, sequence: seq, data: &d, now },
-        )
-        .await?;
+        DOMAINS.record(&mut tx, who.org(), "deleted", (&d.id, seq), &d, now).await?;
         tx.commit().await?;
         Ok(Response::new(Empty {}))
     }

@@ -12,18 +12,25 @@ use crate::AppState;
 use crate::auth::caller;
 use crate::clock::to_timestamp;
 use crate::error::{ApiError, ApiResult, Reason};
-use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
 use crate::ids::{check_id, new_id};
 use crate::page::Page;
-use crate::resource::{check_etag, delete_at, etag, flag, mask_paths};
+use crate::resource::{Table, check_etag, etag, flag, mask_paths};
 use crate::store::is_unique_violation;
 use crate::validate::Violations;
 
 pub struct PublishedCourseApi(pub Arc<AppState>);
 
-const COLUMNS: &str =
-    "id, course_id, domain_id, enrollment_closed, created_at, updated_at, sequence FROM published_courses";
+/// The columns every read selects.
+macro_rules! columns {
+    () => {
+        "id, course_id, domain_id, enrollment_closed, created_at, updated_at, sequence"
+    };
+}
+const COLUMNS: &str = concat!(columns!(), " FROM published_courses");
+
+pub const PUBLISHED_COURSES: Table =
+    Table { name: "published_courses", kind: "published course", events: "published_course", columns: columns!() };
 
 fn from_row(r: &AnyRow) -> Result<(PublishedCourse, i64), sqlx::Error> {
     let sequence = r.try_get("sequence")?;
@@ -44,13 +51,7 @@ pub(crate) async fn fetch<'e>(
     org: &str,
     id: &str,
 ) -> ApiResult<(PublishedCourse, i64)> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} WHERE id = $1 AND org_id = $2")))
-        .bind(id)
-        .bind(org)
-        .fetch_optional(conn)
-        .await?
-        .ok_or_else(|| ApiError::not_found("published course", id))?;
-    Ok(from_row(&row)?)
+    Ok(from_row(&PUBLISHED_COURSES.get(conn, org, id).await?)?)
 }
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
@@ -104,11 +105,7 @@ impl PublishedCourseService for PublishedCourseApi {
             }
             r => r.map_err(ApiError::from)?,
         };
-        events::record(
-            &mut tx,
-            Change { org: who.org(), kind: "published_course.created", resource_id: &p.id, sequence: 1, data: &p, now },
-        )
-        .await?;
+        PUBLISHED_COURSES.record(&mut tx, who.org(), "created", (&p.id, 1), &p, now).await?;
         Idempotency::save(&idem, &mut tx, &p, now).await?;
         tx.commit().await?;
         Ok(Response::new(p))
@@ -187,18 +184,7 @@ impl PublishedCourseService for PublishedCourseApi {
         }
         p.etag = etag(seq + 1);
         p.updated_at = Some(to_timestamp(now));
-        events::record(
-            &mut tx,
-            Change {
-                org: who.org(),
-                kind: "published_course.updated",
-                resource_id: &p.id,
-                sequence: seq + 1,
-                data: &p,
-                now,
-            },
-        )
-        .await?;
+        PUBLISHED_COURSES.record(&mut tx, who.org(), "updated", (&p.id, seq + 1), &p, now).await?;
         tx.commit().await?;
         Ok(Response::new(p))
     }
@@ -250,20 +236,9 @@ impl PublishedCourseService for PublishedCourseApi {
             .execute(&mut *tx)
             .await
             .map_err(ApiError::from)?;
-        delete_at(&mut tx, "published_courses", "published course", who.org(), &r.id, seq).await?;
+        PUBLISHED_COURSES.delete(&mut tx, who.org(), &r.id, seq).await?;
         p.etag = etag(seq + 1);
-        events::record(
-            &mut tx,
-            Change {
-                org: who.org(),
-                kind: "published_course.deleted",
-                resource_id: &p.id,
-                sequence: seq + 1,
-                data: &p,
-                now,
-            },
-        )
-        .await?;
+        PUBLISHED_COURSES.record(&mut tx, who.org(), "deleted", (&p.id, seq + 1), &p, now).await?;
         tx.commit().await?;
         Ok(Response::new(Empty {}))
     }

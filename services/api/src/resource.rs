@@ -111,6 +111,59 @@ impl Table {
         Ok(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(org).bind(&page.after).bind(page.limit()).fetch_all(conn).await?)
     }
 
+    /// Inserts row `id` of `org` at sequence 1, created and updated `now`, with the text
+    /// `columns` (name, value) given.
+    pub async fn insert(
+        &self,
+        conn: &mut AnyConnection,
+        org: &str,
+        id: &str,
+        now: i64,
+        columns: &[(&'static str, &str)],
+    ) -> ApiResult<()> {
+        let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+        let marks: Vec<String> = (0..columns.len()).map(|i| format!("${}", i + 4)).collect();
+        let sql = format!(
+            "INSERT INTO {} (id, org_id, created_at, updated_at, sequence, {}) VALUES ($1, $2, $3, $3, 1, {})",
+            self.name,
+            names.join(", "),
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(org).bind(now);
+        for (_, value) in columns {
+            q = q.bind(*value);
+        }
+        q.execute(conn).await?;
+        Ok(())
+    }
+
+    /// Sets the text `columns` of row `id` of `org` if it is still at `sequence` (the one its
+    /// caller read; else ABORTED / ETAG_MISMATCH), moving it to the next sequence.
+    pub async fn update(
+        &self,
+        conn: &mut AnyConnection,
+        org: &str,
+        (id, sequence): (&str, i64),
+        now: i64,
+        columns: &[(&'static str, &str)],
+    ) -> ApiResult<()> {
+        let sets: Vec<String> =
+            columns.iter().enumerate().map(|(i, (name, _))| format!("{name} = ${}", i + 5)).collect();
+        let sql = format!(
+            "UPDATE {} SET {}updated_at = $1, sequence = sequence + 1 WHERE id = $2 AND org_id = $3 AND sequence = $4",
+            self.name,
+            sets.iter().map(|s| format!("{s}, ")).collect::<String>(),
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(id).bind(org).bind(sequence);
+        for (_, value) in columns {
+            q = q.bind(*value);
+        }
+        if q.execute(conn).await?.rows_affected() == 0 {
+            return Err(ApiError::etag_mismatch(self.kind));
+        }
+        Ok(())
+    }
+
     /// Deletes row `id` if it is still at `sequence` (see `delete_at`).
     pub async fn delete(&self, conn: &mut AnyConnection, org: &str, id: &str, sequence: i64) -> ApiResult<()> {
         delete_at(conn, self.name, self.kind, org, id, sequence).await

@@ -14,18 +14,24 @@ use crate::AppState;
 use crate::auth::caller;
 use crate::clock::to_timestamp;
 use crate::error::{ApiError, ApiResult, Reason};
-use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
 use crate::ids::new_id;
 use crate::page::Page;
-use crate::resource::{check_etag, delete_at, etag, flag, mask_paths};
+use crate::resource::{Table, check_etag, etag, flag, mask_paths};
 use crate::store::{Tx, is_unique_violation};
 use crate::validate::{Violations, is_email};
 
 pub struct UserApi(pub Arc<AppState>);
 
-const COLUMNS: &str =
-    "id, email, external_id, first_name, last_name, active, created_at, updated_at, sequence FROM users";
+/// The columns every read selects.
+macro_rules! columns {
+    () => {
+        "id, email, external_id, first_name, last_name, active, created_at, updated_at, sequence"
+    };
+}
+const COLUMNS: &str = concat!(columns!(), " FROM users");
+
+pub const USERS: Table = Table { name: "users", kind: "user", events: "user", columns: columns!() };
 
 fn from_row(r: &AnyRow) -> Result<(User, i64), sqlx::Error> {
     let sequence = r.try_get("sequence")?;
@@ -125,13 +131,7 @@ pub(crate) async fn fetch<'e>(
     org: &str,
     id: &str,
 ) -> ApiResult<(User, i64)> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} WHERE id = $1 AND org_id = $2")))
-        .bind(id)
-        .bind(org)
-        .fetch_optional(conn)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user", id))?;
-    Ok(from_row(&row)?)
+    Ok(from_row(&USERS.get(conn, org, id).await?)?)
 }
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
@@ -159,11 +159,7 @@ impl UserService for UserApi {
         u.updated_at = u.created_at;
         u.etag = etag(1);
         save(&mut tx, who.org(), &u, 0, now, true).await?;
-        events::record(
-            &mut tx,
-            Change { org: who.org(), kind: "user.created", resource_id: &u.id, sequence: 1, data: &u, now },
-        )
-        .await?;
+        USERS.record(&mut tx, who.org(), "created", (&u.id, 1), &u, now).await?;
         Idempotency::save(&idem, &mut tx, &u, now).await?;
         tx.commit().await?;
         Ok(Response::new(u))
@@ -250,11 +246,7 @@ impl UserService for UserApi {
         }
         u.etag = etag(seq + 1);
         u.updated_at = Some(to_timestamp(now));
-        events::record(
-            &mut tx,
-            Change { org: who.org(), kind: "user.updated", resource_id: &u.id, sequence: seq + 1, data: &u, now },
-        )
-        .await?;
+        USERS.record(&mut tx, who.org(), "updated", (&u.id, seq + 1), &u, now).await?;
         tx.commit().await?;
         Ok(Response::new(u))
     }
@@ -279,13 +271,9 @@ impl UserService for UserApi {
                 .into());
         }
         crate::domain_users::delete_where(&mut tx, who.org(), "user_id", &r.id, now).await?;
-        delete_at(&mut tx, "users", "user", who.org(), &r.id, seq).await?;
+        USERS.delete(&mut tx, who.org(), &r.id, seq).await?;
         u.etag = etag(seq + 1);
-        events::record(
-            &mut tx,
-            Change { org: who.org(), kind: "user.deleted", resource_id: &u.id, sequence: seq + 1, data: &u, now },
-        )
-        .await?;
+        USERS.record(&mut tx, who.org(), "deleted", (&u.id, seq + 1), &u, now).await?;
         tx.commit().await?;
         Ok(Response::new(Empty {}))
     }

@@ -33,8 +33,6 @@ struct Deadline {
     /// Claims row `$2` at time `$1`; matches nothing when another scheduler (or a completion,
     /// a deletion, a moved date) got there first.
     claim: &'static str,
-    /// The earliest deadline still waiting.
-    next: &'static str,
 }
 
 const OVERDUE: Deadline = Deadline {
@@ -43,8 +41,6 @@ const OVERDUE: Deadline = Deadline {
           AND due_at IS NOT NULL AND overdue_at IS NULL AND due_at <= $1 ORDER BY due_at LIMIT $2",
     claim: "UPDATE enrollments SET overdue_at = $1, updated_at = $1, sequence = sequence + 1 \
             WHERE id = $2 AND state = 'ACTIVE' AND deleted_at IS NULL AND overdue_at IS NULL AND due_at <= $1",
-    next: "SELECT MIN(due_at) FROM enrollments WHERE state = 'ACTIVE' AND deleted_at IS NULL \
-           AND due_at IS NOT NULL AND overdue_at IS NULL",
 };
 
 const EXPIRY: Deadline = Deadline {
@@ -53,8 +49,6 @@ const EXPIRY: Deadline = Deadline {
           AND expires_at IS NOT NULL AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
     claim: "UPDATE enrollments SET state = 'EXPIRED', updated_at = $1, sequence = sequence + 1 \
             WHERE id = $2 AND state = 'ACTIVE' AND deleted_at IS NULL AND expires_at <= $1",
-    next: "SELECT MIN(expires_at) FROM enrollments WHERE state = 'ACTIVE' AND deleted_at IS NULL \
-           AND expires_at IS NOT NULL",
 };
 
 pub struct Deadlines {
@@ -123,16 +117,16 @@ impl Deadlines {
         Ok(true)
     }
 
-    /// The earliest date still waiting for its event.
+    /// The earliest date still waiting for its event (one statement: it runs every rescan).
     async fn next_deadline(&self) -> ApiResult<Option<i64>> {
-        let mut next: Option<i64> = None;
-        for deadline in [&OVERDUE, &EXPIRY] {
-            let at: Option<i64> = sqlx::query_scalar(deadline.next).fetch_one(self.db.pool()).await?;
-            next = match (next, at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        Ok(next)
+        let (due, expiry): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT MIN(due_at) FROM enrollments WHERE state = 'ACTIVE' AND deleted_at IS NULL \
+                       AND due_at IS NOT NULL AND overdue_at IS NULL), \
+                    (SELECT MIN(expires_at) FROM enrollments WHERE state = 'ACTIVE' AND deleted_at IS NULL \
+                       AND expires_at IS NOT NULL)",
+        )
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok(due.into_iter().chain(expiry).min())
     }
 }

@@ -189,18 +189,7 @@ impl GroupService for GroupApi {
         g.updated_at = g.created_at;
         g.member_count = 0;
         g.etag = etag(1);
-        sqlx::query(
-            "INSERT INTO user_groups (id, org_id, name, description, created_at, updated_at, sequence) \
-             VALUES ($1, $2, $3, $4, $5, $5, 1)",
-        )
-        .bind(&g.id)
-        .bind(who.org())
-        .bind(&g.name)
-        .bind(&g.description)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(ApiError::from)?;
+        GROUPS.insert(&mut tx, who.org(), &g.id, now, &[("name", &g.name), ("description", &g.description)]).await?;
         GROUPS.record(&mut tx, who.org(), "created", (&g.id, 1), &g, now).await?;
         Idempotency::save(&idem, &mut tx, &g, now).await?;
         tx.commit().await?;
@@ -252,21 +241,8 @@ impl GroupService for GroupApi {
         let mut v = Violations::default();
         validate(&g, &mut v);
         v.finish()?;
-        let done = sqlx::query(
-            "UPDATE user_groups SET name = $1, description = $2, updated_at = $3, sequence = sequence + 1 \
-             WHERE id = $4 AND sequence = $5",
-        )
-        .bind(&g.name)
-        .bind(&g.description)
-        .bind(now)
-        .bind(&g.id)
-        .bind(seq)
-        .execute(&mut *tx)
-        .await
-        .map_err(ApiError::from)?;
-        if done.rows_affected() == 0 {
-            return Err(ApiError::etag_mismatch(GROUPS.kind).into());
-        }
+        let columns = [("name", g.name.as_str()), ("description", &g.description)];
+        GROUPS.update(&mut tx, who.org(), (&g.id, seq), now, &columns).await?;
         g.etag = etag(seq + 1);
         g.updated_at = Some(to_timestamp(now));
         GROUPS.record(&mut tx, who.org(), "updated", (&g.id, seq + 1), &g, now).await?;

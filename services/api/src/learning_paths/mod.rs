@@ -116,18 +116,7 @@ impl LearningPathService for LearningPathApi {
         p.created_at = Some(to_timestamp(now));
         p.updated_at = p.created_at;
         p.etag = etag(1);
-        sqlx::query(
-            "INSERT INTO learning_paths (id, org_id, title, description, created_at, updated_at, sequence) \
-             VALUES ($1, $2, $3, $4, $5, $5, 1)",
-        )
-        .bind(&p.id)
-        .bind(who.org())
-        .bind(&p.title)
-        .bind(&p.description)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(ApiError::from)?;
+        PATHS.insert(&mut tx, who.org(), &p.id, now, &[("title", &p.title), ("description", &p.description)]).await?;
         replace_courses(&mut tx, who.org(), &p.id, &p.published_course_ids).await?;
         PATHS.record(&mut tx, who.org(), "created", (&p.id, 1), &p, now).await?;
         Idempotency::save(&idem, &mut tx, &p, now).await?;
@@ -184,21 +173,8 @@ impl LearningPathService for LearningPathApi {
         let mut v = Violations::default();
         validate(&p, &mut v);
         v.finish()?;
-        let done = sqlx::query(
-            "UPDATE learning_paths SET title = $1, description = $2, updated_at = $3, sequence = sequence + 1 \
-             WHERE id = $4 AND sequence = $5",
-        )
-        .bind(&p.title)
-        .bind(&p.description)
-        .bind(now)
-        .bind(&p.id)
-        .bind(seq)
-        .execute(&mut *tx)
-        .await
-        .map_err(ApiError::from)?;
-        if done.rows_affected() == 0 {
-            return Err(ApiError::etag_mismatch(PATHS.kind).into());
-        }
+        let columns = [("title", p.title.as_str()), ("description", &p.description)];
+        PATHS.update(&mut tx, who.org(), (&p.id, seq), now, &columns).await?;
         p.etag = etag(seq + 1);
         p.updated_at = Some(to_timestamp(now));
         PATHS.record(&mut tx, who.org(), "updated", (&p.id, seq + 1), &p, now).await?;
