@@ -236,3 +236,46 @@ async fn group_rules_bad_input_and_isolation(h: &Harness) {
 }
 
 crate::backend_tests!(membership_fans_out_to_enrollments_once, group_rules_bad_input_and_isolation);
+
+/// 2,000 members assigned a 3-course path: 6,000 course enrollments and 2,000 path
+/// enrollments, each exactly once with its event (the limit is raised for the set-up calls;
+/// the fan-out itself is not counted against it).
+async fn two_thousand_members_get_a_three_course_path_once(h: &Harness) {
+    let mut c = h.clients();
+    let w = path_world(&mut c).await;
+    let g = group(&mut c, "Everyone").await;
+    let writers = (0..4).map(|i| {
+        let mut c = h.clients();
+        async move { users(&mut c, &format!("w{i}-"), 500).await }
+    });
+    let members: Vec<String> = futures::future::join_all(writers).await.into_iter().flatten().collect();
+    for chunk in members.chunks(1000) {
+        add(&mut c, &g.id, chunk.to_vec()).await;
+    }
+    let op = assign(&mut c, &g.id, assignment::Target::LearningPathId(w.path.id.clone())).await.unwrap();
+    let op = finished(&mut c, &op).await;
+    assert_eq!((op.members_total, op.members_done, op.members_failed), (2000, 2000, 0));
+    assert_eq!(each_enrollment_once(h).await, 6000);
+    assert_eq!(count(h, "SELECT COUNT(*) FROM path_enrollments").await, 2000);
+    assert_eq!(
+        count(h, "SELECT COUNT(DISTINCT resource_id) FROM events WHERE type = 'path_enrollment.created'").await,
+        2000
+    );
+}
+
+mod at_scale {
+    use crate::harness::{Backend, Harness, Limits};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let h = Harness::start_with(Backend::Sqlite, Limits::Memory, "100000/1m").await.unwrap();
+        super::two_thousand_members_get_a_three_course_path_once(&h).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        if let Some(h) = Harness::start_with(Backend::Postgres, Limits::Memory, "100000/1m").await {
+            super::two_thousand_members_get_a_three_course_path_once(&h).await;
+        }
+    }
+}
