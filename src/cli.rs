@@ -119,6 +119,16 @@ enum Command {
     /// Manage the key that seals secrets at rest.
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Ask a running server's gRPC health service; exits non-zero unless it is SERVING (for
+    /// container probes). Needs no database.
+    Health {
+        /// The server to ask.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        addr: String,
+        /// One service to ask about (`coursewire.v1.EnrollmentService`); empty: the server.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -248,9 +258,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run | Command::Api | Command::Secrets(_) => Some(common.keyring()?),
         _ => None,
     };
+    if let Command::Health { addr, service } = &command {
+        return health(addr, service).await;
+    }
     let clock = Arc::new(SystemClock);
     let db = Db::connect(&common.database_url).await?;
     match command {
+        Command::Health { .. } => unreachable!("answered above, without a database"),
         Command::Migrate => {
             println!("migrations applied");
             Ok(())
@@ -293,6 +307,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Prints the server's (or `service`'s) health status; an error unless it is SERVING.
+async fn health(addr: &str, service: &str) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let wait = std::time::Duration::from_secs(3);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .with_context(|| format!("--addr {addr:?} is not an address"))?
+        .connect_timeout(wait)
+        .timeout(wait)
+        .connect()
+        .await
+        .with_context(|| format!("no gRPC server answers at {addr}"))?;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = tonic_health::pb::HealthCheckRequest { service: service.into() };
+    let status = client.check(request).await.with_context(|| format!("health check of {addr} failed"))?;
+    let status = status.into_inner().status();
+    println!("{}", status.as_str_name());
+    if status != ServingStatus::Serving {
+        bail!("{addr} is not serving ({})", status.as_str_name());
+    }
+    Ok(())
 }
 
 fn api_error(e: coursewire_api::error::ApiError) -> anyhow::Error {

@@ -91,6 +91,24 @@ fn readme_cookbook_works_verbatim() {
         "{text}"
     );
 
+    // The health probe says SERVING while the server runs, and fails once it is gone.
+    let probe = |port: u16| {
+        Command::new(env!("CARGO_BIN_EXE_coursewire"))
+            .args(["health", "--addr", &format!("127.0.0.1:{port}")])
+            .output()
+            .unwrap()
+    };
+    let healthy = probe(port);
+    assert!(healthy.status.success(), "{healthy:?}");
+    assert_eq!(String::from_utf8_lossy(&healthy.stdout).trim(), "SERVING");
+    let unknown = Command::new(env!("CARGO_BIN_EXE_coursewire"))
+        .args(["health", "--addr", &format!("127.0.0.1:{port}"), "--service", "no.such.Service"])
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success(), "an unknown service is not serving: {unknown:?}");
+    let nobody = probe(free_port());
+    assert!(!nobody.status.success(), "nothing listens there: {nobody:?}");
+
     // SIGTERM shuts down cleanly.
     Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -181,4 +199,40 @@ fn cli_manages_orgs_and_keys() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--webhook-timeout"));
     let bad = coursewire(dir.path(), &["migrate", "--database-url", "mysql://x"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--database-url"));
+}
+
+/// docs/operations.md's flag table is exactly the flags (and their environment variables) of
+/// `coursewire` and `coursewire-dispatcher`, as their `--help` prints them.
+#[test]
+fn the_operations_guide_lists_every_flag() {
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
+    let documented: std::collections::BTreeSet<(String, String)> = guide
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(|c| c.trim().trim_matches('`')).collect();
+            (cells[1].to_string(), cells[2].to_string())
+        })
+        .collect();
+    let dispatcher = std::path::PathBuf::from(env!("CARGO_BIN_EXE_coursewire")).with_file_name("coursewire-dispatcher");
+    let mut flags = std::collections::BTreeSet::new();
+    for bin in [std::path::PathBuf::from(env!("CARGO_BIN_EXE_coursewire")), dispatcher] {
+        let help = Command::new(&bin).arg("--help").output().unwrap();
+        let help = String::from_utf8(help.stdout).unwrap();
+        // `      --flag <VALUE>` then its description line with `[env: NAME=…]`.
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let Some(flag) = line.split_whitespace().next().filter(|f| f.starts_with("--")) else { continue };
+            if flag == "--help" || flag == "--version" {
+                continue;
+            }
+            let described = lines[i..].iter().take(3).copied().collect::<Vec<_>>().join(" ");
+            let env = described.split("[env: ").nth(1).map(|e| e.split(['=', ']']).next().unwrap().to_string());
+            flags.insert((flag.to_string(), env.unwrap_or_else(|| panic!("{flag} has no environment variable"))));
+        }
+    }
+    assert!(flags.len() > 15, "{flags:?}");
+    let missing: Vec<_> = flags.difference(&documented).collect();
+    let unknown: Vec<_> = documented.difference(&flags).collect();
+    assert!(missing.is_empty() && unknown.is_empty(), "not in docs/operations.md: {missing:?}; not flags: {unknown:?}");
 }

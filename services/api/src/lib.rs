@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod organizations;
 pub mod page;
 pub mod published_courses;
+pub mod request_id;
 pub mod resource;
 pub mod retention;
 pub mod server;

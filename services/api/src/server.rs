@@ -37,6 +37,7 @@ use crate::learning_paths::LearningPathApi;
 use crate::limits::RateLimitLayer;
 use crate::organizations::OrganizationApi;
 use crate::published_courses::PublishedCourseApi;
+use crate::request_id::RequestIdLayer;
 use crate::users::UserApi;
 use crate::webhooks::WebhookApi;
 
@@ -74,8 +75,10 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let auth = Authenticator::new(state.db.clone(), state.clock.clone(), trusted_proxies);
-    // Outermost first: authenticate, then count the call against its organization's limits.
+    // Outermost first: name the call, authenticate, then count it against its organization's
+    // limits.
     let layers = tower::ServiceBuilder::new()
+        .layer(RequestIdLayer)
         .map_response(oversized_is_resource_exhausted)
         .layer(AuthLayer(auth))
         .layer(RateLimitLayer(state.limiter.clone()));

@@ -249,7 +249,11 @@ impl From<ApiError> for tonic::Status {
         use std::collections::HashMap;
         use tonic_types::{ErrorDetails, StatusExt};
 
-        let Details { metadata, violations, help, retry_after, quota } = *e.details;
+        let Details { mut metadata, violations, help, retry_after, quota } = *e.details;
+        // Which call failed, for the caller to quote and the operator to find in the logs.
+        if let Some(id) = crate::request_id::current() {
+            metadata.insert("request_id".into(), id);
+        }
         let mut details = ErrorDetails::new();
         details.set_error_info(e.reason.as_str(), ERROR_DOMAIN, metadata.into_iter().collect::<HashMap<_, _>>());
         for (field, description) in violations {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod ids;
+pub mod request_id;
 pub mod secrets;
 pub mod shutdown;
 pub mod store;
