@@ -204,7 +204,7 @@ impl ApiError {
 
     /// Logs the cause and returns an INTERNAL without details.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "internal error");
+        tracing::error!(error = %cause, request_id = ?crate::request_id::current(), "internal error");
         Self::new(Reason::Internal, "internal error; it has been logged")
     }
 
@@ -223,7 +223,7 @@ impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                tracing::warn!(error = %e, "database unavailable");
+                tracing::warn!(error = %e, request_id = ?crate::request_id::current(), "database unavailable");
                 ApiError::unavailable("the database is unavailable")
             }
             // Text Postgres cannot store (a NUL byte) that validation did not catch by name.

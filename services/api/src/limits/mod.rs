@@ -119,12 +119,12 @@ impl Limiter {
             }
             Err(e) if self.on_error == OnError::Open => {
                 crate::metrics::metrics().limiter_backend_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(error = %e, "rate limit backend failed; admitting the call (--rate-limit-on-backend-error open)");
+                tracing::warn!(error = %e, request_id = ?coursewire_core::request_id::current(), "rate limit backend failed; admitting the call (--rate-limit-on-backend-error open)");
                 Ok(None)
             }
             Err(e) => {
                 crate::metrics::metrics().limiter_backend_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!(error = %e, "rate limit backend failed; refusing the call (--rate-limit-on-backend-error closed)");
+                tracing::error!(error = %e, request_id = ?coursewire_core::request_id::current(), "rate limit backend failed; refusing the call (--rate-limit-on-backend-error closed)");
                 Err(ApiError::unavailable("the rate limiter is unavailable"))
             }
         }
