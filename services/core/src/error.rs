@@ -213,6 +213,15 @@ impl ApiError {
         self
     }
 
+    /// For create-or-reuse: the id of the resource that already exists when this error is
+    /// `reason` and names one (`metadata.existing_id`); otherwise this error.
+    pub fn existing(self, reason: Reason) -> ApiResult<String> {
+        match self.details.metadata.get("existing_id") {
+            Some(id) if self.reason == reason && !id.is_empty() => Ok(id.clone()),
+            _ => Err(self),
+        }
+    }
+
     pub fn help(mut self, hint: impl Into<String>) -> Self {
         self.details.help = Some(hint.into());
         self

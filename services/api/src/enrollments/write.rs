@@ -177,14 +177,7 @@ pub async fn ensure(
         due_at: opt_timestamp(dates.due_at),
         request_id: String::new(),
     };
-    match create(conn, org, &r, dates, now).await {
-        Ok(e) => Ok(e.id),
-        Err(e) if e.reason == Reason::EnrollmentExists => match e.details.metadata.get("existing_id") {
-            Some(id) if !id.is_empty() => Ok(id.clone()),
-            _ => Err(e),
-        },
-        Err(e) => Err(e),
-    }
+    create(conn, org, &r, dates, now).await.map(|e| e.id).or_else(|e| e.existing(Reason::EnrollmentExists))
 }
 
 /// Bumps the enrollment's sequence: a row lock that serializes writers to one enrollment.

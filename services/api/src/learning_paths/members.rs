@@ -145,14 +145,8 @@ pub async fn ensure(
     dates: Dates,
     now: i64,
 ) -> ApiResult<String> {
-    match create(conn, org, path_id, user_id, dates, now).await {
-        Ok(pe) => Ok(pe.id),
-        Err(e) if e.reason == Reason::PathEnrollmentExists => match e.details.metadata.get("existing_id") {
-            Some(id) if !id.is_empty() => Ok(id.clone()),
-            _ => Err(e),
-        },
-        Err(e) => Err(e),
-    }
+    let created = create(conn, org, path_id, user_id, dates, now).await;
+    created.map(|pe| pe.id).or_else(|e| e.existing(Reason::PathEnrollmentExists))
 }
 
 /// Completes the path enrollment if every course of its path is completed; `Some` when this
