@@ -64,6 +64,17 @@ pub async fn delete_at(
     Ok(())
 }
 
+/// A per-item failure of a batch (or of a fan-out), with the code and reason the same
+/// single call would have failed with.
+pub fn item_error(e: ApiError) -> coursewire_proto::v1::ItemError {
+    coursewire_proto::v1::ItemError {
+        code: e.code as i32,
+        reason: e.reason.as_str().into(),
+        message: e.message,
+        metadata: e.details.metadata,
+    }
+}
+
 pub fn flag(b: bool) -> i64 {
     i64::from(b)
 }

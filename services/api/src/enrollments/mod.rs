@@ -20,7 +20,7 @@ use crate::error::{ApiError, ApiResult, Reason};
 use crate::idempotency::Idempotency;
 use crate::ids::check_id;
 use crate::page::Page;
-use crate::resource::mask_paths;
+use crate::resource::{item_error, mask_paths};
 use crate::validate::Violations;
 use store::Filter;
 
@@ -201,12 +201,7 @@ impl EnrollmentService for EnrollmentApi {
         }
         let idem = Idempotency::new(who.org(), &r.request_id, "BatchCreateEnrollments", &r)?;
         // A batch counts its items against the modify limit, all or nothing.
-        let verdict = self.0.limiter.admit(&who, CallClass::Modify, r.requests.len() as u64).await?;
-        if let Some(v) = verdict.as_ref().filter(|v| !v.allowed) {
-            let mut status = Status::from(v.rejection());
-            v.headers(status.metadata_mut().as_mut());
-            return Err(status);
-        }
+        let verdict = self.0.limiter.admit_items(&who, CallClass::Modify, r.requests.len()).await?;
         let now = self.0.clock.now_ms();
         let mut tx = self.0.db.begin().await?;
         if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {
@@ -231,12 +226,7 @@ impl EnrollmentService for EnrollmentApi {
             results.push(BatchResult {
                 result: Some(match outcome {
                     Ok(e) => Outcome::Enrollment(e),
-                    Err(e) => Outcome::Error(ItemError {
-                        code: e.code as i32,
-                        reason: e.reason.as_str().into(),
-                        message: e.message,
-                        metadata: e.details.metadata,
-                    }),
+                    Err(e) => Outcome::Error(item_error(e)),
                 }),
             });
         }

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use coursewire_proto::v1::ItemError;
 use sqlx::{AnyConnection, Row};
 use tokio::sync::Notify;
 
@@ -19,6 +18,7 @@ use super::store::{OPERATIONS, assignments_of, operation_from_row};
 use crate::clock::SharedClock;
 use crate::enrollments::write::{Dates, ensure};
 use crate::error::{ApiError, ApiResult};
+use crate::resource::item_error;
 use crate::store::Db;
 
 /// Members per batch (each may get several enrollments: a path's courses).
@@ -157,12 +157,7 @@ impl FanOut {
                     sp.rollback().await?;
                     failed += 1;
                     if first_error.is_none() {
-                        let item = ItemError {
-                            code: e.code as i32,
-                            reason: e.reason.as_str().into(),
-                            message: e.message,
-                            metadata: e.details.metadata,
-                        };
+                        let item = item_error(e);
                         first_error = Some(serde_json::to_string(&item).map_err(ApiError::internal)?);
                     }
                 }

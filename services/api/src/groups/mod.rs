@@ -14,14 +14,16 @@ use sqlx::AnyConnection;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
+use crate::auth::caller;
 use crate::auth::policy::CallClass;
-use crate::auth::{Caller, caller};
 use crate::clock::to_timestamp;
 use crate::error::{ApiError, ApiResult, Reason};
 use crate::idempotency::Idempotency;
 use crate::ids::{check_id, is_id, new_id};
+use crate::learning_paths::PATHS;
 use crate::page::Page;
-use crate::resource::{check_etag, etag, mask_paths, opt_time};
+use crate::published_courses::PUBLISHED_COURSES;
+use crate::resource::{check_etag, etag, item_error, mask_paths, opt_time};
 use crate::validate::Violations;
 use store::*;
 
@@ -37,15 +39,6 @@ fn check(field: &str, id: &str) -> ApiResult<()> {
 fn validate(g: &Group, v: &mut Violations) {
     v.text("group.name", &g.name, 200);
     v.optional_text("group.description", &g.description, 10_000);
-}
-
-fn item_error(e: ApiError) -> Outcome {
-    Outcome::Error(ItemError {
-        code: e.code as i32,
-        reason: e.reason.as_str().into(),
-        message: e.message,
-        metadata: e.details.metadata,
-    })
 }
 
 /// A membership change's event: the membership's own id, at `sequence` (1 added, 2 removed).
@@ -76,17 +69,6 @@ async fn touch_group(conn: &mut AnyConnection, org: &str, id: &str, now: i64) ->
 }
 
 impl GroupApi {
-    /// Charges a per-item call its items against the modify limit, all or nothing.
-    async fn admit_items(&self, who: &Caller, items: usize) -> Result<Option<crate::limits::Verdict>, Status> {
-        let verdict = self.0.limiter.admit(who, CallClass::Modify, items as u64).await?;
-        if let Some(v) = verdict.as_ref().filter(|v| !v.allowed) {
-            let mut status = Status::from(v.rejection());
-            v.headers(status.metadata_mut().as_mut());
-            return Err(status);
-        }
-        Ok(verdict)
-    }
-
     /// Adds one user to the group (inside the caller's savepoint).
     async fn add_member(
         conn: &mut AnyConnection,
@@ -284,7 +266,7 @@ impl GroupService for GroupApi {
         let r = req.into_inner();
         check_members(&r.group_id, &r.user_ids)?;
         let idem = Idempotency::new(who.org(), &r.request_id, "AddGroupMembers", &r)?;
-        let verdict = self.admit_items(&who, r.user_ids.len()).await?;
+        let verdict = self.0.limiter.admit_items(&who, CallClass::Modify, r.user_ids.len()).await?;
         let now = self.0.clock.now_ms();
         let mut tx = self.0.db.begin().await?;
         if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {
@@ -313,7 +295,7 @@ impl GroupService for GroupApi {
             results.push(MembershipResult {
                 result: Some(match outcome {
                     Ok(m) => Outcome::Membership(m),
-                    Err(e) => item_error(e),
+                    Err(e) => Outcome::Error(item_error(e)),
                 }),
             });
         }
@@ -348,7 +330,7 @@ impl GroupService for GroupApi {
         let who = caller(&req)?;
         let r = req.into_inner();
         check_members(&r.group_id, &r.user_ids)?;
-        let verdict = self.admit_items(&who, r.user_ids.len()).await?;
+        let verdict = self.0.limiter.admit_items(&who, CallClass::Modify, r.user_ids.len()).await?;
         let now = self.0.clock.now_ms();
         let mut tx = self.0.db.begin().await?;
         fetch_group(&mut tx, who.org(), &r.group_id).await?;
@@ -362,7 +344,7 @@ impl GroupService for GroupApi {
             results.push(MembershipResult {
                 result: Some(match outcome {
                     Ok(m) => Outcome::Membership(m),
-                    Err(e) => item_error(e),
+                    Err(e) => Outcome::Error(item_error(e)),
                 }),
             });
         }
@@ -422,21 +404,8 @@ impl GroupService for GroupApi {
         v.finish()?;
         let mut tx = self.0.db.begin().await?;
         fetch_group(&mut tx, who.org(), &r.group_id).await?;
-        let (table, kind) = if target.starts_with("pth_") {
-            ("learning_paths", "learning path")
-        } else {
-            ("published_courses", "published course")
-        };
-        let ours: Option<String> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT id FROM {table} WHERE id = $1 AND org_id = $2")))
-                .bind(&target)
-                .bind(who.org())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(ApiError::from)?;
-        if ours.is_none() {
-            return Err(ApiError::not_found(kind, &target).into());
-        }
+        let table = if target.starts_with("pth_") { &PATHS } else { &PUBLISHED_COURSES };
+        table.get(&mut *tx, who.org(), &target).await?;
         sqlx::query(
             "INSERT INTO group_assignments (group_id, target_id, due_at, assigned_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (group_id, target_id) DO UPDATE SET due_at = excluded.due_at",

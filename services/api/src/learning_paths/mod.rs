@@ -20,6 +20,7 @@ use crate::error::{ApiError, ApiResult, Reason};
 use crate::idempotency::Idempotency;
 use crate::ids::{check_id, new_id};
 use crate::page::Page;
+use crate::published_courses::PUBLISHED_COURSES;
 use crate::resource::{Table, check_etag, etag, mask_paths};
 use crate::validate::Violations;
 use members::MEMBERS;
@@ -72,14 +73,7 @@ fn validate(p: &LearningPath, v: &mut Violations) {
 async fn replace_courses(conn: &mut AnyConnection, org: &str, path_id: &str, ids: &[String]) -> ApiResult<()> {
     sqlx::query("DELETE FROM learning_path_courses WHERE path_id = $1").bind(path_id).execute(&mut *conn).await?;
     for (position, id) in ids.iter().enumerate() {
-        let ours: Option<String> = sqlx::query_scalar("SELECT id FROM published_courses WHERE id = $1 AND org_id = $2")
-            .bind(id)
-            .bind(org)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if ours.is_none() {
-            return Err(ApiError::not_found("published course", id));
-        }
+        PUBLISHED_COURSES.get(&mut *conn, org, id).await?;
         sqlx::query("INSERT INTO learning_path_courses (path_id, published_course_id, position) VALUES ($1, $2, $3)")
             .bind(path_id)
             .bind(id)

@@ -130,6 +130,23 @@ impl Limiter {
         }
     }
 
+    /// Admits a call that counts its `n` items (a batch): RESOURCE_EXHAUSTED with the limit
+    /// headers when they do not all fit, else the verdict whose headers the response carries.
+    pub async fn admit_items(
+        &self,
+        caller: &Caller,
+        class: CallClass,
+        n: usize,
+    ) -> Result<Option<Verdict>, tonic::Status> {
+        let verdict = self.admit(caller, class, n as u64).await?;
+        if let Some(v) = verdict.as_ref().filter(|v| !v.allowed) {
+            let mut status = tonic::Status::from(v.rejection());
+            v.headers(status.metadata_mut().as_mut());
+            return Err(status);
+        }
+        Ok(verdict)
+    }
+
     /// Every window of every class for the caller, without counting anything (WhoAmI).
     pub async fn status(&self, caller: &Caller) -> Vec<LimitStatus> {
         let mut out = Vec::new();
