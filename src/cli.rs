@@ -438,8 +438,11 @@ async fn serve(
         parse_duration(&common.delivery_retention).map_err(anyhow::Error::msg)?,
     );
     let metrics_addr = common.metrics_listen.parse().context("--metrics-listen")?;
+    // One endpoint serves the API's series and, in the all-in-one, the dispatcher's.
+    let pool = db.clone();
+    let collect = move || coursewire_api::metrics::record_pool(&pool);
     let metrics = tokio::spawn(async move {
-        if let Err(e) = coursewire_core::telemetry::serve(metrics_addr, render_metrics).await {
+        if let Err(e) = coursewire_core::telemetry::serve(metrics_addr, collect, Default::default()).await {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     });
@@ -460,9 +463,4 @@ async fn serve(
     let served = app.run_until(server::shutdown_signal()).await;
     metrics.abort();
     served
-}
-
-/// The all-in-one serves the API's series and the dispatcher's on one endpoint.
-fn render_metrics() -> String {
-    coursewire_api::metrics::render() + &coursewire_dispatcher::metrics::render()
 }

@@ -10,11 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coursewire_core::ids::new_id;
+use coursewire_core::trace::TraceContext;
 use tokio::sync::{oneshot, watch};
 
 use crate::lanes::Admit;
 use crate::queue::{self, Claimed, Fresh, Outcome};
 use crate::schedule::Next;
+use crate::sender::Payload;
 use crate::{Inner, Job, Report};
 
 /// How long a batch waits for its first attempts before it is written anyway (the rest are
@@ -29,6 +31,8 @@ pub struct Incoming {
     pub org: String,
     /// The §6 envelope, exactly as stored: what is posted.
     pub body: Arc<str>,
+    /// The span of the call that caused it, if one did.
+    pub trace: Option<TraceContext>,
     /// The bus handed it before (an earlier intake may have written its deliveries).
     pub redelivered: bool,
     /// The organization's webhooks version when the event was relayed, if the relay said.
@@ -80,7 +84,7 @@ pub async fn first_attempts(inner: &Arc<Inner>, events: &[Incoming]) -> anyhow::
             let job = Job {
                 delivery: delivery.clone(),
                 endpoint: endpoint.clone(),
-                body: e.body.clone(),
+                payload: Payload { body: e.body.clone(), trace: e.trace },
                 report: Report::First(report, written_rx.clone()),
             };
             let (cap, rate) = (endpoint.max_concurrency, endpoint.max_rate);

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use coursewire_core::events::bus::Handoff;
 use coursewire_core::events::topology::Topology;
+use coursewire_core::trace::TraceContext;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
@@ -42,6 +43,7 @@ pub(crate) async fn in_process(
     mut handoffs: mpsc::Receiver<Handoff>,
     mut stop: watch::Receiver<bool>,
 ) {
+    inner.shared.consuming.send_replace(true);
     let mut working = FuturesOrdered::new();
     loop {
         tokio::select! {
@@ -57,6 +59,7 @@ pub(crate) async fn in_process(
                             kind: e.kind.clone(),
                             org: e.org_id.clone(),
                             body: e.body.clone(),
+                            trace: e.traceparent,
                             redelivered: false,
                             webhooks_version: e.webhooks_version,
                         })
@@ -82,7 +85,9 @@ pub(crate) async fn in_process(
 pub(crate) async fn amqp(inner: Arc<Inner>, topology: Topology, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match consume(&inner, &topology, stop.clone()).await {
+        let consumed = consume(&inner, &topology, stop.clone()).await;
+        inner.shared.consuming.send_replace(false);
+        match consumed {
             Ok(()) => return,
             Err(e) => tracing::warn!(error = %e, "event intake lost RabbitMQ; reconnecting"),
         }
@@ -108,6 +113,7 @@ async fn consume(inner: &Arc<Inner>, topology: &Topology, mut stop: watch::Recei
         )
         .await?;
     tracing::info!(queue = %topology.queue, "consuming events");
+    inner.shared.consuming.send_replace(true);
     // Batches in the order they were taken: (last delivery tag, whether they were written).
     let mut working = FuturesOrdered::new();
     let result = loop {
@@ -130,6 +136,7 @@ async fn consume(inner: &Arc<Inner>, topology: &Topology, mut stop: watch::Recei
                             kind: e.kind,
                             org: e.org,
                             body: String::from_utf8_lossy(&m.data).into_owned().into(),
+                            trace: traceparent(&m.properties),
                             redelivered: m.redelivered,
                             webhooks_version: webhooks_version(&m.properties),
                         }),
@@ -172,6 +179,14 @@ async fn consume(inner: &Arc<Inner>, topology: &Topology, mut stop: watch::Recei
 }
 
 /// The `webhooks_version` header the relay puts on each message.
+/// The publish's span (the relay's `traceparent` header), which attempts continue.
+fn traceparent(properties: &lapin::BasicProperties) -> Option<TraceContext> {
+    match properties.headers().as_ref()?.inner().get("traceparent")? {
+        lapin::types::AMQPValue::LongString(v) => TraceContext::parse(std::str::from_utf8(v.as_bytes()).ok()?),
+        _ => None,
+    }
+}
+
 fn webhooks_version(properties: &lapin::BasicProperties) -> Option<i64> {
     match properties.headers().as_ref()?.inner().get("webhooks_version")? {
         lapin::types::AMQPValue::LongLongInt(v) => Some(*v),

@@ -32,10 +32,9 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use endpoints::{Cache, Endpoint};
 use lanes::{Admit, Lanes};
-use metrics::metrics;
 use queue::{Claimed, Outcome};
 use schedule::{Next, Response};
-use sender::Sender;
+use sender::{Payload, Sender};
 
 /// Deliveries taken per claim.
 const CLAIM_BATCH: usize = 200;
@@ -111,13 +110,15 @@ pub struct Shared {
     pub secrets: Arc<Keyring>,
     /// Woken when deliveries may have come due (written, retried, or an endpoint freed up).
     pub wake: Notify,
+    /// Whether intake is consuming events (health's `coursewire.broker`).
+    pub consuming: watch::Sender<bool>,
 }
 
 /// A delivery ready to be attempted, with what its attempt needs.
 struct Job {
     delivery: Claimed,
     endpoint: Arc<Endpoint>,
-    body: Arc<str>,
+    payload: Payload,
     report: Report,
 }
 
@@ -157,9 +158,11 @@ pub(crate) struct Inner {
 
 impl Dispatcher {
     pub fn new(db: Db, clock: SharedClock, secrets: Arc<Keyring>, config: Config) -> anyhow::Result<Dispatcher> {
+        metrics::describe();
         let sender = Sender::new(config.timeout, config.allow_private_targets, config.max_in_flight)?;
         let lanes = Lanes::new(config.endpoint_concurrency, LANE_QUEUE);
-        let shared = Arc::new(Shared { db, clock, secrets, wake: Notify::new() });
+        let consuming = watch::channel(false).0;
+        let shared = Arc::new(Shared { db, clock, secrets, wake: Notify::new(), consuming });
         let (outcomes, outcomes_rx) = mpsc::channel(4096);
         Ok(Dispatcher(Arc::new(Inner {
             shared,
@@ -176,6 +179,11 @@ impl Dispatcher {
             outcomes: Mutex::new(Some(outcomes)),
             outcomes_rx: Mutex::new(Some(outcomes_rx)),
         })))
+    }
+
+    /// Follows whether intake is consuming events (from RabbitMQ, or in-process).
+    pub fn consuming(&self) -> watch::Receiver<bool> {
+        self.0.shared.consuming.subscribe()
     }
 
     /// Runs until `shutdown` completes; then takes no new work, gives attempts in flight up to
@@ -270,10 +278,10 @@ impl Inner {
     fn count<'a>(&self, outcomes: impl Iterator<Item = &'a Outcome>) {
         for o in outcomes {
             match o.next {
-                Next::Delivered => metrics().deliveries_succeeded.fetch_add(1, Relaxed),
-                Next::Failed | Next::Gone => metrics().deliveries_failed.fetch_add(1, Relaxed),
-                Next::RetryAt(_) => 0,
-            };
+                Next::Delivered => metrics::delivery_ended(true),
+                Next::Failed | Next::Gone => metrics::delivery_ended(false),
+                Next::RetryAt(_) => {}
+            }
         }
     }
 
@@ -333,7 +341,7 @@ impl Inner {
                 last_gauge = std::time::Instant::now();
                 let due =
                     if took == room && room > 0 { queue::due(&self.shared.db, now).await.unwrap_or(0) } else { 0 };
-                metrics().deliveries_due.store(due, Relaxed);
+                metrics::deliveries_due(due);
             }
             let due = self.shared.clock.sleep_until(due_at.unwrap_or(i64::MAX));
             tokio::select! {
@@ -371,7 +379,7 @@ impl Inner {
                     continue;
                 }
             };
-            let Some(body) = bodies.get(&delivery.event_id).cloned() else {
+            let Some(payload) = bodies.get(&delivery.event_id).cloned() else {
                 // The event log no longer holds it (retention): nothing left to send.
                 let outcome = Outcome {
                     attempted_at: now,
@@ -389,7 +397,7 @@ impl Inner {
             };
             let (cap, rate) = (endpoint.max_concurrency, endpoint.max_rate);
             let lane = delivery.endpoint_id.clone();
-            match self.lanes.admit(&lane, cap, rate, Job { delivery, endpoint, body, report: Report::Recorder }) {
+            match self.lanes.admit(&lane, cap, rate, Job { delivery, endpoint, payload, report: Report::Recorder }) {
                 Admit::Start(job) => self.launch(job),
                 Admit::Queued => {}
                 Admit::Full(job) => back.push(job.delivery.id),
@@ -404,12 +412,12 @@ impl Inner {
         self.running.fetch_add(1, Relaxed);
         let inner = self.clone();
         tokio::spawn(async move {
-            let Job { delivery, endpoint, body, report } = job;
+            let Job { delivery, endpoint, payload, report } = job;
             let lane = delivery.endpoint_id.clone();
             // A first attempt whose batch could not be written is not made: the events come again.
             let abandoned = matches!(&report, Report::First(_, written) if *written.borrow() == Some(false));
             if !abandoned {
-                let outcome = inner.attempt(delivery, &endpoint, &body).await;
+                let outcome = inner.attempt(delivery, &endpoint, &payload).await;
                 inner.report(outcome, report).await;
             }
             if let Some(next) = inner.lanes.finish(&lane) {
@@ -422,12 +430,12 @@ impl Inner {
     }
 
     /// Makes one attempt and decides what follows it.
-    async fn attempt(&self, delivery: Claimed, endpoint: &Endpoint, body: &Arc<str>) -> Outcome {
+    async fn attempt(&self, delivery: Claimed, endpoint: &Endpoint, payload: &Payload) -> Outcome {
         let attempted_at = self.shared.clock.now_ms();
         let secrets = endpoint.secrets(attempted_at);
-        let attempt = self.sender.send(endpoint, &secrets, &delivery.event_id, body, attempted_at).await;
+        let attempt = self.sender.send(endpoint, &secrets, &delivery.event_id, payload, attempted_at).await;
         let ok = matches!(attempt.response, Response::Status { code: 200..=299, .. });
-        metrics().attempted(&delivery.endpoint_id, ok, attempt.duration_ms as u64);
+        metrics::attempted(&delivery.endpoint_id, ok, Duration::from_millis(attempt.duration_ms as u64));
         let next = schedule::next(
             &self.config.retry_schedule,
             delivery.attempts + 1,

@@ -27,8 +27,8 @@ struct Cli {
     amqp_exchange: String,
     #[arg(long, env = "COURSEWIRE_AMQP_QUEUE", default_value = "coursewire.dispatcher")]
     amqp_queue: String,
-    /// Prometheus metrics listen address (`/metrics`); the API's default is 9464, so both
-    /// run on one host with their defaults.
+    /// Prometheus metrics (`/metrics`) and gRPC health listen address; the API's default is
+    /// 9464, so both run on one host with their defaults.
     #[arg(long, env = "COURSEWIRE_METRICS_LISTEN", default_value = "127.0.0.1:9465")]
     metrics_listen: String,
     /// The key that seals webhook secrets and header values (base64 of 32 bytes; the API's).
@@ -78,15 +78,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let secrets =
         Arc::new(Keyring::for_database(&cli.database_url, cli.secrets_key.as_deref(), &cli.previous_secrets_keys)?);
     let db = Db::connect(&cli.database_url).await?;
+    let dispatcher = Dispatcher::new(db.clone(), Arc::new(SystemClock), secrets, config)?;
+    // The metrics address also answers gRPC health checks (`coursewire health --addr`):
+    // the database, and `coursewire.broker` for the event intake.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(coursewire_core::health::follow(db.clone(), dispatcher.consuming(), health, &[]));
+    let routes = tonic::service::Routes::new(health_service).into_axum_router();
+    let collect = move || coursewire_dispatcher::metrics::record_pool(&db);
     let metrics = tokio::spawn(async move {
-        if let Err(e) = coursewire_core::telemetry::serve(metrics_addr, coursewire_dispatcher::metrics::render).await {
+        if let Err(e) = coursewire_core::telemetry::serve(metrics_addr, collect, routes).await {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     });
     let topology = Topology { url: amqp_url, exchange: cli.amqp_exchange, queue: cli.amqp_queue };
-    let dispatcher = Dispatcher::new(db, Arc::new(SystemClock), secrets, config)?;
     tracing::info!("dispatcher started");
     let result = dispatcher.run(Source::Amqp(topology), coursewire_core::shutdown::signal()).await;
     metrics.abort();
+    health_task.abort();
     result
 }

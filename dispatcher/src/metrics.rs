@@ -1,79 +1,70 @@
 //! The dispatcher's Prometheus series: deliveries by outcome, attempt latency and failures,
-//! the queue depth, and the failure streaks of failing endpoints (labelled by endpoint id).
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+//! the queue depth, the database pool, and the failure streaks of failing endpoints
+//! (labelled by endpoint id: the one id label, bounded by the endpoints that exist).
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
-use coursewire_core::telemetry::{Histogram, line};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
-#[derive(Default)]
-pub struct Metrics {
-    /// Webhook deliveries that ended, by outcome.
-    pub deliveries_succeeded: AtomicU64,
-    pub deliveries_failed: AtomicU64,
-    /// Webhook attempts that failed (each is retried or ends its delivery).
-    pub attempts_failed: AtomicU64,
-    pub attempt_latency: Histogram,
-    /// Deliveries due now and not yet taken by a dispatcher.
-    pub deliveries_due: AtomicI64,
-    /// Consecutive failed attempts per endpoint (only endpoints currently failing).
-    pub failure_streaks: Mutex<BTreeMap<String, u64>>,
+/// Describes the dispatcher's series and registers those that read 0 from the start.
+/// Installs the process's recorder first (idempotent).
+pub fn describe() {
+    coursewire_core::telemetry::install();
+    coursewire_core::telemetry::describe_pool();
+    describe_counter!("coursewire_webhook_deliveries_total", "Webhook deliveries that ended, by outcome.");
+    describe_counter!("coursewire_webhook_attempt_failures_total", "Webhook attempts that did not get a 2xx.");
+    describe_histogram!("coursewire_webhook_attempt_seconds", metrics::Unit::Seconds, "Duration of webhook attempts.");
+    describe_gauge!(
+        "coursewire_webhook_deliveries_due",
+        "Deliveries due now that no dispatcher has taken yet (queue depth)."
+    );
+    describe_gauge!(
+        "coursewire_webhook_endpoint_failure_streak",
+        "Consecutive failed attempts of an endpoint (0 once it recovers)."
+    );
+    for outcome in ["succeeded", "failed"] {
+        counter!("coursewire_webhook_deliveries_total", "outcome" => outcome).increment(0);
+    }
+    counter!("coursewire_webhook_attempt_failures_total").increment(0);
+    gauge!("coursewire_webhook_deliveries_due").increment(0.0);
 }
 
-pub fn metrics() -> &'static Metrics {
-    static METRICS: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
-    METRICS.get_or_init(Metrics::default)
+/// A delivery ended: delivered, or given up.
+pub fn delivery_ended(succeeded: bool) {
+    let outcome = if succeeded { "succeeded" } else { "failed" };
+    counter!("coursewire_webhook_deliveries_total", "outcome" => outcome).increment(1);
 }
 
-impl Metrics {
-    /// Records one webhook attempt against its endpoint's failure streak.
-    pub fn attempted(&self, endpoint: &str, ok: bool, elapsed_ms: u64) {
-        self.attempt_latency.observe(elapsed_ms);
-        let mut streaks = self.failure_streaks.lock().unwrap_or_else(|p| p.into_inner());
-        if ok {
+pub fn deliveries_due(due: i64) {
+    gauge!("coursewire_webhook_deliveries_due").set(due as f64);
+}
+
+/// Records one webhook attempt against its endpoint's failure streak.
+pub fn attempted(endpoint: &str, ok: bool, elapsed: Duration) {
+    static STREAKS: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
+    histogram!("coursewire_webhook_attempt_seconds").record(elapsed);
+    if !ok {
+        counter!("coursewire_webhook_attempt_failures_total").increment(1);
+    }
+    let mut streaks = STREAKS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    // Endpoints that never failed get no series; one that recovers reads 0.
+    let streak = match (ok, streaks.get_mut(endpoint)) {
+        (true, None) => return,
+        (true, Some(_)) => {
             streaks.remove(endpoint);
-        } else {
-            self.attempts_failed.fetch_add(1, Relaxed);
-            *streaks.entry(endpoint.to_string()).or_default() += 1;
+            0
         }
-    }
-
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let name = "coursewire_webhook_deliveries_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Webhook deliveries that ended, by outcome.\n# TYPE {name} counter\n\
-             {name}{{outcome=\"succeeded\"}} {}\n{name}{{outcome=\"failed\"}} {}",
-            self.deliveries_succeeded.load(Relaxed),
-            self.deliveries_failed.load(Relaxed)
-        );
-        line(
-            &mut out,
-            "coursewire_webhook_attempt_failures_total",
-            "counter",
-            "Webhook attempts that did not get a 2xx.",
-            self.attempts_failed.load(Relaxed),
-        );
-        line(
-            &mut out,
-            "coursewire_webhook_deliveries_due",
-            "gauge",
-            "Deliveries due now that no dispatcher has taken yet (queue depth).",
-            self.deliveries_due.load(Relaxed),
-        );
-        let name = "coursewire_webhook_endpoint_failure_streak";
-        let _ = writeln!(out, "# HELP {name} Consecutive failed attempts of a failing endpoint.\n# TYPE {name} gauge");
-        for (endpoint, streak) in self.failure_streaks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(out, "{name}{{endpoint=\"{endpoint}\"}} {streak}");
+        (false, Some(n)) => {
+            *n += 1;
+            *n
         }
-        self.attempt_latency.render(&mut out, "coursewire_webhook_attempt_seconds", "Duration of webhook attempts.");
-        out
-    }
+        (false, None) => *streaks.entry(endpoint.to_string()).or_insert(1),
+    };
+    gauge!("coursewire_webhook_endpoint_failure_streak", "endpoint" => endpoint.to_string()).set(streak as f64);
 }
 
-/// The dispatcher's series, for the `/metrics` endpoint.
-pub fn render() -> String {
-    metrics().render()
+/// The database pool's gauges, read at scrape time.
+pub fn record_pool(db: &coursewire_core::store::Db) {
+    coursewire_core::telemetry::record_pool("dispatcher", db.pool().size(), db.pool().num_idle());
 }

@@ -17,11 +17,13 @@ use coursewire_core::clock::rfc3339;
 use coursewire_core::error::ApiError;
 use coursewire_core::ids::new_id;
 use coursewire_core::store::{Backend, Db, Tx};
+use coursewire_core::trace::TraceContext;
 use coursewire_core::webhooks::deliveries::HELD;
 use coursewire_core::webhooks::endpoints;
 use sqlx::Row;
 
 use crate::schedule::Next;
+use crate::sender::Payload;
 
 type Result<T> = std::result::Result<T, anyhow::Error>;
 
@@ -246,17 +248,19 @@ pub async fn existing(db: &Db, event_ids: &[&str]) -> Result<HashSet<(String, St
     Ok(out)
 }
 
-/// The envelopes (exact bytes) of these events (for retries: intake has them from the bus).
-pub async fn bodies(db: &Db, event_ids: &[&str]) -> Result<HashMap<String, Arc<str>>> {
+/// The envelopes (exact bytes) of these events and their traces (for retries: intake has
+/// them from the bus).
+pub async fn bodies(db: &Db, event_ids: &[&str]) -> Result<HashMap<String, Payload>> {
     let mut out = HashMap::new();
     for chunk in event_ids.chunks(CHUNK * 2) {
-        let sql = format!("SELECT id, body FROM events WHERE id IN ({})", placeholders(1, chunk.len()));
+        let sql = format!("SELECT id, body, traceparent FROM events WHERE id IN ({})", placeholders(1, chunk.len()));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in chunk {
             q = q.bind(*id);
         }
         for r in q.fetch_all(db.pool()).await? {
-            out.insert(r.try_get("id")?, Arc::from(r.try_get::<String, _>("body")?));
+            let trace = r.try_get::<Option<String>, _>("traceparent")?.as_deref().and_then(TraceContext::parse);
+            out.insert(r.try_get("id")?, Payload { body: Arc::from(r.try_get::<String, _>("body")?), trace });
         }
     }
     Ok(out)

@@ -1,6 +1,8 @@
 //! One HTTP attempt: the Standard Webhooks headers, the envelope bytes as the body, no
 //! redirects, a timeout, and addresses checked by the SSRF guard as they are connected to.
 use std::sync::Arc;
+
+use coursewire_core::trace::TraceContext;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
@@ -12,6 +14,14 @@ use crate::signing::{Secret, signature_header};
 
 /// Response bytes kept per attempt.
 pub const KEEP_BODY: usize = 4096;
+
+/// What an attempt posts: the event's envelope (its exact bytes) and the trace the event
+/// belongs to (the span of the call that caused it).
+#[derive(Clone, Debug)]
+pub struct Payload {
+    pub body: Arc<str>,
+    pub trace: Option<TraceContext>,
+}
 
 pub struct Sender {
     client: reqwest::Client,
@@ -43,19 +53,19 @@ impl Sender {
         Ok(Sender { client, allow_private })
     }
 
-    /// POSTs `body` (event `event_id`) to `endpoint`, signed with `secrets`; `now` (epoch ms)
-    /// is only used to read HTTP-date `Retry-After` values.
+    /// POSTs `payload` (event `event_id`) to `endpoint`, signed with `secrets`; `now` (epoch
+    /// ms) is only used to read HTTP-date `Retry-After` values.
     pub async fn send(
         &self,
         endpoint: &Endpoint,
         secrets: &[Secret],
         event_id: &str,
-        body: &Arc<str>,
+        payload: &Payload,
         now: i64,
     ) -> Attempt {
         let started = Instant::now();
         let (response, kept) =
-            self.try_send(endpoint, secrets, event_id, body, now).await.unwrap_or_else(|e| (e, String::new()));
+            self.try_send(endpoint, secrets, event_id, payload, now).await.unwrap_or_else(|e| (e, String::new()));
         Attempt { response, duration_ms: started.elapsed().as_millis() as i64, body: kept }
     }
 
@@ -64,9 +74,10 @@ impl Sender {
         endpoint: &Endpoint,
         secrets: &[Secret],
         event_id: &str,
-        body: &Arc<str>,
+        payload: &Payload,
         now: i64,
     ) -> Result<(Response, String), Response> {
+        let body = &payload.body;
         let url = reqwest::Url::parse(&endpoint.url).map_err(|_| Response::Error("invalid_target"))?;
         guard::check_literal(&url, self.allow_private).map_err(|_| Response::Error("refused_target"))?;
         // The receiver compares this with its own clock, so it is wall time, not scheduling time.
@@ -78,6 +89,10 @@ impl Sender {
             .header("webhook-id", event_id)
             .header("webhook-timestamp", timestamp)
             .header("webhook-signature", signature_header(secrets, event_id, timestamp, body.as_bytes()));
+        // Each attempt is a span of the event's trace (W3C Trace Context).
+        if let Some(event) = payload.trace {
+            request = request.header("traceparent", event.child().to_string());
+        }
         for (name, value) in &endpoint.headers {
             if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str()))
                 && name != USER_AGENT

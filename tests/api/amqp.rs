@@ -20,6 +20,9 @@ use tokio::sync::Mutex;
 use crate::fixtures::*;
 use crate::harness::{Backend, Harness, Limits, TestTopology, require_services};
 use crate::proxy::Proxy;
+use crate::receiver::{Receiver, Reply};
+use coursewire_core::trace::TraceContext;
+use coursewire_dispatcher::Source;
 
 fn amqp_url() -> Option<String> {
     match std::env::var("COURSEWIRE_TEST_AMQP_URL") {
@@ -50,6 +53,7 @@ struct Received {
     content_type: String,
     delivery_mode: u8,
     org: String,
+    traceparent: Option<String>,
 }
 
 /// A consumer on its own queue bound to `pattern`, collecting everything it receives.
@@ -83,17 +87,18 @@ async fn consume(url: &str, t: &Topology, pattern: &str) -> (Connection, Arc<Mut
     tokio::spawn(async move {
         while let Some(Ok(d)) = consumer.next().await {
             let p = &d.properties;
-            let org = p.headers().as_ref().and_then(|h| h.inner().get("organization_id").cloned());
+            let header = |name: &str| match p.headers().as_ref().and_then(|h| h.inner().get(name).cloned()) {
+                Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+                _ => None,
+            };
             sink.lock().await.push(Received {
                 body: String::from_utf8(d.data.clone()).unwrap(),
                 message_id: p.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default(),
                 kind: p.kind().as_ref().map(|s| s.to_string()).unwrap_or_default(),
                 content_type: p.content_type().as_ref().map(|s| s.to_string()).unwrap_or_default(),
                 delivery_mode: p.delivery_mode().unwrap_or(0),
-                org: match org {
-                    Some(AMQPValue::LongString(s)) => s.to_string(),
-                    _ => String::new(),
-                },
+                org: header("organization_id").unwrap_or_default(),
+                traceparent: header("traceparent"),
             });
             let _ = d.ack(BasicAckOptions::default()).await;
         }
@@ -159,6 +164,57 @@ async fn consumers_get_events_with_properties_and_the_logged_body() {
         }
         assert!(tokio::time::Instant::now() < deadline, "every event is marked published after its confirm");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// W3C Trace Context from the call to each hop: a caller's `traceparent` is continued by
+/// the event's AMQP message and by every webhook attempt (same trace id, a span of its own);
+/// a call without one, or with a malformed one, starts a new trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_links_the_call_the_publish_and_each_attempt() {
+    let Some(url) = amqp_url() else { return };
+    let t = topology(&url);
+    let (_conn, got) = consume(&url, &t, "user.*").await;
+    let dispatcher = Some((crate::harness::dispatcher_config(), Source::Amqp(t.0.clone())));
+    let bus = AmqpBus::start(t.clone());
+    let h = Harness::start_full(Backend::Sqlite, Limits::Memory, "1000000/1m", bus, Hub::default(), dispatcher);
+    let h = h.await.unwrap();
+    let mut c = h.clients();
+    let receiver = Receiver::start(|_| Reply::status(204)).await;
+    crate::webhooks::create_hook(&mut c, &receiver.url, &["user.*"]).await;
+
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller = format!("00-{trace}-00f067aa0ba902b7-01");
+    let traced = |email: &str, traceparent: &str| {
+        let user = User { email: email.into(), ..Default::default() };
+        let mut req = tonic::Request::new(CreateUserRequest { user: Some(user), ..Default::default() });
+        req.metadata_mut().insert("traceparent", traceparent.parse().unwrap());
+        req
+    };
+    c.users.create_user(traced("traced@example.com", &caller)).await.unwrap();
+    c.users.create_user(traced("malformed@example.com", "00-not-a-trace-01")).await.unwrap();
+    crate::fixtures::user(&mut c, "untraced@example.com").await;
+    wait_for(&got, 3, Duration::from_secs(10)).await;
+    let posts = receiver.wait_for(3, Duration::from_secs(10)).await;
+
+    let parse = |s: &str| TraceContext::parse(s).unwrap_or_else(|| panic!("not a traceparent: {s:?}"));
+    let email = |body: &str| {
+        let event: serde_json::Value = serde_json::from_str(body).unwrap();
+        event["data"]["email"].as_str().unwrap().to_string()
+    };
+    let got = got.lock().await;
+    let published: HashMap<String, TraceContext> =
+        got.iter().map(|r| (email(&r.body), parse(r.traceparent.as_deref().unwrap()))).collect();
+    let attempted: HashMap<String, TraceContext> =
+        posts.iter().map(|r| (email(std::str::from_utf8(&r.body).unwrap()), parse(r.header("traceparent")))).collect();
+    let caller = parse(&caller);
+    let (publish, attempt) = (published["traced@example.com"], attempted["traced@example.com"]);
+    assert_eq!((publish.trace_id, attempt.trace_id), (caller.trace_id, caller.trace_id), "one trace");
+    let spans = [caller.span_id, publish.span_id, attempt.span_id];
+    assert!(spans[0] != spans[1] && spans[1] != spans[2] && spans[0] != spans[2], "each hop is its own span");
+    for other in ["malformed@example.com", "untraced@example.com"] {
+        assert_ne!(published[other].trace_id, caller.trace_id, "{other} starts its own trace");
+        assert_eq!(published[other].trace_id, attempted[other].trace_id, "{other}: its publish and attempt share it");
     }
 }
 

@@ -83,7 +83,8 @@ fn readme_cookbook_works_verbatim() {
 
     // Metrics are served in Prometheus text format.
     let mut socket = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
-    std::io::Write::write_all(&mut socket, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    std::io::Write::write_all(&mut socket, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut text = String::new();
     std::io::Read::read_to_string(&mut socket, &mut text).unwrap();
     assert!(

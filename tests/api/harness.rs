@@ -208,6 +208,13 @@ impl Drop for Process {
     }
 }
 
+/// An HTTP client for the tests' own requests (plain HTTP on loopback; reqwest is built
+/// without a default TLS provider, so one is installed).
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

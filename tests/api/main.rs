@@ -20,6 +20,7 @@ mod keys;
 mod learning_paths;
 mod limits;
 mod log_secrets;
+mod metrics;
 mod paging;
 mod processes;
 mod proxy;

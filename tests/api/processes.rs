@@ -21,7 +21,7 @@ fn dispatcher_bin() -> PathBuf {
 
 /// Starts `cmd`, waits for a stderr line containing `ready`, and returns the process and
 /// every stderr line up to it.
-fn spawn(mut cmd: Command, ready: &str) -> (Process, Vec<String>) {
+pub(crate) fn spawn(mut cmd: Command, ready: &str) -> (Process, Vec<String>) {
     let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut seen = Vec::new();
@@ -395,4 +395,55 @@ async fn the_secrets_key_is_required_generated_and_rotated() {
     let mut c = clients(port, &key).await;
     let shown = c.webhooks.get_webhook_secret(GetWebhookSecretRequest { id }).await.unwrap().into_inner();
     assert_eq!(shown.secret, made.secret);
+}
+
+/// `coursewire health --addr` against the dispatcher's metrics address, until `want`
+/// (SERVING or not) or 15 s.
+fn dispatcher_health(port: u16, service: &str, want: bool) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_coursewire"))
+            .args(["health", "--addr", &format!("127.0.0.1:{port}"), "--service", service])
+            .output()
+            .unwrap();
+        if out.status.success() == want || Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The dispatcher answers gRPC health beside `/metrics`: SERVING while its database answers,
+/// and `coursewire.broker` SERVING only while it consumes from RabbitMQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatcher_health_follows_its_dependencies() {
+    let (Ok(pg), Ok(amqp)) = (std::env::var("COURSEWIRE_TEST_DATABASE_URL"), std::env::var("COURSEWIRE_TEST_AMQP_URL"))
+    else {
+        assert!(!require_services(), "COURSEWIRE_TEST_DATABASE_URL and COURSEWIRE_TEST_AMQP_URL are required");
+        return;
+    };
+    let db = crate::harness::TestDatabase::create(&pg).await;
+    let topology = crate::harness::TestTopology::new(&amqp, "cwhealth");
+    let start = |amqp_url: &str| {
+        let port = free_port();
+        let mut cmd = Command::new(dispatcher_bin());
+        cmd.args(["--database-url", &db.url, "--amqp-url", amqp_url, "--secrets-key", &secrets_key()])
+            .args(["--amqp-exchange", &topology.exchange, "--amqp-queue", &topology.queue])
+            .args(["--metrics-listen", &format!("127.0.0.1:{port}")]);
+        (spawn(cmd, "dispatcher started").0, port)
+    };
+    // RabbitMQ unreachable: the process serves (retries live in the database), the broker not.
+    let (_cut_off, port) = start(&format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port()));
+    let overall = dispatcher_health(port, "", true);
+    assert!(overall.status.success(), "{overall:?}");
+    assert_eq!(String::from_utf8_lossy(&overall.stdout).trim(), "SERVING");
+    let broker = dispatcher_health(port, "coursewire.broker", false);
+    assert!(!broker.status.success(), "no broker, yet {broker:?}");
+    let metrics = crate::harness::http().get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(metrics.contains("coursewire_webhook_deliveries_total"), "{metrics}");
+
+    let (_consuming, port) = start(&amqp);
+    let broker = dispatcher_health(port, "coursewire.broker", true);
+    assert!(broker.status.success(), "consuming, yet {broker:?}");
 }

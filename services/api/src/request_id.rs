@@ -1,7 +1,8 @@
 //! The request id layer (outermost): every call gets an id, the caller's `x-request-id`
 //! when it sent an acceptable one, else a new `req_…`. The response carries it in
 //! `x-request-id`, errors in `ErrorInfo.metadata.request_id`, and the warnings and errors
-//! logged while serving the call in a `request_id` field. (Not a span per call: on the
+//! logged while serving the call in a `request_id` field. The call also gets its place in
+//! a trace: a child of the caller's W3C `traceparent`, or a new trace (see `core::trace`). (Not a span per call: on the
 //! Ping benchmark a span per call cost several percent of the throughput, for lines that
 //! are rare.)
 use std::sync::LazyLock;
@@ -12,6 +13,7 @@ use futures::future::BoxFuture;
 use http::HeaderValue;
 
 use coursewire_core::request_id;
+use coursewire_core::trace::{self, TraceContext};
 
 pub const HEADER: &str = "x-request-id";
 
@@ -61,13 +63,22 @@ where
             .map(str::to_string)
             .unwrap_or_else(new_request_id);
         let header = HeaderValue::from_str(&id).expect("acceptable ids are header-safe");
+        let span = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::parse)
+            .map_or_else(TraceContext::root, |parent| parent.child());
         // The inner service was polled ready and is called now (no clone of the stack below);
         // the work happens when its future is polled, inside the request id's scope.
         let response = self.inner.call(req);
-        Box::pin(request_id::scope(id, async move {
-            let mut response = response.await?;
-            response.headers_mut().insert(HEADER, header);
-            Ok(response)
-        }))
+        Box::pin(request_id::scope(
+            id,
+            trace::scope(span, async move {
+                let mut response = response.await?;
+                response.headers_mut().insert(HEADER, header);
+                Ok(response)
+            }),
+        ))
     }
 }

@@ -1,8 +1,7 @@
 //! Assembles the gRPC server: services, auth layer, reflection (v1 and v1alpha, for
-//! grpcurl 1.8), health that follows the database, and graceful shutdown.
+//! grpcurl 1.8), health that follows the database and the broker, and graceful shutdown.
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use coursewire_proto::v1::account_service_server::AccountServiceServer;
 use coursewire_proto::v1::api_key_service_server::ApiKeyServiceServer;
@@ -20,7 +19,6 @@ use coursewire_proto::v1::webhook_service_server::WebhookServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
-use tonic_health::ServingStatus;
 
 use crate::AppState;
 use crate::account::AccountApi;
@@ -35,6 +33,7 @@ use crate::events::EventApi;
 use crate::groups::GroupApi;
 use crate::learning_paths::LearningPathApi;
 use crate::limits::RateLimitLayer;
+use crate::metrics::RpcMetricsLayer;
 use crate::organizations::OrganizationApi;
 use crate::published_courses::PublishedCourseApi;
 use crate::request_id::RequestIdLayer;
@@ -60,8 +59,14 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    crate::metrics::describe();
     let (health, health_service) = tonic_health::server::health_reporter();
-    let health_task = tokio::spawn(follow_database_health(state.clone(), health));
+    let health_task = tokio::spawn(coursewire_core::health::follow(
+        state.db.clone(),
+        state.hub.bus_connected.subscribe(),
+        health,
+        &["coursewire.v1.EnrollmentService", "coursewire.v1.UserService", "coursewire.v1.AccountService"],
+    ));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(coursewire_proto::FILE_DESCRIPTOR_SET)
@@ -75,10 +80,11 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let auth = Authenticator::new(state.db.clone(), state.clock.clone(), trusted_proxies);
-    // Outermost first: name the call, authenticate, then count it against its organization's
-    // limits.
+    // Outermost first: name the call, measure it, authenticate, then count it against its
+    // organization's limits.
     let layers = tower::ServiceBuilder::new()
         .layer(RequestIdLayer)
+        .layer(RpcMetricsLayer)
         .map_response(oversized_is_resource_exhausted)
         .layer(AuthLayer(auth))
         .layer(RateLimitLayer(state.limiter.clone()));
@@ -132,41 +138,6 @@ fn oversized_is_resource_exhausted(response: http::Response<tonic::body::Body>) 
     .with("limit_bytes", MAX_MESSAGE_BYTES.to_string())
     .help("split the request (batches take at most 1,000 items)");
     tonic::Status::from(e).into_http()
-}
-
-/// Health is SERVING only while the database answers. The broker's state is reported as
-/// the service `coursewire.broker` (NOT_SERVING until the first connection) and never takes
-/// the API down: events wait in the outbox.
-async fn follow_database_health(state: Arc<AppState>, health: tonic_health::server::HealthReporter) {
-    let mut last = None;
-    let mut broker = None;
-    let mut bus_changes = state.hub.bus_connected.subscribe();
-    loop {
-        let bus = *state.hub.bus_connected.borrow();
-        if broker != Some(bus) {
-            let status = if bus { ServingStatus::Serving } else { ServingStatus::NotServing };
-            health.set_service_status("coursewire.broker", status).await;
-            broker = Some(bus);
-        }
-        let status = if state.db.is_healthy().await { ServingStatus::Serving } else { ServingStatus::NotServing };
-        if last != Some(status) {
-            if status == ServingStatus::NotServing {
-                tracing::warn!("database not answering: health is NOT_SERVING");
-            }
-            health.set_service_status("", status).await;
-            for name in ["coursewire.v1.EnrollmentService", "coursewire.v1.UserService", "coursewire.v1.AccountService"]
-            {
-                health.set_service_status(name, status).await;
-            }
-            last = Some(status);
-        }
-        // The broker's state is followed as it changes; the database is asked every few
-        // seconds (one trivial query: the idle cost of health).
-        tokio::select! {
-            _ = bus_changes.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-    }
 }
 
 /// Completes on Ctrl-C or SIGTERM: what both binaries stop on.

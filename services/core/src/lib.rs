@@ -6,12 +6,15 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod events;
+#[cfg(feature = "health")]
+pub mod health;
 pub mod ids;
 pub mod request_id;
 pub mod secrets;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod trace;
 pub mod validate;
 pub mod webhooks;
 

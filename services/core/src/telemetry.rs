@@ -1,75 +1,81 @@
-//! Prometheus text exposition, kept small: a latency histogram in atomics, a line helper,
-//! and the `GET /metrics` responder each binary runs with its own series.
-use std::fmt::Write;
+//! Metrics through the `metrics` facade, exposed in the Prometheus text format by
+//! `metrics-exporter-prometheus`. One recorder per process (the all-in-one's API and
+//! dispatcher share it); each binary describes its own series and serves them with `serve`.
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-/// Upper bounds (ms) of the latency histogram buckets.
-const BUCKETS_MS: [u64; 12] = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 15000];
+/// Upper bounds (seconds) of every histogram's buckets: from a cached gRPC call to a
+/// webhook attempt that runs into its timeout.
+const BUCKETS: [f64; 15] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0];
 
-/// A latency histogram in milliseconds, rendered in seconds.
-#[derive(Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS_MS.len()],
-    count: AtomicU64,
-    sum_ms: AtomicU64,
-}
+/// How often histogram samples are folded into their buckets when nobody scrapes (so
+/// that an unscraped process does not accumulate samples).
+const UPKEEP: Duration = Duration::from_secs(5);
 
-impl Histogram {
-    pub fn observe(&self, ms: u64) {
-        for (i, bound) in BUCKETS_MS.iter().enumerate() {
-            if ms <= *bound {
-                self.buckets[i].fetch_add(1, Relaxed);
-            }
+/// Installs the process's recorder (once; later calls return the same handle). Handles
+/// taken before this (`metrics::counter!` and friends) go nowhere, so every process calls
+/// it before assembling its parts.
+pub fn install() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder =
+            PrometheusBuilder::new().set_buckets(&BUCKETS).expect("the bucket list is not empty").build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
         }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_ms.fetch_add(ms, Relaxed);
-    }
-
-    pub fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (i, bound) in BUCKETS_MS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{:.3}\"}} {}",
-                *bound as f64 / 1000.0,
-                self.buckets[i].load(Relaxed)
-            );
-        }
-        let count = self.count.load(Relaxed);
-        let sum = self.sum_ms.load(Relaxed) as f64 / 1000.0;
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum:.3}\n{name}_count {count}");
-    }
+        let upkeep = handle.clone();
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP);
+                    upkeep.run_upkeep();
+                }
+            })
+            .expect("spawn the metrics upkeep thread");
+        handle
+    })
 }
 
-/// One `# HELP` / `# TYPE` block with a single sample.
-pub fn line(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
-}
-
-/// Serves `GET /metrics` until the task is dropped.
-pub async fn serve(addr: SocketAddr, render: fn() -> String) -> anyhow::Result<()> {
+/// Serves `GET /metrics` on `addr`, beside `routes` (the dispatcher's gRPC health), until
+/// the task is dropped; `collect` runs before each scrape, for gauges read on demand
+/// (connection pools). HTTP/1.1 for scrapers, HTTP/2 for gRPC probes.
+pub async fn serve(
+    addr: SocketAddr,
+    collect: impl Fn() + Clone + Send + Sync + 'static,
+    routes: axum::Router,
+) -> anyhow::Result<()> {
+    let handle = install();
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
     tracing::info!(%addr, "metrics at /metrics");
-    loop {
-        let (mut socket, _) = listener.accept().await?;
-        tokio::spawn(async move {
-            let mut request = [0u8; 1024];
-            let n = socket.read(&mut request).await.unwrap_or(0);
-            let head = String::from_utf8_lossy(&request[..n]);
-            let response = if head.starts_with("GET /metrics ") {
-                let body = render();
-                format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()
-            };
-            let _ = socket.write_all(response.as_bytes()).await;
-        });
-    }
+    let app = routes.route(
+        "/metrics",
+        axum::routing::get(move || async move {
+            collect();
+            ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render())
+        }),
+    );
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// Sets the gauges of a database pool: connections in use and idle, labelled by `pool`.
+pub fn record_pool(pool: &'static str, size: u32, idle: usize) {
+    let idle = idle as f64;
+    metrics::gauge!("coursewire_db_pool_connections", "pool" => pool, "state" => "idle").set(idle);
+    metrics::gauge!("coursewire_db_pool_connections", "pool" => pool, "state" => "in_use")
+        .set((size as f64 - idle).max(0.0));
+}
+
+/// Describes the series `record_pool` sets.
+pub fn describe_pool() {
+    metrics::describe_gauge!(
+        "coursewire_db_pool_connections",
+        "Database connections of the process's pool, by state (in_use, idle)."
+    );
 }

@@ -84,6 +84,7 @@ fn outgoing(id: &str) -> Outgoing {
         mark: Default::default(),
         body: Arc::from(""),
         webhooks_version: None,
+        traceparent: None,
     }
 }
 

@@ -38,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let scenario = std::env::args().nth(1).unwrap_or_default();
     match scenario.as_str() {
         "ping" => ping::run().await,
+        "ping-load" => ping::load_client(&std::env::args().skip(2).collect::<Vec<_>>()).await,
         "enroll" => enroll::run().await,
         "idle-rss" => rss::run().await,
         "limiter" => limiter::run().await,

@@ -12,6 +12,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Channel, Server};
 use tonic::{Request, Response, Status};
 
+use crate::machine::round3;
 use crate::{CONCURRENCY, PHASE, report};
 
 struct Bare;
@@ -26,16 +27,23 @@ impl AccountService for Bare {
     }
 }
 
-/// Calls per second over `PHASE` with `CONCURRENCY` calls in flight on one channel.
-async fn drive(addr: std::net::SocketAddr, key: Option<String>) -> anyhow::Result<f64> {
-    let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+/// Calls per second over `PHASE` from `channels` HTTP/2 connections with `in_flight` calls
+/// each, from this process.
+async fn drive(
+    addr: std::net::SocketAddr,
+    key: Option<String>,
+    channels: usize,
+    in_flight: usize,
+) -> anyhow::Result<f64> {
     let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
     let start = Instant::now();
-    let tasks: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
+    for _ in 0..channels {
+        let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+        for _ in 0..in_flight {
             let mut client = AccountServiceClient::new(channel.clone());
             let (done, key) = (done.clone(), key.clone());
-            tokio::spawn(async move {
+            tasks.push(tokio::spawn(async move {
                 while start.elapsed() < PHASE {
                     let mut req = Request::new(PingRequest {});
                     if let Some(k) = &key {
@@ -44,13 +52,42 @@ async fn drive(addr: std::net::SocketAddr, key: Option<String>) -> anyhow::Resul
                     client.ping(req).await.expect("ping");
                     done.fetch_add(1, Ordering::Relaxed);
                 }
-            })
-        })
-        .collect();
+            }));
+        }
+    }
     for t in tasks {
         t.await?;
     }
     Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The independent load client (`coursewire-bench ping-load ADDR KEY|- CHANNELS IN_FLIGHT`):
+/// its own process, so its CPU is apart from the servers' and measured. Prints calls/s and
+/// its CPU share of the phase.
+pub async fn load_client(args: &[String]) -> anyhow::Result<()> {
+    let [addr, key, channels, in_flight] = args else { anyhow::bail!("ping-load ADDR KEY|- CHANNELS IN_FLIGHT") };
+    let key = (key != "-").then(|| key.clone());
+    let before = crate::machine::cpu_seconds(std::process::id());
+    let started = Instant::now();
+    let rate = drive(addr.parse()?, key, channels.parse()?, in_flight.parse()?).await?;
+    let cpu = crate::machine::cpu_seconds(std::process::id()) - before;
+    println!("{}", json!({"calls_per_s": rate, "client_cores": cpu / started.elapsed().as_secs_f64()}));
+    Ok(())
+}
+
+/// Runs the load client against `addr` as a separate process; (calls/s, its cores used).
+async fn drive_apart(
+    addr: std::net::SocketAddr,
+    key: Option<&str>,
+    shape: (usize, usize),
+) -> anyhow::Result<(f64, f64)> {
+    let out = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["ping-load", &addr.to_string(), key.unwrap_or("-"), &shape.0.to_string(), &shape.1.to_string()])
+        .output()
+        .await?;
+    anyhow::ensure!(out.status.success(), "load client: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok((v["calls_per_s"].as_f64().unwrap_or(0.0), v["client_cores"].as_f64().unwrap_or(0.0)))
 }
 
 pub async fn run() -> anyhow::Result<()> {
@@ -69,20 +106,38 @@ pub async fn run() -> anyhow::Result<()> {
     let addr = app.addr();
 
     // Warm up both, then measure baseline, ours, baseline again (drift shows as a gap).
-    drive(bare_addr, None).await?;
-    drive(addr, Some(key.clone())).await?;
-    let base1 = drive(bare_addr, None).await?;
-    let ours = drive(addr, Some(key)).await?;
-    let base2 = drive(bare_addr, None).await?;
+    drive(bare_addr, None, 1, CONCURRENCY).await?;
+    drive(addr, Some(key.clone()), 1, CONCURRENCY).await?;
+    let base1 = drive(bare_addr, None, 1, CONCURRENCY).await?;
+    let ours = drive(addr, Some(key.clone()), 1, CONCURRENCY).await?;
+    let base2 = drive(bare_addr, None, 1, CONCURRENCY).await?;
     let baseline = (base1 + base2) / 2.0;
     report(json!({
         "scenario": "ping",
+        "client": "in process, 1 connection x 32 in flight",
         "coursewire_calls_per_s": ours.round(),
         "bare_tonic_calls_per_s": baseline.round(),
         "baseline_runs": [base1.round(), base2.round()],
         "ratio": (ours / baseline * 1000.0).round() / 1000.0,
-        "target_ratio": 0.85,
-        "concurrency": CONCURRENCY,
+        "target_ratio": 0.9,
+        "seconds_per_phase": PHASE.as_secs(),
+    }));
+
+    // Issue #13's shape: an independent client process, 2 connections x 64 in flight.
+    let shape = (2, 64);
+    let (base1, client_bare1) = drive_apart(bare_addr, None, shape).await?;
+    let (ours, client_ours) = drive_apart(addr, Some(&key), shape).await?;
+    let (base2, client_bare2) = drive_apart(bare_addr, None, shape).await?;
+    let baseline = (base1 + base2) / 2.0;
+    report(json!({
+        "scenario": "ping",
+        "client": "separate process, 2 connections x 64 in flight",
+        "coursewire_calls_per_s": ours.round(),
+        "bare_tonic_calls_per_s": baseline.round(),
+        "baseline_runs": [base1.round(), base2.round()],
+        "ratio": (ours / baseline * 1000.0).round() / 1000.0,
+        "target_ratio": 0.9,
+        "client_cores": {"bare": [round3(client_bare1), round3(client_bare2)], "coursewire": round3(client_ours)},
         "seconds_per_phase": PHASE.as_secs(),
     }));
     Ok(())

@@ -225,7 +225,10 @@ where
                     req.extensions_mut().insert(caller);
                     inner.call(req).await
                 }
-                Err(e) => Ok(Status::from(e).into_http()),
+                Err(e) => {
+                    crate::metrics::auth_failed(e.reason.as_str());
+                    Ok(Status::from(e).into_http())
+                }
             }
         })
     }

@@ -150,6 +150,18 @@ pub fn policy(path: &str) -> Option<Policy> {
     TABLE.iter().find(|(p, _, _)| *p == path).map(|&(_, need, class)| Policy { need, class })
 }
 
+/// Every gRPC path of ours, with the public ones we serve (the bounded label set of the
+/// per-call metrics).
+pub fn methods() -> impl Iterator<Item = &'static str> {
+    const PUBLIC: &[&str] = &[
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ];
+    TABLE.iter().map(|(path, _, _)| *path).chain(PUBLIC.iter().copied())
+}
+
 /// True for paths that need no key (health and reflection).
 pub fn is_public(path: &str) -> bool {
     path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")

@@ -98,6 +98,10 @@ impl AmqpBus {
         if let Some(version) = event.webhooks_version {
             headers.insert("webhooks_version".into(), AMQPValue::LongLongInt(version));
         }
+        // The publish is a span of the call's trace (W3C Trace Context over AMQP).
+        if let Some(call) = event.traceparent {
+            headers.insert("traceparent".into(), AMQPValue::LongString(call.child().to_string().into()));
+        }
         BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2) // persistent

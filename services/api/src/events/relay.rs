@@ -15,7 +15,6 @@
 //! soon as the leader's connection goes. SQLite is single-process: the relay leads.
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use futures::stream::FuturesOrdered;
@@ -27,8 +26,9 @@ use tokio::sync::watch;
 use super::bus::{Bus, Confirm, Outgoing};
 use super::{Mark, in_order};
 use crate::clock::SharedClock;
-use crate::metrics::metrics;
+use crate::metrics;
 use crate::store::{Backend, Db, OUTBOX_CHANNEL};
+use coursewire_core::trace::TraceContext;
 
 /// Any fixed number; identifies the relay's advisory lock.
 const LEADER_LOCK: i64 = 0x636f_7572_7365;
@@ -196,7 +196,7 @@ impl Relay {
                     while let Some(result) = done.take() {
                         let sent = in_flight.pop_front().expect("one batch per confirmation");
                         if let Err(e) = result {
-                            metrics().publish_failures.fetch_add(1, Relaxed);
+                            metrics::publish_failed();
                             tracing::warn!(error = %e, "publishing failed; the events wait in the outbox and go again");
                             // Everything after the cursor goes again, in order.
                             in_flight.clear();
@@ -207,7 +207,7 @@ impl Relay {
                             backoff = (backoff * 2).min(Duration::from_secs(5));
                             break;
                         }
-                        metrics().published(sent.events, sent.started.elapsed().as_millis() as u64);
+                        metrics::published(sent.events, sent.started.elapsed());
                         confirmed = sent.last;
                         advanced = true;
                         backoff = Duration::from_millis(100);
@@ -244,7 +244,7 @@ impl Relay {
     /// ones are a prefix).
     async fn read_after(&self, lead: &mut Lead, after: &Mark) -> Result<(Vec<Outgoing>, bool), Stop> {
         let sql = format!(
-            "SELECT id, org_id, type, created_at, txid, body, \
+            "SELECT id, org_id, type, created_at, txid, body, traceparent, \
                (SELECT o.webhooks_version FROM organizations o WHERE o.id = events.org_id) AS webhooks_version, \
                CASE WHEN {} THEN 1 ELSE 0 END AS settled \
              FROM events WHERE (txid, id) > ($1, $2) ORDER BY txid, id LIMIT $3",
@@ -282,7 +282,7 @@ impl Relay {
     fn report_lag(&self, in_flight: &VecDeque<Sent>) {
         let oldest = in_flight.iter().map(|s| s.oldest_created_at).min();
         let lag = oldest.map_or(0, |t| (self.clock.now_ms() - t).max(0));
-        metrics().outbox_lag_ms.store(lag, Relaxed);
+        metrics::outbox_lag(Duration::from_millis(lag as u64));
     }
 }
 
@@ -320,6 +320,7 @@ fn outgoing(r: &sqlx::any::AnyRow) -> Result<Outgoing, sqlx::Error> {
         mark: Mark { txid: r.try_get("txid")?, id: r.try_get("id")? },
         body: r.try_get::<String, _>("body")?.into(),
         webhooks_version: r.try_get("webhooks_version")?,
+        traceparent: r.try_get::<Option<String>, _>("traceparent")?.as_deref().and_then(TraceContext::parse),
     })
 }
 
@@ -333,7 +334,7 @@ async fn follow_bus(mut connected: watch::Receiver<bool>, hub: Arc<Hub>) {
     loop {
         let now = *connected.borrow_and_update();
         hub.bus_connected.send_replace(now);
-        metrics().broker_connected.store(i64::from(now), Relaxed);
+        metrics::broker_connected(now);
         if connected.changed().await.is_err() {
             return;
         }

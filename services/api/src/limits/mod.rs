@@ -112,18 +112,16 @@ impl Limiter {
         match self.backend.decide(&subjects, n, now).await {
             Ok(states) => {
                 let v = verdict(&subjects, &states, n);
-                if !v.allowed {
-                    crate::metrics::metrics().rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+                crate::metrics::rate_limit_decided(class, v.allowed);
                 Ok(Some(v))
             }
             Err(e) if self.on_error == OnError::Open => {
-                crate::metrics::metrics().limiter_backend_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                crate::metrics::limiter_backend_error();
                 tracing::warn!(error = %e, request_id = ?coursewire_core::request_id::current(), "rate limit backend failed; admitting the call (--rate-limit-on-backend-error open)");
                 Ok(None)
             }
             Err(e) => {
-                crate::metrics::metrics().limiter_backend_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                crate::metrics::limiter_backend_error();
                 tracing::error!(error = %e, request_id = ?coursewire_core::request_id::current(), "rate limit backend failed; refusing the call (--rate-limit-on-backend-error closed)");
                 Err(ApiError::unavailable("the rate limiter is unavailable"))
             }

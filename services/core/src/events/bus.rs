@@ -23,6 +23,8 @@ pub struct Outgoing {
     /// The organization's `webhooks_version`, read after the event committed: a dispatcher
     /// whose endpoint cache is at least this recent needs not look (`None`: look).
     pub webhooks_version: Option<i64>,
+    /// The span of the call that wrote the event (none for events no call caused).
+    pub traceparent: Option<crate::trace::TraceContext>,
 }
 
 /// Resolves once every event of a sent batch is durably accepted (RabbitMQ: confirmed).

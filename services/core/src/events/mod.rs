@@ -122,8 +122,8 @@ pub async fn record<T: Serialize>(conn: &mut AnyConnection, change: Change<'_, T
         "(SELECT COALESCE(MAX(txid), 1) + 1 FROM events)"
     };
     let sql = format!(
-        "INSERT INTO events (id, org_id, type, resource_id, sequence, created_at, body, txid) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, {txid})"
+        "INSERT INTO events (id, org_id, type, resource_id, sequence, created_at, body, traceparent, txid) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {txid})"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(&id)
@@ -133,6 +133,8 @@ pub async fn record<T: Serialize>(conn: &mut AnyConnection, change: Change<'_, T
         .bind(change.sequence)
         .bind(change.now)
         .bind(body)
+        // The span of the call being served: the event continues its trace.
+        .bind(crate::trace::current().map(|span| span.to_string()))
         .execute(conn)
         .await?;
     Ok(id)
