@@ -100,6 +100,10 @@ pub struct Common {
     /// `text` or `json`; the level comes from RUST_LOG.
     #[arg(long, env = "COURSEWIRE_LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: String,
+    /// Export the spans of calls to this OpenTelemetry collector (OTLP over gRPC, e.g.
+    /// `http://127.0.0.1:4317`); without it no spans are made.
+    #[arg(long, env = "COURSEWIRE_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Subcommand)]

@@ -6,8 +6,20 @@ use coursewire::cli;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    coursewire_api::config::init_logging(&cli.common.log_format);
-    match cli::run(cli).await {
+    let tracing = match coursewire_api::config::init_logging(
+        &cli.common.log_format,
+        cli.common.otlp_endpoint.as_deref(),
+        "coursewire",
+    ) {
+        Ok(tracing) => tracing,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = cli::run(cli).await;
+    tracing.shutdown().await;
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -27,8 +27,10 @@ use coursewire_core::events::bus::Handoff;
 use coursewire_core::events::topology::Topology;
 use coursewire_core::secrets::Keyring;
 use coursewire_core::store::{Backend, DELIVERIES_CHANNEL, Db};
+use coursewire_core::trace;
 use coursewire_core::webhooks::deliveries::PARKED;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tracing::Instrument;
 
 use endpoints::{Cache, Endpoint};
 use lanes::{Admit, Lanes};
@@ -433,8 +435,29 @@ impl Inner {
     async fn attempt(&self, delivery: Claimed, endpoint: &Endpoint, payload: &Payload) -> Outcome {
         let attempted_at = self.shared.clock.now_ms();
         let secrets = endpoint.secrets(attempted_at);
-        let attempt = self.sender.send(endpoint, &secrets, &delivery.event_id, payload, attempted_at).await;
+        // The attempt is a span of the event's trace: exported with `--otlp-endpoint`, and
+        // named to the receiver in `traceparent` either way.
+        let span = trace::exporting().then(|| {
+            tracing::info_span!(
+                target: "coursewire::webhook",
+                "webhook attempt",
+                otel.kind = "client",
+                webhook.endpoint = %endpoint.id,
+                event.id = %delivery.event_id,
+                http.response.status_code = tracing::field::Empty,
+            )
+        });
+        let trace =
+            (payload.trace.is_some() || span.is_some()).then(|| trace::continue_in(span.as_ref(), payload.trace));
+        let send = self.sender.send(endpoint, &secrets, &delivery.event_id, &payload.body, trace, attempted_at);
+        let attempt = match &span {
+            Some(span) => send.instrument(span.clone()).await,
+            None => send.await,
+        };
         let ok = matches!(attempt.response, Response::Status { code: 200..=299, .. });
+        if let (Some(span), Response::Status { code, .. }) = (&span, &attempt.response) {
+            span.record("http.response.status_code", code);
+        }
         metrics::attempted(&delivery.endpoint_id, ok, Duration::from_millis(attempt.duration_ms as u64));
         let next = schedule::next(
             &self.config.retry_schedule,

@@ -50,13 +50,25 @@ struct Cli {
     webhook_disable_after: String,
     #[arg(long, env = "COURSEWIRE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Export the spans of webhook attempts to this OpenTelemetry collector (OTLP over gRPC,
+    /// e.g. `http://127.0.0.1:4317`); without it no spans are made.
+    #[arg(long, env = "COURSEWIRE_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
-    match run(cli).await {
+    let tracing = match init_logging(&cli.log_format, cli.otlp_endpoint.as_deref(), "coursewire-dispatcher") {
+        Ok(tracing) => tracing,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = run(cli).await;
+    tracing.shutdown().await;
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

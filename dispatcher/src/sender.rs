@@ -53,19 +53,21 @@ impl Sender {
         Ok(Sender { client, allow_private })
     }
 
-    /// POSTs `payload` (event `event_id`) to `endpoint`, signed with `secrets`; `now` (epoch
-    /// ms) is only used to read HTTP-date `Retry-After` values.
+    /// POSTs `body` (event `event_id`) to `endpoint`, signed with `secrets`, as the span
+    /// `trace` (its `traceparent`); `now` (epoch ms) is only used to read HTTP-date
+    /// `Retry-After` values.
     pub async fn send(
         &self,
         endpoint: &Endpoint,
         secrets: &[Secret],
         event_id: &str,
-        payload: &Payload,
+        body: &Arc<str>,
+        trace: Option<TraceContext>,
         now: i64,
     ) -> Attempt {
         let started = Instant::now();
         let (response, kept) =
-            self.try_send(endpoint, secrets, event_id, payload, now).await.unwrap_or_else(|e| (e, String::new()));
+            self.try_send(endpoint, secrets, event_id, body, trace, now).await.unwrap_or_else(|e| (e, String::new()));
         Attempt { response, duration_ms: started.elapsed().as_millis() as i64, body: kept }
     }
 
@@ -74,10 +76,10 @@ impl Sender {
         endpoint: &Endpoint,
         secrets: &[Secret],
         event_id: &str,
-        payload: &Payload,
+        body: &Arc<str>,
+        trace: Option<TraceContext>,
         now: i64,
     ) -> Result<(Response, String), Response> {
-        let body = &payload.body;
         let url = reqwest::Url::parse(&endpoint.url).map_err(|_| Response::Error("invalid_target"))?;
         guard::check_literal(&url, self.allow_private).map_err(|_| Response::Error("refused_target"))?;
         // The receiver compares this with its own clock, so it is wall time, not scheduling time.
@@ -89,9 +91,8 @@ impl Sender {
             .header("webhook-id", event_id)
             .header("webhook-timestamp", timestamp)
             .header("webhook-signature", signature_header(secrets, event_id, timestamp, body.as_bytes()));
-        // Each attempt is a span of the event's trace (W3C Trace Context).
-        if let Some(event) = payload.trace {
-            request = request.header("traceparent", event.child().to_string());
+        if let Some(trace) = trace {
+            request = request.header("traceparent", trace.to_string());
         }
         for (name, value) in &endpoint.headers {
             if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str()))

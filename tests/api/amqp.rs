@@ -167,9 +167,10 @@ async fn consumers_get_events_with_properties_and_the_logged_body() {
     }
 }
 
-/// W3C Trace Context from the call to each hop: a caller's `traceparent` is continued by
-/// the event's AMQP message and by every webhook attempt (same trace id, a span of its own);
-/// a call without one, or with a malformed one, starts a new trace.
+/// W3C Trace Context from the call to each hop: the call is a span in the caller's trace;
+/// the event's AMQP message names that span, and every webhook attempt is a child span of
+/// it (same trace id, a span of its own). A call without a `traceparent`, or with a
+/// malformed one, starts a new trace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_links_the_call_the_publish_and_each_attempt() {
     let Some(url) = amqp_url() else { return };

@@ -21,6 +21,7 @@ mod learning_paths;
 mod limits;
 mod log_secrets;
 mod metrics;
+mod otlp;
 mod paging;
 mod processes;
 mod proxy;

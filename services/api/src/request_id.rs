@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use http::HeaderValue;
+use tracing::Instrument;
 
 use coursewire_core::request_id;
 use coursewire_core::trace::{self, TraceContext};
@@ -63,22 +64,51 @@ where
             .map(str::to_string)
             .unwrap_or_else(new_request_id);
         let header = HeaderValue::from_str(&id).expect("acceptable ids are header-safe");
-        let span = req
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(TraceContext::parse)
-            .map_or_else(TraceContext::root, |parent| parent.child());
+        let parent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::parse);
+        // An exported span per call only with `--otlp-endpoint`; its fields are filled in as
+        // the call goes (the organization and key by auth, the status here).
+        let span = trace::exporting().then(|| {
+            tracing::info_span!(
+                target: "coursewire::rpc",
+                "grpc call",
+                otel.name = %req.uri().path().trim_start_matches('/'),
+                otel.kind = "server",
+                rpc.system = "grpc",
+                organization = tracing::field::Empty,
+                api_key = tracing::field::Empty,
+                rpc.grpc.status_code = tracing::field::Empty,
+            )
+        });
+        let context = trace::continue_in(span.as_ref(), parent);
         // The inner service was polled ready and is called now (no clone of the stack below);
         // the work happens when its future is polled, inside the request id's scope.
         let response = self.inner.call(req);
-        Box::pin(request_id::scope(
+        let call = request_id::scope(
             id,
-            trace::scope(span, async move {
+            trace::scope(context, async move {
                 let mut response = response.await?;
                 response.headers_mut().insert(HEADER, header);
                 Ok(response)
             }),
-        ))
+        );
+        match span {
+            None => Box::pin(call),
+            Some(span) => {
+                let recorder = span.clone();
+                Box::pin(
+                    async move {
+                        let response: Result<http::Response<R>, S::Error> = call.await;
+                        if let Ok(response) = &response {
+                            // Errors answered at once carry their code in the headers; the
+                            // rest end with status 0 in the trailers.
+                            let code = response.headers().get("grpc-status").and_then(|v| v.to_str().ok());
+                            recorder.record("rpc.grpc.status_code", code.unwrap_or("0"));
+                        }
+                        response
+                    }
+                    .instrument(span),
+                )
+            }
+        }
     }
 }

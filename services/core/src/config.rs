@@ -23,11 +23,44 @@ pub fn parse_durations(s: &str) -> Result<Vec<Duration>, String> {
     s.split(',').map(parse_duration).collect()
 }
 
-/// Logs to stderr as `text` or `json`; the level comes from RUST_LOG.
-pub fn init_logging(format: &str) {
+/// Logs to stderr as `text` or `json` (the level comes from RUST_LOG) and, with an OTLP
+/// endpoint (`--otlp-endpoint`), exports the spans of calls and webhook attempts to it as
+/// `service`. Call from inside the runtime; keep the returned guard until the end.
+pub fn init_logging(format: &str, otlp_endpoint: Option<&str>, service: &'static str) -> anyhow::Result<Tracing> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" { builder.json().init() } else { builder.init() }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if format == "json" { fmt.json().boxed() } else { fmt.boxed() };
+    let (export, provider) = match otlp_endpoint {
+        Some(endpoint) => {
+            let (layer, provider) = crate::trace::export(endpoint, service)?;
+            (Some(layer), Some(provider))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(fmt.with_filter(filter)).with(export).try_init()?;
+    Ok(Tracing { provider })
+}
+
+/// Keeps span export running; `shutdown` sends what is still buffered.
+#[must_use]
+pub struct Tracing {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Tracing {
+    pub async fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            // The provider's shutdown blocks until the exporter has sent the last batch.
+            let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+            if let Ok(Err(e)) = flushed {
+                eprintln!("warning: exporting the last spans failed: {e}");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,10 @@
 //! context in the outbox, the relay sends it as an AMQP header, and each attempt sends a
 //! child of it. One trace id links the call, the publish and each delivery attempt.
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 tokio::task_local! {
     static CURRENT: TraceContext;
@@ -59,6 +63,77 @@ impl fmt::Display for TraceContext {
 
 fn nonzero<T: Default + PartialEq + From<u8>>(value: T) -> T {
     if value == T::default() { T::from(1) } else { value }
+}
+
+impl From<TraceContext> for SpanContext {
+    fn from(c: TraceContext) -> SpanContext {
+        let (trace, span) =
+            (TraceId::from_bytes(c.trace_id.to_be_bytes()), SpanId::from_bytes(c.span_id.to_be_bytes()));
+        SpanContext::new(trace, span, TraceFlags::new(c.flags), true, TraceState::default())
+    }
+}
+
+/// Set once spans are exported: only then are spans made per call and per attempt (a span
+/// per call costs several percent of a cheap call's throughput).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// The `tracing` layer that sends spans of target `coursewire…` to the OTLP/gRPC collector
+/// at `endpoint`, in batches from a task of the running runtime.
+pub(crate) fn export<S>(
+    endpoint: &str,
+    service: &'static str,
+) -> anyhow::Result<(impl tracing_subscriber::Layer<S>, opentelemetry_sdk::trace::SdkTracerProvider)>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use opentelemetry_otlp::WithExportConfig;
+    use tracing_subscriber::Layer;
+
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| anyhow::anyhow!("--otlp-endpoint {endpoint}: {e}"))?;
+    let batches = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+        exporter,
+        opentelemetry_sdk::runtime::Tokio,
+    )
+    .build();
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_span_processor(batches)
+        .with_resource(resource)
+        .build();
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("coursewire"))
+        .with_filter(tracing_subscriber::filter::Targets::new().with_target("coursewire", tracing::Level::INFO));
+    EXPORTING.store(true, Ordering::Relaxed);
+    Ok((layer, provider))
+}
+
+/// Makes `span` (when exporting; else `None`) the next span of `parent`'s trace (a new trace
+/// without one) and returns the context to hand downstream: the exported span's own when
+/// there is one, so the hops after it are its children.
+pub fn continue_in(span: Option<&tracing::Span>, parent: Option<TraceContext>) -> TraceContext {
+    let fallback = || parent.map_or_else(TraceContext::root, |p| p.child());
+    let Some(span) = span else { return fallback() };
+    if let Some(parent) = parent {
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent.into()));
+    }
+    let context = span.context();
+    let own = context.span().span_context().clone();
+    if !own.is_valid() {
+        return fallback();
+    }
+    TraceContext {
+        trace_id: u128::from_be_bytes(own.trace_id().to_bytes()),
+        span_id: u64::from_be_bytes(own.span_id().to_bytes()),
+        flags: own.trace_flags().to_u8(),
+    }
 }
 
 /// Runs `work` as the span `context`.

@@ -222,6 +222,11 @@ where
             let peer = req.extensions().get::<TcpConnectInfo>().and_then(|i| i.remote_addr()).map(|a| a.ip());
             match auth.authenticate(req.headers(), req.uri().path(), peer).await {
                 Ok(caller) => {
+                    if coursewire_core::trace::exporting() {
+                        let span = tracing::Span::current();
+                        span.record("organization", caller.org());
+                        span.record("api_key", caller.key.prefix.as_str());
+                    }
                     req.extensions_mut().insert(caller);
                     inner.call(req).await
                 }

@@ -98,9 +98,10 @@ impl AmqpBus {
         if let Some(version) = event.webhooks_version {
             headers.insert("webhooks_version".into(), AMQPValue::LongLongInt(version));
         }
-        // The publish is a span of the call's trace (W3C Trace Context over AMQP).
+        // The message carries the span of the call that wrote the event (W3C Trace Context
+        // over AMQP): consumers' work, and each webhook attempt, are its children.
         if let Some(call) = event.traceparent {
-            headers.insert("traceparent".into(), AMQPValue::LongString(call.child().to_string().into()));
+            headers.insert("traceparent".into(), AMQPValue::LongString(call.to_string().into()));
         }
         BasicProperties::default()
             .with_content_type("application/json".into())
