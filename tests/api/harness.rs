@@ -345,6 +345,11 @@ impl Harness {
         self.app.stop_dispatcher().await.unwrap();
     }
 
+    /// Where the server listens (for clients other than the typed gRPC ones).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.app.addr()
+    }
+
     pub fn channel(&self) -> Channel {
         self.channel.clone()
     }

@@ -14,6 +14,7 @@ mod events;
 mod fanout_crash;
 mod flow;
 mod groups;
+mod grpc_web;
 mod idempotency;
 mod isolation;
 mod keys;

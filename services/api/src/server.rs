@@ -1,4 +1,4 @@
-//! Assembles the gRPC server: services, auth layer, reflection (v1 and v1alpha, for
+//! Assembles the gRPC server: services, gRPC-Web on the same port, auth layer, reflection (v1 and v1alpha, for
 //! grpcurl 1.8), health that follows the database and the broker, and graceful shutdown.
 use std::future::Future;
 use std::sync::Arc;
@@ -80,9 +80,11 @@ pub async fn serve(
         .build_v1alpha()?;
 
     let auth = Authenticator::new(state.db.clone(), state.clock.clone(), trusted_proxies);
-    // Outermost first: name the call, measure it, authenticate, then count it against its
-    // organization's limits.
+    // Outermost first: translate gRPC-Web (browsers, over HTTP/1.1 or HTTP/2) into gRPC, so
+    // everything below sees one protocol; name the call, measure it, authenticate, then count
+    // it against its organization's limits.
     let layers = tower::ServiceBuilder::new()
+        .layer(tonic_web::GrpcWebLayer::new())
         .layer(RequestIdLayer)
         .layer(RpcMetricsLayer)
         .map_response(oversized_is_resource_exhausted)
@@ -96,6 +98,8 @@ pub async fn serve(
     };
     tracing::info!(addr = %listener.local_addr()?, "gRPC API listening");
     Server::builder()
+        // gRPC-Web clients may speak HTTP/1.1 (plain gRPC still needs HTTP/2).
+        .accept_http1(true)
         .layer(layers)
         .add_service(health_service)
         .add_service(reflection_v1)
