@@ -3,15 +3,14 @@
 //! checked exactly. The attacker's part: a path the server does not serve must not become a
 //! label value.
 use std::collections::HashMap;
-use std::process::Command;
 
 use coursewire_proto::v1::*;
 use prometheus_parse::{Sample, Scrape, Value};
 use tonic::Code;
 
 use crate::fixtures::assert_err;
-use crate::harness::{free_port, http};
-use crate::processes::{clients, spawn};
+use crate::harness::http;
+use crate::processes::{all_in_one, clients};
 
 async fn scrape(port: u16) -> Scrape {
     let response = http().get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap();
@@ -52,17 +51,8 @@ async fn call_unknown_path(port: u16, key: &str, path: &'static str) -> tonic::S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_calls_by_method_and_code() {
-    let dir = tempfile::tempdir().unwrap();
-    let (port, metrics_port) = (free_port(), free_port());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coursewire"));
-    cmd.current_dir(dir.path()).env_remove("COURSEWIRE_DATABASE_URL").env_remove("COURSEWIRE_AMQP_URL").args([
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--metrics-listen",
-        &format!("127.0.0.1:{metrics_port}"),
-    ]);
-    let (_server, lines) = spawn(cmd, "listening");
-    let key = lines.iter().find_map(|l| l.split_whitespace().find(|w| w.starts_with("sk_"))).unwrap().to_string();
+    let app = all_in_one(&[]);
+    let (port, metrics_port, key) = (app.port, app.metrics_port, app.key.clone());
 
     // Series that must read 0 before anything happened are there from the start.
     let before = scrape(metrics_port).await;

@@ -14,8 +14,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
-use crate::harness::free_port;
-use crate::processes::{clients, spawn};
+use crate::processes::{all_in_one, clients};
 use crate::receiver::{Receiver, Reply};
 
 #[derive(Clone, Default)]
@@ -51,18 +50,10 @@ async fn spans_of_calls_and_attempts_go_to_the_collector() {
     let server = tonic::transport::Server::builder().add_service(TraceServiceServer::new(collector.clone()));
     tokio::spawn(server.serve_with_incoming(incoming));
 
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coursewire"));
-    cmd.current_dir(dir.path())
-        .env_remove("COURSEWIRE_DATABASE_URL")
-        .env_remove("COURSEWIRE_AMQP_URL")
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--otlp-endpoint", &format!("http://{collector_addr}"), "--webhook-allow-private-targets"]);
-    let (mut server, lines) = spawn(cmd, "listening");
-    let key = lines.iter().find_map(|l| l.split_whitespace().find(|w| w.starts_with("sk_"))).unwrap().to_string();
-
-    let mut c = clients(port, &key).await;
+    let endpoint = format!("http://{collector_addr}");
+    let mut app = all_in_one(&["--otlp-endpoint", &endpoint, "--webhook-allow-private-targets"]);
+    let key = app.key.clone();
+    let mut c = clients(app.port, &key).await;
     let receiver = Receiver::start(|_| Reply::status(204)).await;
     crate::webhooks::create_hook(&mut c, &receiver.url, &["user.created"]).await;
     let caller = TraceContext::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
@@ -74,9 +65,9 @@ async fn spans_of_calls_and_attempts_go_to_the_collector() {
     let sent = TraceContext::parse(post.header("traceparent")).unwrap();
 
     // SIGTERM: the process sends its last spans before it exits.
-    Command::new("kill").arg("-TERM").arg(server.0.id().to_string()).status().unwrap();
+    Command::new("kill").arg("-TERM").arg(app.server.0.id().to_string()).status().unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while server.0.try_wait().unwrap().is_none() {
+    while app.server.0.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "no exit within 15 s of SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -37,6 +37,32 @@ pub(crate) fn spawn(mut cmd: Command, ready: &str) -> (Process, Vec<String>) {
     (Process(child), seen)
 }
 
+/// The all-in-one `coursewire` as a user starts it (embedded SQLite, in a directory of its
+/// own), with `extra` flags, once it listens.
+pub(crate) struct AllInOne {
+    pub server: Process,
+    pub port: u16,
+    pub metrics_port: u16,
+    /// The bootstrap key it printed.
+    pub key: String,
+    /// Last: removed after the process stopped (fields drop in order).
+    _dir: tempfile::TempDir,
+}
+
+pub(crate) fn all_in_one(extra: &[&str]) -> AllInOne {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coursewire"));
+    cmd.current_dir(dir.path())
+        .env_remove("COURSEWIRE_DATABASE_URL")
+        .env_remove("COURSEWIRE_AMQP_URL")
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .args(extra);
+    let (server, lines) = spawn(cmd, "listening");
+    let key = lines.iter().find_map(|l| l.split_whitespace().find(|w| w.starts_with("sk_")).map(String::from));
+    AllInOne { server, port, metrics_port, key: key.expect("the bootstrap key is printed"), _dir: dir }
+}
+
 pub(crate) async fn clients(port: u16, key: &str) -> Clients {
     let channel = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
     crate::harness::clients_for(channel, WithKey(format!("Bearer {key}").parse().unwrap()))
@@ -49,17 +75,8 @@ async fn all_in_one_delivers_to_the_readme_python_receiver() {
     let script = block.split("<!-- partner-receiver:end -->").next().unwrap();
     let script = script.trim().trim_start_matches("```python").trim_end_matches("```");
 
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coursewire"));
-    cmd.current_dir(dir.path())
-        .env_remove("COURSEWIRE_DATABASE_URL")
-        .env_remove("COURSEWIRE_AMQP_URL")
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{}", free_port())])
-        .arg("--webhook-allow-private-targets");
-    let (mut server, lines) = spawn(cmd, "listening");
-    let key = lines.iter().find_map(|l| l.split_whitespace().find(|w| w.starts_with("sk_")).map(String::from));
-    let mut c = clients(port, &key.expect("bootstrap key")).await;
+    let mut app = all_in_one(&["--webhook-allow-private-targets"]);
+    let mut c = clients(app.port, &app.key).await;
 
     let receiver_port = free_port();
     let url = format!("http://127.0.0.1:{receiver_port}/");
@@ -105,8 +122,8 @@ async fn all_in_one_delivers_to_the_readme_python_receiver() {
     types.sort();
     assert_eq!(types, vec!["enrollment.completed", "enrollment.created"]);
 
-    Command::new("kill").arg("-TERM").arg(server.0.id().to_string()).status().unwrap();
-    let status = server.0.wait().unwrap();
+    Command::new("kill").arg("-TERM").arg(app.server.0.id().to_string()).status().unwrap();
+    let status = app.server.0.wait().unwrap();
     assert!(status.success(), "SIGTERM exits cleanly: {status}");
 }
 
