@@ -1,6 +1,7 @@
 //! Compiles `coursewire/v1/*.proto` with protox (pure Rust, so no `protoc` is needed),
 //! generates tonic/prost code plus serde impls (proto field names, for event payloads),
-//! and keeps the encoded descriptor set for server reflection.
+//! and keeps the encoded descriptor set (with comments and options) for server reflection,
+//! the HTTP/JSON gateway and the OpenAPI document.
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -12,10 +13,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     files.sort();
     println!("cargo:rerun-if-changed={dir}");
 
-    let descriptors = protox::compile(&files, ["."])?;
+    let mut compiler = protox::Compiler::new(["."])?;
+    compiler.include_imports(true).include_source_info(true).open_files(&files)?;
+    let descriptors = compiler.file_descriptor_set();
     let out = PathBuf::from(env::var("OUT_DIR")?);
     let descriptor_path = out.join("coursewire_descriptor.bin");
-    fs::write(&descriptor_path, prost::Message::encode_to_vec(&descriptors))?;
+    // Encoded by protox rather than prost: prost drops the options it has no field for,
+    // and `google.api.http` (an extension) is what the HTTP/JSON gateway routes by.
+    fs::write(&descriptor_path, compiler.encode_file_descriptor_set())?;
 
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor_path)

@@ -29,6 +29,8 @@ pub struct Settings {
     pub secrets: Arc<Keyring>,
     pub limiter: Arc<Limiter>,
     pub listener: tokio::net::TcpListener,
+    /// HTTP/JSON on a listener of its own (`--http-listen`); `None`: on `listener`.
+    pub http_listener: Option<tokio::net::TcpListener>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub max_streams_per_org: usize,
     pub hub: Arc<Hub>,
@@ -59,6 +61,7 @@ impl Application {
             secrets,
             limiter,
             listener,
+            http_listener,
             trusted_proxies,
             max_streams_per_org,
             hub,
@@ -100,7 +103,8 @@ impl Application {
         };
         background.push(tokio::spawn(fanout.run()));
         let (stop_serving, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(server::serve(state, trusted_proxies, listener, async {
+        let listeners = server::Listeners { grpc: listener, http: http_listener };
+        let server = tokio::spawn(server::serve(state, trusted_proxies, listeners, async {
             let _ = stopped.await;
         }));
         Ok(Application { addr, stop_serving: Some(stop_serving), server: Some(server), dispatcher, background })

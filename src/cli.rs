@@ -51,6 +51,9 @@ pub struct Common {
     /// Redis URL for rate limits shared by replicas; unset means in-memory.
     #[arg(long, env = "COURSEWIRE_REDIS_URL", global = true)]
     redis_url: Option<String>,
+    /// HTTP/JSON on an address of its own; unset: on the gRPC listener (`--listen`).
+    #[arg(long, env = "COURSEWIRE_HTTP_LISTEN", global = true)]
+    http_listen: Option<String>,
     /// Prometheus metrics listen address (`/metrics`).
     #[arg(long, env = "COURSEWIRE_METRICS_LISTEN", default_value = "127.0.0.1:9464", global = true)]
     metrics_listen: String,
@@ -238,6 +241,10 @@ impl Common {
         self.metrics_listen
             .parse::<std::net::SocketAddr>()
             .with_context(|| format!("--metrics-listen {:?} is not an address", self.metrics_listen))?;
+        if let Some(http) = &self.http_listen {
+            http.parse::<std::net::SocketAddr>()
+                .with_context(|| format!("--http-listen {http:?} is not an address like 127.0.0.1:8080"))?;
+        }
         self.dispatcher_config()?;
         parse_duration(&self.event_retention).map_err(|e| anyhow::anyhow!("--event-retention: {e}"))?;
         parse_duration(&self.delivery_retention).map_err(|e| anyhow::anyhow!("--delivery-retention: {e}"))?;
@@ -426,6 +433,12 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(&common.listen)
         .await
         .with_context(|| format!("--listen {}: cannot bind", common.listen))?;
+    let http_listener = match &common.http_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--http-listen {addr}: cannot bind"))?,
+        ),
+        None => None,
+    };
     let topology = common.amqp_url.as_ref().map(|url| Topology {
         url: url.clone(),
         exchange: common.amqp_exchange.clone(),
@@ -456,6 +469,7 @@ async fn serve(
         secrets,
         limiter,
         listener,
+        http_listener,
         trusted_proxies: common.trusted()?,
         max_streams_per_org: common.max_streams_per_org,
         hub: Arc::new(Hub::default()),

@@ -15,6 +15,7 @@ mod fanout_crash;
 mod flow;
 mod groups;
 mod grpc_web;
+mod http_json;
 mod idempotency;
 mod isolation;
 mod keys;

@@ -9,6 +9,7 @@ pub mod domain_users;
 pub mod domains;
 pub mod enrollments;
 pub mod events;
+pub mod gateway;
 pub mod groups;
 pub mod idempotency;
 pub mod learning_paths;

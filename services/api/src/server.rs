@@ -1,4 +1,4 @@
-//! Assembles the gRPC server: services, gRPC-Web on the same port, auth layer, reflection (v1 and v1alpha, for
+//! Assembles the gRPC server: services, HTTP/JSON and gRPC-Web on the same port, auth layer, reflection (v1 and v1alpha, for
 //! grpcurl 1.8), health that follows the database and the broker, and graceful shutdown.
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use coursewire_proto::v1::organization_service_server::OrganizationServiceServer
 use coursewire_proto::v1::published_course_service_server::PublishedCourseServiceServer;
 use coursewire_proto::v1::user_service_server::UserServiceServer;
 use coursewire_proto::v1::webhook_service_server::WebhookServiceServer;
+use futures::FutureExt;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
@@ -30,6 +31,7 @@ use crate::domains::DomainApi;
 use crate::enrollments::EnrollmentApi;
 use crate::error::{ApiError, Reason};
 use crate::events::EventApi;
+use crate::gateway::HttpJsonLayer;
 use crate::groups::GroupApi;
 use crate::learning_paths::LearningPathApi;
 use crate::limits::RateLimitLayer;
@@ -52,11 +54,18 @@ macro_rules! limited {
 /// Who may forward client addresses to us (`--trusted-proxies`).
 pub type TrustedProxies = Vec<ipnet::IpNet>;
 
-/// Serves the API on `listener` until `shutdown` completes, then drains in-flight calls.
+/// Where the API listens: gRPC (with gRPC-Web, and HTTP/JSON unless `http` is set), and
+/// optionally a listener of its own for HTTP/JSON (`--http-listen`).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: Option<TcpListener>,
+}
+
+/// Serves the API on `listeners` until `shutdown` completes, then drains in-flight calls.
 pub async fn serve(
     state: Arc<AppState>,
     trusted_proxies: TrustedProxies,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     crate::metrics::describe();
@@ -78,29 +87,8 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-
-    let auth = Authenticator::new(state.db.clone(), state.clock.clone(), trusted_proxies);
-    // Outermost first: translate gRPC-Web (browsers, over HTTP/1.1 or HTTP/2) into gRPC, so
-    // everything below sees one protocol; name the call, measure it, authenticate, then count
-    // it against its organization's limits.
-    let layers = tower::ServiceBuilder::new()
-        .layer(tonic_web::GrpcWebLayer::new())
-        .layer(RequestIdLayer)
-        .layer(RpcMetricsLayer)
-        .map_response(oversized_is_resource_exhausted)
-        .layer(AuthLayer(auth))
-        .layer(RateLimitLayer(state.limiter.clone()));
-    // Streams end (with a cursor) when stopping, or the graceful drain would wait on them.
-    let streams = state.streams.clone();
-    let shutdown = async move {
-        shutdown.await;
-        streams.stop();
-    };
-    tracing::info!(addr = %listener.local_addr()?, "gRPC API listening");
-    Server::builder()
-        // gRPC-Web clients may speak HTTP/1.1 (plain gRPC still needs HTTP/2).
-        .accept_http1(true)
-        .layer(layers)
+    let mut routes = tonic::service::Routes::builder();
+    routes
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -116,9 +104,47 @@ pub async fn serve(
         .add_service(limited!(LearningPathServiceServer, LearningPathApi(state.clone())))
         .add_service(limited!(GroupServiceServer, GroupApi(state.clone())))
         .add_service(limited!(EventServiceServer, EventApi(state.clone())))
-        .add_service(limited!(WebhookServiceServer, WebhookApi(state.clone())))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .add_service(limited!(WebhookServiceServer, WebhookApi(state.clone())));
+    let routes = routes.routes();
+
+    let auth = Authenticator::new(state.db.clone(), state.clock.clone(), trusted_proxies);
+    let gateway = HttpJsonLayer::new()?;
+    // Outermost first: translate HTTP/JSON and gRPC-Web (browsers, over HTTP/1.1 or HTTP/2)
+    // into gRPC, so everything below sees one protocol; name the call, measure it,
+    // authenticate, then count it against its organization's limits.
+    let layers = |http_json: bool| {
+        tower::ServiceBuilder::new()
+            .layer(gateway.clone().enabled(http_json))
+            .layer(tonic_web::GrpcWebLayer::new())
+            .layer(RequestIdLayer)
+            .layer(RpcMetricsLayer)
+            .map_response(oversized_is_resource_exhausted)
+            .layer(AuthLayer(auth.clone()))
+            .layer(RateLimitLayer(state.limiter.clone()))
+    };
+    // Streams end (with a cursor) when stopping, or the graceful drain would wait on them.
+    let streams = state.streams.clone();
+    let shutdown = async move {
+        shutdown.await;
+        streams.stop();
+    }
+    .shared();
+    let serve_on = |listener: TcpListener, http_json: bool| {
+        Server::builder()
+            // HTTP/JSON and gRPC-Web clients may speak HTTP/1.1 (plain gRPC needs HTTP/2).
+            .accept_http1(true)
+            .layer(layers(http_json))
+            .add_routes(routes.clone())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone())
+    };
+    tracing::info!(addr = %listeners.grpc.local_addr()?, "gRPC API listening");
+    match listeners.http {
+        None => serve_on(listeners.grpc, true).await?,
+        Some(http) => {
+            tracing::info!(addr = %http.local_addr()?, "HTTP/JSON API listening");
+            tokio::try_join!(serve_on(listeners.grpc, false), serve_on(http, true))?;
+        }
+    }
     health_task.abort();
     Ok(())
 }
