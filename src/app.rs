@@ -31,6 +31,8 @@ pub struct Settings {
     pub listener: tokio::net::TcpListener,
     /// HTTP/JSON on a listener of its own (`--http-listen`); `None`: on `listener`.
     pub http_listener: Option<tokio::net::TcpListener>,
+    /// Origins whose web pages may call the API (CORS); empty: none.
+    pub cors_allowed_origins: Vec<String>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub max_streams_per_org: usize,
     pub hub: Arc<Hub>,
@@ -62,6 +64,7 @@ impl Application {
             limiter,
             listener,
             http_listener,
+            cors_allowed_origins,
             trusted_proxies,
             max_streams_per_org,
             hub,
@@ -103,7 +106,7 @@ impl Application {
         };
         background.push(tokio::spawn(fanout.run()));
         let (stop_serving, stopped) = oneshot::channel::<()>();
-        let listeners = server::Listeners { grpc: listener, http: http_listener };
+        let listeners = server::Listeners { grpc: listener, http: http_listener, cors_allowed_origins };
         let server = tokio::spawn(server::serve(state, trusted_proxies, listeners, async {
             let _ = stopped.await;
         }));

@@ -54,6 +54,10 @@ pub struct Common {
     /// HTTP/JSON on an address of its own; unset: on the gRPC listener (`--listen`).
     #[arg(long, env = "COURSEWIRE_HTTP_LISTEN", global = true)]
     http_listen: Option<String>,
+    /// Web origins whose pages may call the API (CORS), e.g. `https://portal.example.com`;
+    /// comma-separated. Unset: none (same-origin pages only).
+    #[arg(long, env = "COURSEWIRE_CORS_ALLOWED_ORIGINS", value_delimiter = ',', global = true)]
+    cors_allowed_origins: Vec<String>,
     /// Prometheus metrics listen address (`/metrics`).
     #[arg(long, env = "COURSEWIRE_METRICS_LISTEN", default_value = "127.0.0.1:9464", global = true)]
     metrics_listen: String,
@@ -214,6 +218,21 @@ impl Common {
             .collect()
     }
 
+    /// Origins as browsers send them: a scheme, a host and maybe a port; nothing else.
+    fn cors_origins(&self) -> anyhow::Result<Vec<String>> {
+        self.cors_allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_string())
+            .map(|o| {
+                let rest = o.strip_prefix("https://").or_else(|| o.strip_prefix("http://"));
+                let host = rest.filter(|r| !r.is_empty() && !r.contains(['/', '?', '#', '@', '*', ' ']));
+                host.map(|_| o.clone()).ok_or_else(|| {
+                    anyhow::anyhow!("--cors-allowed-origins: {o:?} is not an origin like https://portal.example.com")
+                })
+            })
+            .collect()
+    }
+
     fn keyring(&self) -> anyhow::Result<Arc<Keyring>> {
         Ok(Arc::new(Keyring::for_database(
             &self.database_url,
@@ -241,6 +260,7 @@ impl Common {
         self.metrics_listen
             .parse::<std::net::SocketAddr>()
             .with_context(|| format!("--metrics-listen {:?} is not an address", self.metrics_listen))?;
+        self.cors_origins()?;
         if let Some(http) = &self.http_listen {
             http.parse::<std::net::SocketAddr>()
                 .with_context(|| format!("--http-listen {http:?} is not an address like 127.0.0.1:8080"))?;
@@ -470,6 +490,7 @@ async fn serve(
         limiter,
         listener,
         http_listener,
+        cors_allowed_origins: common.cors_origins()?,
         trusted_proxies: common.trusted()?,
         max_streams_per_org: common.max_streams_per_org,
         hub: Arc::new(Hub::default()),

@@ -397,3 +397,61 @@ async fn http_listen_serves_http_json_on_its_own_address() {
     let mut c = crate::processes::clients(app.port, &app.key).await;
     c.account.ping(coursewire_proto::v1::PingRequest {}).await.unwrap();
 }
+
+/// Pages on the origins `--cors-allowed-origins` names may call the API from a browser
+/// (HTTP/JSON and gRPC-Web); other origins get no CORS grant; without the flag, none do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_admits_the_listed_origins_only() {
+    const PORTAL: &str = "https://portal.example.com";
+    // A wildcard, or anything but an origin, is refused at start, naming the flag.
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["*", "portal.example.com", "https://portal.example.com/app"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_coursewire"))
+            .current_dir(dir.path())
+            .args(["--cors-allowed-origins", bad])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("--cors-allowed-origins"), "{bad}: {stderr}");
+    }
+    let app =
+        crate::processes::all_in_one(&["--cors-allowed-origins", &format!("{PORTAL}/,https://admin.example.com")]);
+    let preflight = |port: u16, origin: &'static str| {
+        http()
+            .request(Method::OPTIONS, format!("http://127.0.0.1:{port}/v1/users"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization, content-type")
+            .send()
+    };
+    let granted = preflight(app.port, PORTAL).await.unwrap();
+    assert!(granted.status().is_success(), "{granted:?}");
+    let h = granted.headers();
+    assert_eq!(h["access-control-allow-origin"], PORTAL);
+    assert!(h["access-control-allow-headers"].to_str().unwrap().contains("authorization"), "{h:?}");
+    assert!(h["access-control-allow-methods"].to_str().unwrap().contains("PATCH"), "{h:?}");
+    assert!(!h.contains_key("access-control-allow-credentials"), "keys travel in headers, never cookies");
+
+    let refused = preflight(app.port, "https://evil.example.com").await.unwrap();
+    assert!(!refused.headers().contains_key("access-control-allow-origin"), "{refused:?}");
+
+    // The call itself carries the grant and exposes the headers a page needs.
+    let call = http()
+        .get(format!("http://127.0.0.1:{}/v1/ping", app.port))
+        .header("origin", PORTAL)
+        .basic_auth(&app.key, Some(""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(call.status(), StatusCode::OK);
+    assert_eq!(call.headers()["access-control-allow-origin"], PORTAL);
+    let exposed = call.headers()["access-control-expose-headers"].to_str().unwrap().to_string();
+    for name in ["x-ratelimit-remaining", "retry-after", "x-request-id", "grpc-status"] {
+        assert!(exposed.contains(name), "{name} not exposed: {exposed}");
+    }
+
+    // Without the flag, no origin is granted.
+    let closed = crate::processes::all_in_one(&[]);
+    let response = preflight(closed.port, PORTAL).await.unwrap();
+    assert!(!response.headers().contains_key("access-control-allow-origin"), "{response:?}");
+}

@@ -55,10 +55,12 @@ macro_rules! limited {
 pub type TrustedProxies = Vec<ipnet::IpNet>;
 
 /// Where the API listens: gRPC (with gRPC-Web, and HTTP/JSON unless `http` is set), and
-/// optionally a listener of its own for HTTP/JSON (`--http-listen`).
+/// optionally a listener of its own for HTTP/JSON (`--http-listen`); and which web origins
+/// may call them from a browser.
 pub struct Listeners {
     pub grpc: TcpListener,
     pub http: Option<TcpListener>,
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// Serves the API on `listeners` until `shutdown` completes, then drains in-flight calls.
@@ -109,11 +111,13 @@ pub async fn serve(
 
     let auth = Authenticator::new(state.db.clone(), state.clock.clone(), trusted_proxies);
     let gateway = HttpJsonLayer::new()?;
-    // Outermost first: translate HTTP/JSON and gRPC-Web (browsers, over HTTP/1.1 or HTTP/2)
-    // into gRPC, so everything below sees one protocol; name the call, measure it,
-    // authenticate, then count it against its organization's limits.
+    let cors = cors(&listeners.cors_allowed_origins)?;
+    // Outermost first: answer CORS preflights; translate HTTP/JSON and gRPC-Web (browsers,
+    // over HTTP/1.1 or HTTP/2) into gRPC, so everything below sees one protocol; name the
+    // call, measure it, authenticate, then count it against its organization's limits.
     let layers = |http_json: bool| {
         tower::ServiceBuilder::new()
+            .option_layer(cors.clone())
             .layer(gateway.clone().enabled(http_json))
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(RequestIdLayer)
@@ -147,6 +151,44 @@ pub async fn serve(
     }
     health_task.abort();
     Ok(())
+}
+
+/// CORS for `origins` (none: no layer, so browsers allow same-origin pages only). Keys
+/// travel in headers a page sets itself, never in cookies, so credentials stay disallowed.
+fn cors(origins: &[String]) -> anyhow::Result<Option<tower_http::cors::CorsLayer>> {
+    use http::{Method, header};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let origins = origins.iter().map(|o| http::HeaderValue::from_str(o)).collect::<Result<Vec<_>, _>>()?;
+    let name = http::HeaderName::from_static;
+    Ok(Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(tower_http::cors::AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::PUT])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                name("x-api-key"),
+                name("x-request-id"),
+                name("traceparent"),
+                // gRPC-Web clients send these.
+                name("x-grpc-web"),
+                name("x-user-agent"),
+                name("grpc-timeout"),
+            ])
+            .expose_headers([
+                name("x-request-id"),
+                name("x-ratelimit-limit"),
+                name("x-ratelimit-remaining"),
+                name("x-ratelimit-reset"),
+                header::RETRY_AFTER,
+                name("grpc-status"),
+                name("grpc-message"),
+                name("grpc-status-details-bin"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    ))
 }
 
 /// tonic refuses a message over the size limit with OUT_OF_RANGE and no details; gRPC's

@@ -90,6 +90,7 @@ pub async fn start_server(db: coursewire_api::store::Db) -> anyhow::Result<cours
         limiter: limits::build("100000000/1m", None, OnError::Open, clock).await?,
         listener: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
         http_listener: None,
+        cors_allowed_origins: Vec::new(),
         trusted_proxies: vec![],
         max_streams_per_org: coursewire_api::streams::DEFAULT_PER_ORG,
         hub: Default::default(),
