@@ -61,15 +61,52 @@ async fn drive(
     Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// The independent load client (`coursewire-bench ping-load ADDR KEY|- CHANNELS IN_FLIGHT`):
-/// its own process, so its CPU is apart from the servers' and measured. Prints calls/s and
-/// its CPU share of the phase.
+/// `GET /v1/ping` over HTTP/1.1 with the key as the Basic user, as curl and BI tools call:
+/// `connections` keep-alive connections, one call in flight on each (HTTP/1.1 has no more).
+async fn drive_http_json(addr: std::net::SocketAddr, key: String, connections: usize) -> anyhow::Result<f64> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder().http1_only().pool_max_idle_per_host(connections).build()?;
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (client, done, key) = (client.clone(), done.clone(), key.clone());
+        let url = format!("http://{addr}/v1/ping");
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed() < PHASE {
+                let response = client.get(&url).basic_auth(&key, Some("")).send().await.expect("ping");
+                assert!(response.status().is_success(), "{response:?}");
+                response.bytes().await.expect("body");
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The independent load client (`coursewire-bench ping-load ADDR KEY|- CHANNELS IN_FLIGHT
+/// [http-json]`): its own process, so its CPU is apart from the servers' and measured.
+/// Prints calls/s and its CPU share of the phase. With `http-json`, it makes CHANNELS x
+/// IN_FLIGHT HTTP/1.1 connections instead.
 pub async fn load_client(args: &[String]) -> anyhow::Result<()> {
+    let (args, http_json) = match args {
+        [rest @ .., last] if last == "http-json" => (rest, true),
+        _ => (args, false),
+    };
     let [addr, key, channels, in_flight] = args else { anyhow::bail!("ping-load ADDR KEY|- CHANNELS IN_FLIGHT") };
     let key = (key != "-").then(|| key.clone());
     let before = crate::machine::cpu_seconds(std::process::id());
     let started = Instant::now();
-    let rate = drive(addr.parse()?, key, channels.parse()?, in_flight.parse()?).await?;
+    let (addr, channels, in_flight) = (addr.parse()?, channels.parse::<usize>()?, in_flight.parse::<usize>()?);
+    let rate = if http_json {
+        drive_http_json(addr, key.ok_or_else(|| anyhow::anyhow!("http-json needs a key"))?, channels * in_flight)
+            .await?
+    } else {
+        drive(addr, key, channels, in_flight).await?
+    };
     let cpu = crate::machine::cpu_seconds(std::process::id()) - before;
     println!("{}", json!({"calls_per_s": rate, "client_cores": cpu / started.elapsed().as_secs_f64()}));
     Ok(())
@@ -81,8 +118,18 @@ async fn drive_apart(
     key: Option<&str>,
     shape: (usize, usize),
 ) -> anyhow::Result<(f64, f64)> {
+    drive_apart_with(addr, key, shape, &[]).await
+}
+
+async fn drive_apart_with(
+    addr: std::net::SocketAddr,
+    key: Option<&str>,
+    shape: (usize, usize),
+    extra: &[&str],
+) -> anyhow::Result<(f64, f64)> {
     let out = tokio::process::Command::new(std::env::current_exe()?)
         .args(["ping-load", &addr.to_string(), key.unwrap_or("-"), &shape.0.to_string(), &shape.1.to_string()])
+        .args(extra)
         .output()
         .await?;
     anyhow::ensure!(out.status.success(), "load client: {}", String::from_utf8_lossy(&out.stderr));
@@ -173,6 +220,24 @@ pub async fn run() -> anyhow::Result<()> {
             "bare_with_headers": [round3(client_wire1), round3(client_wire2)],
             "coursewire": round3(client_ours),
         },
+        "seconds_per_phase": PHASE.as_secs(),
+    }));
+
+    // HTTP/JSON (#14): the same server's Ping as curl calls it, against its gRPC Ping in the
+    // same invocation, from the separate client: 64 connections with one call in flight on
+    // each, HTTP/1.1 for JSON and HTTP/2 for gRPC.
+    let (grpc1, client_grpc1) = drive_apart(addr, Some(&key), (64, 1)).await?;
+    let (json, client_json) = drive_apart_with(addr, Some(&key), (64, 1), &["http-json"]).await?;
+    let (grpc2, client_grpc2) = drive_apart(addr, Some(&key), (64, 1)).await?;
+    let grpc = (grpc1 + grpc2) / 2.0;
+    report(json!({
+        "scenario": "ping",
+        "client": "separate process, 64 connections x 1 in flight: HTTP/1.1 GET /v1/ping (Basic) vs gRPC Ping",
+        "http_json_calls_per_s": json.round(),
+        "grpc_calls_per_s": grpc.round(),
+        "grpc_runs": [grpc1.round(), grpc2.round()],
+        "ratio_http_json_to_grpc": ratio(json, grpc),
+        "client_cores": {"grpc": [round3(client_grpc1), round3(client_grpc2)], "http_json": round3(client_json)},
         "seconds_per_phase": PHASE.as_secs(),
     }));
     Ok(())
