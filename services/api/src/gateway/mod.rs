@@ -115,11 +115,17 @@ where
             let (mut parts, body) = req.into_parts();
             let body = match http_body_util::Limited::new(body, MAX_JSON_BYTES).collect().await {
                 Ok(body) => body.to_bytes(),
-                Err(_) => {
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                     let e =
                         ApiError::new(Reason::MessageTooLarge, format!("bodies are limited to {MAX_JSON_BYTES} bytes"))
                             .with("limit_bytes", MAX_JSON_BYTES.to_string());
                     return Ok(error(e));
+                }
+                Err(e) => {
+                    return Ok(error(ApiError::new(
+                        Reason::MalformedRequest,
+                        format!("the body could not be read: {e}"),
+                    )));
                 }
             };
             let message = match request::encode(route, bindings, parts.uri.query(), &body) {
