@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
+use super::request::settable_from_query;
 use super::routes::{Route, Routes, field_path};
 
 /// The document, built once at start.
@@ -75,7 +76,7 @@ fn operation(route: &Route, schemas: &mut Schemas) -> (String, Value) {
         for field in input.fields() {
             let name = field.name();
             let in_path = bound.iter().any(|v| *v == name || v.starts_with(&format!("{name}.")));
-            if name == route.body || in_path || matches!(field.kind(), Kind::Message(m) if !is_string_in_json(&m)) {
+            if name == route.body || in_path || matches!(field.kind(), Kind::Message(m) if !settable_from_query(&m)) {
                 continue;
             }
             parameters.push(parameter(name, "query", &field, schemas, false));
@@ -214,11 +215,6 @@ impl Schemas {
             Kind::Message(m) => self.reference(&m),
         }
     }
-}
-
-/// Whether a message is written as a JSON string (so it can be a query parameter).
-fn is_string_in_json(message: &MessageDescriptor) -> bool {
-    well_known(message).is_some_and(|s| s["type"] == "string")
 }
 
 /// The JSON forms proto3 gives the well-known types.

@@ -15,14 +15,13 @@ pub fn encode(route: &Route, bindings: Vec<(String, String)>, query: Option<&str
     let input = route.method.input();
     let mut request = Map::new();
     let body = parse_body(body)?;
-    let mut mask_given = false;
     for (name, value) in form_urlencoded(query.unwrap_or_default()) {
         let field = field_path(&input, &name).ok_or_else(|| {
             ApiError::field(&name, format!("`{}` has no field `{name}` for a query parameter", route.template))
         })?;
-        mask_given |= name == "update_mask";
         set(&mut request, &name, query_value(&field, &value, &name)?, field.is_list())?;
     }
+    let mask_given = request.contains_key("update_mask");
     match (route.body.as_str(), body) {
         (_, None) => {}
         ("*", Some(Value::Object(fields))) => {
@@ -98,8 +97,8 @@ fn query_value(field: &FieldDescriptor, value: &str, name: &str) -> ApiResult<Va
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Uint32 | Kind::Fixed32 => {
             Value::Number(value.parse::<i64>().map_err(|_| bad("a whole number"))?.into())
         }
-        Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask" => Value::String(mask_json(value)),
-        Kind::Message(m) if !is_scalar_in_json(&m) => {
+        Kind::Message(m) if m.full_name() == FIELD_MASK => Value::String(mask_json(value)),
+        Kind::Message(m) if !settable_from_query(&m) => {
             return Err(ApiError::field(
                 name,
                 "a message field cannot be set from the query string; send it in the body",
@@ -109,13 +108,16 @@ fn query_value(field: &FieldDescriptor, value: &str, name: &str) -> ApiResult<Va
     })
 }
 
-/// Well-known types whose JSON form is a string (or a number given as one).
-fn is_scalar_in_json(message: &MessageDescriptor) -> bool {
+const FIELD_MASK: &str = "google.protobuf.FieldMask";
+
+/// Message fields a query parameter can set: well-known types whose JSON form is a string
+/// (or a number given as one). The OpenAPI document lists exactly these as parameters.
+pub(super) fn settable_from_query(message: &MessageDescriptor) -> bool {
     matches!(
         message.full_name(),
         "google.protobuf.Timestamp"
             | "google.protobuf.Duration"
-            | "google.protobuf.FieldMask"
+            | FIELD_MASK
             | "google.protobuf.StringValue"
             | "google.protobuf.Int64Value"
             | "google.protobuf.UInt64Value"
@@ -145,7 +147,7 @@ fn mask_json(paths: &str) -> String {
 }
 
 fn is_field_mask(field: &FieldDescriptor) -> bool {
-    field.kind().as_message().is_some_and(|m| m.full_name() == "google.protobuf.FieldMask")
+    field.kind().as_message().is_some_and(|m| m.full_name() == FIELD_MASK)
 }
 
 /// A body key (proto or JSON name) as the proto field name update masks use.

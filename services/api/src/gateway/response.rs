@@ -53,10 +53,10 @@ pub fn to_json(output: &MessageDescriptor, message: Bytes) -> Result<Vec<u8>, to
     Ok(out.into_inner())
 }
 
-/// The gRPC status in trailers (or, for a trailers-only response, headers), if any.
-pub fn status_of(map: &HeaderMap) -> Option<tonic::Status> {
+/// The failure in trailers (or, for a trailers-only response, headers), if the call failed.
+pub fn failure(map: &HeaderMap) -> Option<tonic::Status> {
     map.get("grpc-status")?;
-    tonic::Status::from_header_map(map)
+    tonic::Status::from_header_map(map).filter(|s| s.code() != tonic::Code::Ok)
 }
 
 /// HTTP's reading of a gRPC code, as Google's APIs map them (AIP-193), with one refinement:
@@ -160,7 +160,7 @@ pub fn passed_on(headers: &HeaderMap) -> HeaderMap {
 pub async fn unary(response: http::Response<Body>, output: &MessageDescriptor) -> http::Response<Body> {
     let (parts, mut body) = response.into_parts();
     let headers = passed_on(&parts.headers);
-    if let Some(status) = status_of(&parts.headers).filter(|s| s.code() != tonic::Code::Ok) {
+    if let Some(status) = failure(&parts.headers) {
         return error_response(&status, headers);
     }
     let mut frames = Frames::default();
@@ -178,8 +178,8 @@ pub async fn unary(response: http::Response<Body>, output: &MessageDescriptor) -
             Err(e) => return error_response(&e, headers),
         }
     }
-    match (status_of(&trailers), message) {
-        (Some(status), _) if status.code() != tonic::Code::Ok => error_response(&status, headers),
+    match (failure(&trailers), message) {
+        (Some(status), _) => error_response(&status, headers),
         (_, Some(message)) => match to_json(output, message) {
             Ok(mut json) => {
                 // A terminal shows `curl`'s answer on its own line.
@@ -198,7 +198,7 @@ pub async fn unary(response: http::Response<Body>, output: &MessageDescriptor) -
 pub fn ndjson(response: http::Response<Body>, output: MessageDescriptor) -> http::Response<Body> {
     let (parts, body) = response.into_parts();
     let headers = passed_on(&parts.headers);
-    if let Some(status) = status_of(&parts.headers).filter(|s| s.code() != tonic::Code::Ok) {
+    if let Some(status) = failure(&parts.headers) {
         return error_response(&status, headers);
     }
     let lines = futures::stream::unfold((body, Frames::default(), false), move |(mut body, mut frames, done)| {
@@ -223,7 +223,7 @@ pub fn ndjson(response: http::Response<Body>, output: MessageDescriptor) -> http
                         Ok(data) => frames.push(data),
                         Err(frame) => {
                             let trailers = frame.into_trailers().unwrap_or_default();
-                            let failed = status_of(&trailers).filter(|s| s.code() != tonic::Code::Ok);
+                            let failed = failure(&trailers);
                             return failed.map(|status| (error_line(&status), (body, frames, true)));
                         }
                     },

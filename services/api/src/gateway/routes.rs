@@ -79,9 +79,12 @@ impl Routes {
 
     /// The route for `verb path` and the values of its variables (percent-decoded).
     pub fn find(&self, verb: &http::Method, path: &str) -> Matched<'_> {
+        let Some(parts) = path.strip_prefix('/').map(|p| p.split('/').collect::<Vec<_>>()) else {
+            return Matched::None;
+        };
         let mut verbs = Vec::new();
         for route in &self.0 {
-            if let Some(bindings) = route.bind(path) {
+            if let Some(bindings) = route.bind(&parts) {
                 if route.verb == verb {
                     return Matched::Route(route, bindings);
                 }
@@ -109,17 +112,7 @@ impl Route {
             .ok_or_else(|| anyhow::anyhow!("only get, put, post, delete and patch rules are supported"))?;
         let (segments, custom_verb) = parse_template(&template)?;
         let body = text("body");
-        let input = method.input();
-        for variable in segments.iter().filter_map(|s| match s {
-            Segment::Variable(v) => Some(v),
-            Segment::Literal(_) => None,
-        }) {
-            field_path(&input, variable).ok_or_else(|| anyhow::anyhow!("{template}: no request field `{variable}`"))?;
-        }
-        if !body.is_empty() && body != "*" && input.get_field_by_name(&body).is_none() {
-            anyhow::bail!("body `{body}` is not a request field");
-        }
-        Ok(Route {
+        let route = Route {
             verb,
             template,
             segments,
@@ -127,20 +120,30 @@ impl Route {
             body,
             method: method.clone(),
             grpc_path: grpc_path.to_string(),
-        })
+        };
+        let input = method.input();
+        for variable in route.variables() {
+            field_path(&input, variable)
+                .ok_or_else(|| anyhow::anyhow!("{}: no request field `{variable}`", route.template))?;
+        }
+        if !route.body.is_empty() && route.body != "*" && input.get_field_by_name(&route.body).is_none() {
+            anyhow::bail!("body `{}` is not a request field", route.body);
+        }
+        Ok(route)
     }
 
-    fn bind(&self, path: &str) -> Option<Vec<(String, String)>> {
-        let mut parts: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
-        if let Some(verb) = &self.custom_verb {
-            let last = parts.last_mut()?;
-            *last = last.strip_suffix(verb.as_str())?.strip_suffix(':')?;
-        }
+    /// The variables' values if the path's segments (split once by `find`) fit this route.
+    fn bind(&self, parts: &[&str]) -> Option<Vec<(String, String)>> {
         if parts.len() != self.segments.len() {
             return None;
         }
+        let (last, head) = parts.split_last()?;
+        let last = match &self.custom_verb {
+            Some(verb) => last.strip_suffix(verb.as_str())?.strip_suffix(':')?,
+            None => last,
+        };
         let mut bindings = Vec::new();
-        for (segment, part) in self.segments.iter().zip(parts) {
+        for (segment, part) in self.segments.iter().zip(head.iter().copied().chain([last])) {
             match segment {
                 Segment::Literal(l) if l == part => {}
                 Segment::Literal(_) => return None,
