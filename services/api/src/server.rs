@@ -18,8 +18,8 @@ use coursewire_proto::v1::user_service_server::UserServiceServer;
 use coursewire_proto::v1::webhook_service_server::WebhookServiceServer;
 use futures::FutureExt;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use crate::AppState;
 use crate::account::AccountApi;
@@ -139,7 +139,7 @@ pub async fn serve(
             .accept_http1(true)
             .layer(layers(http_json))
             .add_routes(routes.clone())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone())
+            .serve_with_incoming_shutdown(incoming(listener), shutdown.clone())
     };
     tracing::info!(addr = %listeners.grpc.local_addr()?, "gRPC API listening");
     match listeners.http {
@@ -151,6 +151,14 @@ pub async fn serve(
     }
     health_task.abort();
     Ok(())
+}
+
+/// The listener's connections, each with TCP_NODELAY. Serving from a listener of our own
+/// skips the builder's `tcp_nodelay`; without it a response's last frame (the trailers)
+/// waits in the kernel for the client's delayed ACK, which added up to the next request's
+/// arrival (~10 ms at 600 calls/s) to unary calls.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// CORS for `origins` (none: no layer, so browsers allow same-origin pages only). Keys
@@ -229,5 +237,16 @@ mod tests {
         let info = status.get_error_details().error_info().cloned().expect("ErrorInfo");
         assert_eq!(info.reason, Reason::MalformedRequest.as_str());
         assert_eq!(status.code() as i32, Reason::MalformedRequest.code() as i32);
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_send_without_delay() {
+        use futures::StreamExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = super::incoming(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.expect("a connection").unwrap();
+        assert!(accepted.nodelay().unwrap(), "TCP_NODELAY on the accepted socket");
     }
 }

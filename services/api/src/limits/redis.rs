@@ -87,7 +87,11 @@ pub struct RedisBackend {
 
 impl RedisBackend {
     pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)?;
+        // Concurrent decisions share one connection: without TCP_NODELAY a script sent while
+        // another is unanswered waits in the kernel for the first reply (Nagle).
+        let info = redis::IntoConnectionInfo::into_connection_info(url)?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)?;
         let conn = ConnectionManager::new(client).await?;
         Ok(RedisBackend { conn, script: redis::Script::new(SCRIPT), prefix: prefix.to_string() })
     }
