@@ -291,16 +291,8 @@ async fn a_killed_dispatchers_work_is_retaken_within_10_s() {
     let receiver = Receiver::start(|_| Reply { delay: Duration::from_millis(100), ..Reply::status(204) }).await;
     cluster.endpoints(&receiver, &["a", "b"], 8).await;
     let writes = cluster.users(300).await;
-    receiver.wait_for(100, Duration::from_secs(30)).await;
     let victim = cluster.dispatchers.remove(0);
     let pid = victim.0.id();
-    Command::new("kill").arg("-KILL").arg(pid.to_string()).status().unwrap();
-    let killed = Instant::now();
-    drop(victim);
-    let at_kill = receiver.received().len();
-    assert!(at_kill < 600, "the kill came mid-way ({at_kill} requests had arrived)");
-
-    // Whatever the victim held (leased to it) is taken by the survivor once its leases lapse.
     let pool = sqlx::PgPool::connect(&cluster.db.url).await.unwrap();
     let held_by_victim = || async {
         let n: i64 = sqlx::query_scalar(
@@ -312,6 +304,19 @@ async fn a_killed_dispatchers_work_is_retaken_within_10_s() {
         .unwrap();
         n
     };
+    // Kill it once it holds deliveries (written as leased to it, still waiting in its lanes).
+    let start = Instant::now();
+    while held_by_victim().await == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the victim never held a delivery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Command::new("kill").arg("-KILL").arg(pid.to_string()).status().unwrap();
+    let killed = Instant::now();
+    drop(victim);
+    let at_kill = receiver.received().len();
+    assert!(at_kill < 600, "the kill came mid-way ({at_kill} requests had arrived)");
+
+    // Whatever the victim held (leased to it) is taken by the survivor once its leases lapse.
     let held_at_kill = held_by_victim().await;
     while held_by_victim().await > 0 {
         assert!(
