@@ -21,10 +21,12 @@ use crate::{Inner, Job, Report};
 
 /// How long a batch waits for its first attempts before it is written anyway (the rest are
 /// written as in flight and recorded when they end). Each attempt still running then costs
-/// a second write (its row's update), and under load attempts wait in their lane for tens
-/// of milliseconds: at 50 ms most flat-out deliveries were written twice. A slow endpoint
-/// only delays when its batch is written (and acknowledged), never the posts.
-const FIRST_WAIT: Duration = Duration::from_millis(500);
+/// a second write (its row's update), and under load attempts wait in their lanes: at
+/// 50 ms most flat-out deliveries were written twice, and at 500 ms most of those to ten
+/// endpoints still were (docs/benchmarks.md). A slow endpoint only delays when its batch is
+/// written (and acknowledged), never the posts; a crash before the write resends the
+/// batch's attempts with the same `webhook-id`.
+const FIRST_WAIT: Duration = Duration::from_secs(2);
 
 /// One event from the bus.
 #[derive(Debug)]

@@ -22,8 +22,10 @@ use crate::fanout::{Incoming, first_attempts};
 /// Messages taken from RabbitMQ per batch.
 const BATCH: usize = 500;
 /// Batches being handled at once: a batch waits for its first attempts (up to `FIRST_WAIT`),
-/// and others go on meanwhile.
-const BATCHES: usize = 256;
+/// and others go on meanwhile. As many as there may be unacknowledged messages, so the
+/// prefetch is the only bound: with 256, batches waiting on slow attempts stopped intake
+/// (and everything queued in RabbitMQ) while the dispatcher had room.
+const BATCHES: usize = PREFETCH as usize;
 /// Messages RabbitMQ hands us before we acknowledge any.
 const PREFETCH: u16 = 8192;
 

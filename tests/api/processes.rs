@@ -286,9 +286,10 @@ async fn two_dispatchers_send_each_attempt_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_dispatchers_work_is_retaken_within_10_s() {
     let Some(mut cluster) = Cluster::start("5s").await else { return };
-    // Two endpoints × 300 events = 600 deliveries; answers take 100 ms and each endpoint takes
-    // 8 at a time, so each dispatcher holds deliveries (leased) waiting in its lanes.
-    let receiver = Receiver::start(|_| Reply { delay: Duration::from_millis(100), ..Reply::status(204) }).await;
+    // Two endpoints × 300 events = 600 deliveries; answers take 250 ms and each endpoint takes
+    // 8 at a time, so each dispatcher holds deliveries (leased) waiting in its lanes: its
+    // share takes longer than intake waits before writing a batch.
+    let receiver = Receiver::start(|_| Reply { delay: Duration::from_millis(250), ..Reply::status(204) }).await;
     cluster.endpoints(&receiver, &["a", "b"], 8).await;
     let writes = cluster.users(300).await;
     let victim = cluster.dispatchers.remove(0);
