@@ -91,6 +91,7 @@ pub async fn first_attempts(inner: &Arc<Inner>, events: &[Incoming]) -> anyhow::
                 endpoint: endpoint.clone(),
                 payload: Payload { body: e.body.clone(), trace: e.trace },
                 report: Report::First(report, written_rx.clone()),
+                since: std::time::Instant::now(),
             };
             let (cap, rate) = (endpoint.max_concurrency, endpoint.max_rate);
             pending.push(match inner.lanes.admit(&endpoint.id, cap, rate, job) {

@@ -9,6 +9,7 @@ pub mod guard;
 pub mod intake;
 mod lanes;
 pub mod metrics;
+mod pressure;
 mod queue;
 pub mod schedule;
 mod sender;
@@ -122,6 +123,9 @@ struct Job {
     endpoint: Arc<Endpoint>,
     payload: Payload,
     report: Report,
+    /// When it entered this process (intake, or a claim): how long it waited is the measure
+    /// of being behind (`pressure`).
+    since: std::time::Instant,
 }
 
 /// Where a job's outcome goes.
@@ -144,6 +148,8 @@ pub(crate) struct Inner {
     sender: Sender,
     lanes: Lanes<Job>,
     cache: Cache,
+    /// Attempts started, and how long they waited, for the backpressure verdict.
+    starts: pressure::Starts,
     /// Deliveries written and held by us, not yet recorded: while there are any, the
     /// heartbeat keeps our liveness row ahead.
     held: Mutex<HashSet<String>>,
@@ -174,6 +180,7 @@ impl Dispatcher {
             sender,
             lanes,
             cache: Cache::default(),
+            starts: pressure::Starts::default(),
             held: Mutex::default(),
             alive_until: AtomicI64::new(0),
             running: AtomicUsize::new(0),
@@ -201,12 +208,14 @@ impl Dispatcher {
         let recorder = tokio::spawn(inner.clone().record_outcomes(outcomes));
         let heartbeat = tokio::spawn(inner.clone().heartbeat());
         let listener = tokio::spawn(inner.clone().listen());
+        let pressure = tokio::spawn(pressure::watch(inner.clone()));
         tokio::select! {
             _ = shutdown => {},
             _ = inner.deliver(stop.clone()) => {},
         }
         let _ = stop_tx.send(true);
         listener.abort();
+        pressure.abort();
         // Intake finishes the batches it started (their first attempts end or are written as ours).
         let _ = intake.await;
         let queued: Vec<String> = inner.lanes.drain().into_iter().map(|j| j.delivery.id).collect();
@@ -399,7 +408,12 @@ impl Inner {
             };
             let (cap, rate) = (endpoint.max_concurrency, endpoint.max_rate);
             let lane = delivery.endpoint_id.clone();
-            match self.lanes.admit(&lane, cap, rate, Job { delivery, endpoint, payload, report: Report::Recorder }) {
+            match self.lanes.admit(
+                &lane,
+                cap,
+                rate,
+                Job { delivery, endpoint, payload, report: Report::Recorder, since: std::time::Instant::now() },
+            ) {
                 Admit::Start(job) => self.launch(job),
                 Admit::Queued => {}
                 Admit::Full(job) => back.push(job.delivery.id),
@@ -412,9 +426,10 @@ impl Inner {
     /// Runs one attempt; when it ends, the next job waiting in the same lane starts.
     fn launch(self: &Arc<Self>, job: Job) {
         self.running.fetch_add(1, Relaxed);
+        self.starts.record(job.since.elapsed());
         let inner = self.clone();
         tokio::spawn(async move {
-            let Job { delivery, endpoint, payload, report } = job;
+            let Job { delivery, endpoint, payload, report, .. } = job;
             let lane = delivery.endpoint_id.clone();
             // A first attempt whose batch could not be written is not made: the events come again.
             let abandoned = matches!(&report, Report::First(_, written) if *written.borrow() == Some(false));

@@ -1,6 +1,7 @@
 //! The dispatcher's Prometheus series: deliveries by outcome, attempt latency and failures,
-//! the queue depth, the database pool, and the failure streaks of failing endpoints
-//! (labelled by endpoint id: the one id label, bounded by the endpoints that exist).
+//! the queue depth, the backpressure verdict, the database pool, and the failure streaks of
+//! failing endpoints (labelled by endpoint id: the one id label, bounded by the endpoints
+//! that exist).
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -23,11 +24,32 @@ pub fn describe() {
         "coursewire_webhook_endpoint_failure_streak",
         "Consecutive failed attempts of an endpoint (0 once it recovers)."
     );
+    describe_gauge!(
+        "coursewire_dispatcher_behind",
+        "1 while this dispatcher tells the API it is behind for want of capacity (backpressure), else 0."
+    );
+    describe_gauge!(
+        "coursewire_dispatcher_late_start_ratio",
+        "Of the attempts started in the last half second, the share that waited 100 ms or more in this process."
+    );
+    describe_gauge!(
+        "coursewire_dispatcher_wakeup_lateness_seconds",
+        metrics::Unit::Seconds,
+        "How late, on average, a 10 ms sleep woke in the last half second while attempts ran (CPU starvation)."
+    );
     for outcome in ["succeeded", "failed"] {
         counter!("coursewire_webhook_deliveries_total", "outcome" => outcome).increment(0);
     }
     counter!("coursewire_webhook_attempt_failures_total").increment(0);
     gauge!("coursewire_webhook_deliveries_due").increment(0.0);
+    gauge!("coursewire_dispatcher_behind").set(0.0);
+}
+
+/// The backpressure verdict over the last period, with what it was made from.
+pub fn pressure(behind: bool, started: u64, late: u64, lateness: Duration) {
+    gauge!("coursewire_dispatcher_behind").set(if behind { 1.0 } else { 0.0 });
+    gauge!("coursewire_dispatcher_late_start_ratio").set(if started == 0 { 0.0 } else { late as f64 / started as f64 });
+    gauge!("coursewire_dispatcher_wakeup_lateness_seconds").set(lateness.as_secs_f64());
 }
 
 /// A delivery ended: delivered, or given up.

@@ -5,6 +5,7 @@ mod harness;
 
 mod amqp;
 mod auth;
+mod backpressure;
 mod bad_input;
 mod batch_export;
 mod cookbook;

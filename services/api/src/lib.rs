@@ -1,6 +1,7 @@
 //! Coursewire's gRPC API: one module per resource (handler and queries side by side),
 //! with auth as a tower layer, one error type, and the event outbox.
 pub mod account;
+pub mod admission;
 pub mod api_keys;
 pub mod auth;
 pub mod clock;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub db: Db,
     pub clock: SharedClock,
     pub limiter: Arc<limits::Limiter>,
+    /// Paces writes while the webhook dispatchers are behind (backpressure).
+    pub admission: Arc<admission::Admission>,
     /// What the event relay tells readers (WatchEvents) and health.
     pub hub: Arc<events::relay::Hub>,
     /// Seals webhook secrets and header values at rest.
@@ -66,6 +69,7 @@ impl AppState {
     ) -> AppState {
         let tokens = TokenKey::new(secrets.subkey("coursewire page tokens"));
         AppState {
+            admission: admission::Admission::new(db.clone(), clock.clone()),
             db,
             clock,
             limiter,

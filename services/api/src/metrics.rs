@@ -1,7 +1,7 @@
 //! The API's Prometheus series (`--metrics-listen`, `GET /metrics`): every call by method
 //! and status code with its duration (`RpcMetricsLayer`), authentication failures by
-//! reason, rate limit decisions by call class, events published and their publish latency,
-//! outbox lag, the broker's state and the database pool. Label values come from closed
+//! reason, rate limit decisions by call class, the pacing of writes (backpressure), events
+//! published and their publish latency, outbox lag, the broker's state and the database pool. Label values come from closed
 //! sets (our methods, gRPC codes, error reasons, call classes): nothing a caller sends
 //! becomes a label.
 use std::collections::HashMap;
@@ -42,15 +42,43 @@ pub fn describe() {
     );
     describe_gauge!("coursewire_outbox_lag_seconds", "Age of the oldest event not yet published.");
     describe_gauge!("coursewire_broker_connected", "1 while the event bus is reachable.");
+    describe_gauge!(
+        "coursewire_admission_pace",
+        "Writes per second this replica admits while the webhook dispatchers are behind; 0 when not pacing."
+    );
+    describe_histogram!(
+        "coursewire_admission_wait_seconds",
+        metrics::Unit::Seconds,
+        "How long paced writes waited for their turn."
+    );
+    describe_counter!(
+        "coursewire_admission_refused_total",
+        "Writes refused (DELIVERIES_BEHIND) because their turn was beyond their deadline or 5 s."
+    );
     for name in [
         "coursewire_events_published_total",
         "coursewire_event_publish_failures_total",
         "coursewire_rate_limit_backend_errors_total",
+        "coursewire_admission_refused_total",
     ] {
         counter!(name).increment(0);
     }
     gauge!("coursewire_outbox_lag_seconds").increment(0.0);
     gauge!("coursewire_broker_connected").increment(0.0);
+    gauge!("coursewire_admission_pace").set(0.0);
+}
+
+/// The pace writes are admitted at (None: not paced).
+pub fn admission_pace(pace: Option<f64>) {
+    gauge!("coursewire_admission_pace").set(pace.unwrap_or(0.0));
+}
+
+pub fn admission_waited(wait: Duration) {
+    histogram!("coursewire_admission_wait_seconds").record(wait);
+}
+
+pub fn admission_refused() {
+    counter!("coursewire_admission_refused_total").increment(1);
 }
 
 /// Records one confirmed batch: its size and how long publishing took.

@@ -23,6 +23,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::AppState;
 use crate::account::AccountApi;
+use crate::admission::AdmissionLayer;
 use crate::api_keys::ApiKeyApi;
 use crate::auth::{AuthLayer, Authenticator};
 use crate::courses::CourseApi;
@@ -114,7 +115,8 @@ pub async fn serve(
     let cors = cors(&listeners.cors_allowed_origins)?;
     // Outermost first: answer CORS preflights; translate HTTP/JSON and gRPC-Web (browsers,
     // over HTTP/1.1 or HTTP/2) into gRPC, so everything below sees one protocol; name the
-    // call, measure it, authenticate, then count it against its organization's limits.
+    // call, measure it, authenticate, count it against its organization's limits, then (a
+    // write, while the webhook dispatchers are behind) wait for its turn.
     let layers = |http_json: bool| {
         tower::ServiceBuilder::new()
             .option_layer(cors.clone())
@@ -125,6 +127,7 @@ pub async fn serve(
             .map_response(oversized_is_resource_exhausted)
             .layer(AuthLayer(auth.clone()))
             .layer(RateLimitLayer(state.limiter.clone()))
+            .layer(AdmissionLayer(state.admission.clone()))
     };
     // Streams end (with a cursor) when stopping, or the graceful drain would wait on them.
     let streams = state.streams.clone();

@@ -106,6 +106,7 @@ reasons! {
     KeyLimitReached = "KEY_LIMIT_REACHED", FailedPrecondition, "an organization holds at most 25 active keys";
     ConflictingChange = "CONFLICTING_CHANGE", FailedPrecondition, "something the request refers to was removed concurrently; retry";
     WebhookDisabled = "WEBHOOK_DISABLED", FailedPrecondition, "test events, retries and replays need the endpoint enabled (`EnableWebhook`)";
+    DeliveriesBehind = "DELIVERIES_BEHIND", Unavailable, "webhook dispatchers are behind and writes are paced; this one would have waited past 3/4 of its deadline or 5 s: retry after `RetryInfo.retry_delay`, nothing was written";
     Unavailable = "UNAVAILABLE", Unavailable, "the database is unreachable, or the server is stopping (streams carry a resume cursor); retry with backoff";
     Internal = "INTERNAL", Internal, "a bug or an unexpected failure; it was logged";
 }
