@@ -4,7 +4,8 @@
 //! deliveries do not fall minutes behind the writes that make them.
 //!
 //! Every half second of writing, the signal is read once (never while idle). While it holds,
-//! the pace is cut to 80 % of what this replica admitted in the last period; while it is
+//! the pace is cut to 70 % of what this replica admitted in the last period (at most once a
+//! second: a cut takes that long to show in the signal); while it is
 //! clear, the pace rises by 10 % a period, and is lifted after 5 s clear (or 5 s without
 //! writes). A paced call waits
 //! for its turn (first come, first served); one that would wait longer than its deadline
@@ -28,7 +29,10 @@ use coursewire_core::store::Db;
 /// How often the signal is read, and the pace adjusted, while calls are written.
 const PERIOD: Duration = Duration::from_millis(500);
 /// The pace while behind, as a share of the calls admitted in the last period.
-const CUT: f64 = 0.8;
+const CUT: f64 = 0.7;
+/// After a cut, the signal still says "behind" for a while (the dispatcher's backlog
+/// drains, and its report lasts a second): no second cut before this.
+const CUT_EVERY: Duration = Duration::from_secs(1);
 /// The pace's rise per period once the signal is clear (at most to this much above what
 /// was admitted: a pace nobody uses says nothing).
 const RAISE: f64 = 1.1;
@@ -61,6 +65,8 @@ struct State {
     pace: Option<f64>,
     /// Since when the signal has been clear, while paced.
     clear_since: Option<f64>,
+    /// When the pace was last cut.
+    cut_at: Option<f64>,
     /// When the next paced call may start.
     next_turn: f64,
 }
@@ -89,8 +95,11 @@ impl State {
     /// Adjusts the pace to the signal read at `now`, given the rate admitted before it.
     fn adjust(&mut self, behind: bool, now: f64, admitted_per_s: f64) {
         if behind {
-            self.pace = Some((admitted_per_s * CUT).max(MIN_PACE));
             self.clear_since = None;
+            if self.pace.is_none() || self.cut_at.is_none_or(|at| now - at >= CUT_EVERY.as_secs_f64() * 1_000.0) {
+                self.pace = Some((admitted_per_s * CUT).max(MIN_PACE));
+                self.cut_at = Some(now);
+            }
         } else if let Some(pace) = self.pace {
             let clear_since = *self.clear_since.get_or_insert(now);
             if now - clear_since >= LIFT_AFTER.as_secs_f64() * 1_000.0 {
@@ -277,13 +286,18 @@ mod tests {
         let mut state = State::default();
         state.read_due(0.0);
         period_of(&mut state, 1_000, P, true);
-        assert_eq!(state.pace, Some(800.0), "80 % of what was admitted");
-        // Turns 1.25 ms apart, in order, for calls arriving at once.
+        assert_eq!(state.pace, Some(1_000.0 * CUT), "70 % of what was admitted");
+        // Turns 1/700 s apart, in order, for calls arriving at once.
         let waits: Vec<f64> = (0..3).map(|_| state.turn(1_000.0, MAX_WAIT).unwrap()).collect();
-        assert_eq!(waits, vec![0.0, 1.25, 2.5]);
-        // Still behind: cut again from what was admitted (the 3 turns above, and 400 more).
-        period_of(&mut state, 800, 2.0 * P, true);
-        assert_eq!(state.pace, Some(403.0 * 2.0 * CUT));
+        for (wait, expected) in waits.iter().zip([0.0, 1_000.0 / 700.0, 2_000.0 / 700.0]) {
+            assert!((wait - expected).abs() < 1e-9, "{waits:?}");
+        }
+        // Still behind half a second later: held, as the cut has yet to show.
+        period_of(&mut state, 700, 2.0 * P, true);
+        assert_eq!(state.pace, Some(1_000.0 * CUT));
+        // Still behind a second after the cut: cut again from what was admitted.
+        period_of(&mut state, 700, 3.0 * P, true);
+        assert_eq!(state.pace, Some(700.0 * CUT));
     }
 
     #[test]
@@ -292,7 +306,7 @@ mod tests {
         state.read_due(0.0);
         period_of(&mut state, 1_000, P, true);
         period_of(&mut state, 800, 2.0 * P, false);
-        assert_eq!(state.pace, Some(800.0 * RAISE), "raised by 10 %");
+        assert_eq!(state.pace, Some(1_000.0 * CUT * RAISE), "raised by 10 %");
         let mut now = 2.0 * P;
         while state.pace.is_some() {
             now += P;
@@ -319,7 +333,7 @@ mod tests {
         state.read_due(0.0);
         period_of(&mut state, 1_000, P, true);
         period_of(&mut state, 100, 2.0 * P, false);
-        assert_eq!(state.pace, Some(800.0), "100 a second admitted under a pace of 800: kept");
+        assert_eq!(state.pace, Some(1_000.0 * CUT), "100 a second admitted under a pace of 700: kept");
     }
 
     #[test]
