@@ -272,6 +272,14 @@ mod tests {
         state.adjust(behind, now, rate);
     }
 
+    /// A replica that admitted 1,000 calls a second until the signal said "behind".
+    fn paced() -> State {
+        let mut state = State::default();
+        state.read_due(0.0);
+        period_of(&mut state, 1_000, P, true);
+        state
+    }
+
     #[test]
     fn unpaced_until_the_dispatchers_are_behind() {
         let mut state = State::default();
@@ -283,9 +291,7 @@ mod tests {
 
     #[test]
     fn behind_cuts_the_pace_and_spaces_turns_first_come_first_served() {
-        let mut state = State::default();
-        state.read_due(0.0);
-        period_of(&mut state, 1_000, P, true);
+        let mut state = paced();
         assert_eq!(state.pace, Some(1_000.0 * CUT), "70 % of what was admitted");
         // Turns 1/700 s apart, in order, for calls arriving at once.
         let waits: Vec<f64> = (0..3).map(|_| state.turn(1_000.0, MAX_WAIT).unwrap()).collect();
@@ -302,9 +308,7 @@ mod tests {
 
     #[test]
     fn clear_raises_the_pace_then_lifts_it() {
-        let mut state = State::default();
-        state.read_due(0.0);
-        period_of(&mut state, 1_000, P, true);
+        let mut state = paced();
         period_of(&mut state, 800, 2.0 * P, false);
         assert_eq!(state.pace, Some(1_000.0 * CUT * RAISE), "raised by 10 %");
         let mut now = 2.0 * P;
@@ -318,9 +322,7 @@ mod tests {
 
     #[test]
     fn a_pause_in_writes_as_long_as_the_lift_starts_the_pace_over() {
-        let mut state = State::default();
-        state.read_due(0.0);
-        period_of(&mut state, 1_000, P, true);
+        let mut state = paced();
         let later = P + LIFT_AFTER.as_secs_f64() * 1_000.0;
         state.read_due(later).expect("a read");
         assert_eq!(state.pace, None);
@@ -329,9 +331,7 @@ mod tests {
 
     #[test]
     fn a_pace_nobody_uses_is_not_raised() {
-        let mut state = State::default();
-        state.read_due(0.0);
-        period_of(&mut state, 1_000, P, true);
+        let mut state = paced();
         period_of(&mut state, 100, 2.0 * P, false);
         assert_eq!(state.pace, Some(1_000.0 * CUT), "100 a second admitted under a pace of 700: kept");
     }
