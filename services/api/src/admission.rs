@@ -54,6 +54,11 @@ pub struct Admission {
     reading: tokio::sync::Mutex<()>,
 }
 
+/// `d` in milliseconds, the unit of `State`'s times.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1_000.0
+}
+
 /// The pace and what adjusts it; times in ms since `Admission::origin`.
 #[derive(Debug, Default)]
 struct State {
@@ -75,13 +80,13 @@ impl State {
     /// Starts a read of the signal when one is due: returns the calls per second admitted
     /// since the last.
     fn read_due(&mut self, now: f64) -> Option<f64> {
-        let period = PERIOD.as_secs_f64() * 1_000.0;
+        let period = ms(PERIOD);
         // A first read, or one after a pause in traffic, counts over one period.
         let elapsed = self.read_at.map_or(period, |at| now - at);
         if elapsed < period {
             return None;
         }
-        if elapsed >= LIFT_AFTER.as_secs_f64() * 1_000.0 {
+        if elapsed >= ms(LIFT_AFTER) {
             // No writes for that long: whatever the pace was for is past; the signal read
             // now starts it again if need be.
             self.pace = None;
@@ -96,35 +101,37 @@ impl State {
     fn adjust(&mut self, behind: bool, now: f64, admitted_per_s: f64) {
         if behind {
             self.clear_since = None;
-            if self.pace.is_none() || self.cut_at.is_none_or(|at| now - at >= CUT_EVERY.as_secs_f64() * 1_000.0) {
+            if self.pace.is_none() || self.cut_at.is_none_or(|at| now - at >= ms(CUT_EVERY)) {
                 self.pace = Some((admitted_per_s * CUT).max(MIN_PACE));
                 self.cut_at = Some(now);
             }
         } else if let Some(pace) = self.pace {
             let clear_since = *self.clear_since.get_or_insert(now);
-            if now - clear_since >= LIFT_AFTER.as_secs_f64() * 1_000.0 {
+            if now - clear_since >= ms(LIFT_AFTER) {
                 self.pace = None;
                 self.clear_since = None;
             } else {
-                self.pace = Some((pace * RAISE).min((admitted_per_s * RAISE).max(MIN_PACE)).max(pace));
+                // 10 % above what was admitted, if that was less than the pace; never lower.
+                self.pace = Some(pace.max(pace.min(admitted_per_s) * RAISE));
             }
         }
     }
 
-    /// Takes the next turn: how long to wait for it (ms), or None if longer than `max_wait`
-    /// (the turn is not taken).
+    /// Takes the next turn: how long to wait for it (ms), or, if that is longer than
+    /// `max_wait`, `Err` with the wait (the turn is not taken).
     fn turn(&mut self, now: f64, max_wait: Duration) -> Result<f64, f64> {
-        self.admitted += 1;
-        let Some(pace) = self.pace else {
-            return Ok(0.0);
+        let wait = match self.pace {
+            None => 0.0,
+            Some(pace) => {
+                let start = self.next_turn.max(now);
+                if start - now > ms(max_wait) {
+                    return Err(start - now);
+                }
+                self.next_turn = start + 1_000.0 / pace;
+                start - now
+            }
         };
-        let start = self.next_turn.max(now);
-        let wait = start - now;
-        if wait > max_wait.as_secs_f64() * 1_000.0 {
-            self.admitted -= 1;
-            return Err(wait);
-        }
-        self.next_turn = start + 1_000.0 / pace;
+        self.admitted += 1;
         Ok(wait)
     }
 }
@@ -145,7 +152,7 @@ impl Admission {
     }
 
     fn now(&self) -> f64 {
-        self.origin.elapsed().as_secs_f64() * 1_000.0
+        ms(self.origin.elapsed())
     }
 
     /// Waits for a write's turn; refuses it if that would take longer than `max_wait`.
@@ -315,7 +322,7 @@ mod tests {
         while state.pace.is_some() {
             now += P;
             period_of(&mut state, 1_000, now, false);
-            assert!(now <= 2.0 * P + LIFT_AFTER.as_secs_f64() * 1_000.0, "lifted after 5 s clear");
+            assert!(now <= 2.0 * P + ms(LIFT_AFTER), "lifted after 5 s clear");
         }
         assert_eq!(state.turn(now, MAX_WAIT), Ok(0.0));
     }
@@ -323,7 +330,7 @@ mod tests {
     #[test]
     fn a_pause_in_writes_as_long_as_the_lift_starts_the_pace_over() {
         let mut state = paced();
-        let later = P + LIFT_AFTER.as_secs_f64() * 1_000.0;
+        let later = P + ms(LIFT_AFTER);
         state.read_due(later).expect("a read");
         assert_eq!(state.pace, None);
         assert_eq!(state.turn(later, MAX_WAIT), Ok(0.0));

@@ -1,9 +1,9 @@
 //! The API's Prometheus series (`--metrics-listen`, `GET /metrics`): every call by method
 //! and status code with its duration (`RpcMetricsLayer`), authentication failures by
 //! reason, rate limit decisions by call class, the pacing of writes (backpressure), events
-//! published and their publish latency, outbox lag, the broker's state and the database pool. Label values come from closed
-//! sets (our methods, gRPC codes, error reasons, call classes): nothing a caller sends
-//! becomes a label.
+//! published and their publish latency, outbox lag, the broker's state and the database
+//! pool. Label values come from closed sets (our methods, gRPC codes, error reasons, call
+//! classes): nothing a caller sends becomes a label.
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{LazyLock, OnceLock};

@@ -3,8 +3,8 @@
 //! ahead; the API reads whether any does while it serves writes (never while idle).
 use crate::store::Db;
 
-/// Marks dispatcher `owner` as behind until `until` (ms), on its liveness row (which it
-/// makes sure exists first).
+/// Marks dispatcher `owner` as behind until `until` (ms), on its liveness row. The
+/// dispatcher makes sure it has one first: without it this writes nothing.
 pub async fn report_behind(db: &Db, owner: &str, until: i64) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE dispatcher_liveness SET behind_until = $1 WHERE owner = $2")
         .bind(until)
