@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use coursewire_proto::v1::*;
 use tonic::transport::Channel;
 
-use crate::harness::{Clients, Process, WithKey, free_port, require_services};
+use crate::harness::{Clients, Process, WithKey, free_port, service_url};
 use crate::receiver::{Receiver, Reply};
 
 fn dispatcher_bin() -> PathBuf {
@@ -142,13 +142,8 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    pub async fn start(retry_schedule: &str) -> Option<Cluster> {
-        let (Ok(pg), Ok(amqp)) =
-            (std::env::var("COURSEWIRE_TEST_DATABASE_URL"), std::env::var("COURSEWIRE_TEST_AMQP_URL"))
-        else {
-            assert!(!require_services(), "COURSEWIRE_TEST_DATABASE_URL and COURSEWIRE_TEST_AMQP_URL are required");
-            return None;
-        };
+    pub async fn start(retry_schedule: &str) -> Cluster {
+        let (pg, amqp) = (service_url("COURSEWIRE_TEST_DATABASE_URL"), service_url("COURSEWIRE_TEST_AMQP_URL"));
         let db = crate::harness::TestDatabase::create(&pg).await;
         let topology = crate::harness::TestTopology::new(&amqp, "cwtest");
         let (exchange, queue) = (topology.exchange.clone(), topology.queue.clone());
@@ -186,7 +181,7 @@ impl Cluster {
             common(&mut d);
             dispatchers.push(spawn(d, "consuming events").0);
         }
-        Some(Cluster { db, _topology: topology, port, key, api: first, dispatchers, replica: Box::new(api) })
+        Cluster { db, _topology: topology, port, key, api: first, dispatchers, replica: Box::new(api) }
     }
 
     /// Endpoints for `user.created` at `receiver`, told apart by their query (`?a`, `?b`, …).
@@ -217,9 +212,10 @@ impl Cluster {
 
 /// A write through an API replica that does not relay reaches the bus at once: its commit
 /// notifies the leading relay (LISTEN/NOTIFY), which would otherwise look only every 10 s.
+#[cfg_attr(not(all(cw_postgres, cw_amqp)), ignore = "skipped: Postgres or RabbitMQ is not configured")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_does_not_relay_wakes_the_one_that_does() {
-    let Some(cluster) = Cluster::start("5s").await else { return };
+    let cluster = Cluster::start("5s").await;
     let receiver = Receiver::ok().await;
     cluster.endpoints(&receiver, &["a"], 0).await;
     // The first API took the relay's lock as it started; this one waits for it.
@@ -257,9 +253,10 @@ async fn requests_per_delivery(
 
 /// No faults, two dispatchers: each delivery is sent exactly as often as its answers ask —
 /// once at `?a`, twice at `?b` (a 500, then the retry) — never once more.
+#[cfg_attr(not(all(cw_postgres, cw_amqp)), ignore = "skipped: Postgres or RabbitMQ is not configured")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_dispatchers_send_each_attempt_exactly_once() {
-    let Some(cluster) = Cluster::start("300ms").await else { return };
+    let cluster = Cluster::start("300ms").await;
     // `?b` fails every event's first request; its retry (300 ms later, ±20%) succeeds. Both
     // endpoints take 4 at a time, so many deliveries wait and are claimed, by either dispatcher.
     let first_seen = std::sync::Mutex::new(std::collections::HashSet::new());
@@ -283,9 +280,10 @@ async fn two_dispatchers_send_each_attempt_exactly_once() {
 /// `kill -9` of one dispatcher mid-way: nothing is lost, the deliveries it held are retaken
 /// within 10 s (its leases run out and the survivor wakes for exactly that), and any
 /// duplicate carries the same `webhook-id` (counted and reported).
+#[cfg_attr(not(all(cw_postgres, cw_amqp)), ignore = "skipped: Postgres or RabbitMQ is not configured")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_dispatchers_work_is_retaken_within_10_s() {
-    let Some(mut cluster) = Cluster::start("5s").await else { return };
+    let mut cluster = Cluster::start("5s").await;
     // Two endpoints × 300 events = 600 deliveries; answers take 250 ms and each endpoint takes
     // 8 at a time, so each dispatcher holds deliveries (leased) waiting in its lanes: its
     // share takes longer than intake waits before writing a batch.
@@ -438,13 +436,10 @@ fn dispatcher_health(port: u16, service: &str, want: bool) -> std::process::Outp
 
 /// The dispatcher answers gRPC health beside `/metrics`: SERVING while its database answers,
 /// and `coursewire.broker` SERVING only while it consumes from RabbitMQ.
+#[cfg_attr(not(all(cw_postgres, cw_amqp)), ignore = "skipped: Postgres or RabbitMQ is not configured")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatcher_health_follows_its_dependencies() {
-    let (Ok(pg), Ok(amqp)) = (std::env::var("COURSEWIRE_TEST_DATABASE_URL"), std::env::var("COURSEWIRE_TEST_AMQP_URL"))
-    else {
-        assert!(!require_services(), "COURSEWIRE_TEST_DATABASE_URL and COURSEWIRE_TEST_AMQP_URL are required");
-        return;
-    };
+    let (pg, amqp) = (service_url("COURSEWIRE_TEST_DATABASE_URL"), service_url("COURSEWIRE_TEST_AMQP_URL"));
     let db = crate::harness::TestDatabase::create(&pg).await;
     let topology = crate::harness::TestTopology::new(&amqp, "cwhealth");
     let start = |amqp_url: &str| {

@@ -95,9 +95,7 @@ async fn replay_then_live_without_gap_or_duplicate(h: &Harness) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_closed_and_can_resume() {
     let hub = Hub { watch_buffer: 5, slow_consumer_timeout: Duration::from_millis(300), ..Hub::default() };
-    let h = Harness::start_full(Backend::Sqlite, Limits::Memory, "100000/1m", InProcessBus::new(), hub, None)
-        .await
-        .unwrap();
+    let h = Harness::start_full(Backend::Sqlite, Limits::Memory, "100000/1m", InProcessBus::new(), hub, None).await;
     let mut c = h.clients();
     // Large events (~125 KB each), so the transport's own buffers (HTTP/2 windows) fill quickly.
     const N: usize = 40;
@@ -172,7 +170,7 @@ async fn streams_are_capped_per_organization(h: &Harness) {
 /// SIGTERM does not wait on open streams: they end with UNAVAILABLE and the cursor to resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_ends_streams_with_a_cursor() {
-    let mut h = Harness::start(Backend::Sqlite).await.unwrap();
+    let mut h = Harness::start(Backend::Sqlite).await;
     let mut c = h.clients();
     for i in 0..3 {
         domain(&mut c, &format!("s{i}.example.com")).await;

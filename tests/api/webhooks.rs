@@ -484,7 +484,7 @@ backend_tests!(
 );
 
 async fn harness_with(config: DispatcherConfig) -> Harness {
-    Harness::start_dispatching(Backend::Sqlite, Limits::Memory, "600/1m,5000/1h", config).await.unwrap()
+    Harness::start_dispatching(Backend::Sqlite, Limits::Memory, "600/1m,5000/1h", config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
