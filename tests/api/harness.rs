@@ -6,14 +6,14 @@ use std::time::Duration;
 use coursewire::app::{Application, Settings};
 use coursewire_api::auth::{self, NewKey};
 use coursewire_api::clock::{Clock, ManualClock, SystemClock};
-use coursewire_api::events::bus::{Bus, InProcessBus};
 use coursewire_api::events::relay::Hub;
-use coursewire_api::events::topology::Topology;
 use coursewire_api::limits::window::{ClassLimits, parse_windows};
 use coursewire_api::limits::{self, Limiter, MemoryBackend, OnError, RedisBackend};
 use coursewire_api::retention::Retention;
-use coursewire_api::secrets::Keyring;
-use coursewire_api::store::Db;
+use coursewire_core::events::bus::{Bus, InProcessBus};
+use coursewire_core::events::topology::Topology;
+use coursewire_core::secrets::Keyring;
+use coursewire_core::store::Db;
 use coursewire_dispatcher::{Config as DispatcherConfig, Source};
 use coursewire_proto::v1::account_service_client::AccountServiceClient;
 use coursewire_proto::v1::api_key_service_client::ApiKeyServiceClient;
@@ -160,7 +160,7 @@ impl Limits {
     /// `None` when Redis is wanted but not configured (and not required).
     pub async fn limiter(self, rate_limits: &str, clock: Arc<ManualClock>) -> Option<Arc<Limiter>> {
         let defaults = ClassLimits::uniform(parse_windows(rate_limits).unwrap());
-        let backend: Arc<dyn limits::Backend> = match self {
+        let backend: Arc<dyn limits::backend::Backend> = match self {
             Limits::Memory => Arc::new(MemoryBackend::default()),
             Limits::Redis => {
                 let Ok(url) = std::env::var("COURSEWIRE_TEST_REDIS_URL") else {
@@ -275,7 +275,7 @@ impl Harness {
         };
         let db = Db::connect(&url).await.expect("connect and migrate");
         let clock = ManualClock::new(SystemClock.now_ms());
-        auth::create_org(&db, "acme", "Acme", clock.now_ms()).await.unwrap();
+        coursewire_api::organizations::create_org(&db, "acme", "Acme", clock.now_ms()).await.unwrap();
         let key = new_key(&db, "acme", &["*"], clock.now_ms()).await;
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -364,7 +364,7 @@ impl Harness {
 
     /// A second organization and its key, for isolation tests.
     pub async fn other_org(&self, id: &str) -> String {
-        auth::create_org(&self.db, id, id, self.clock.now_ms()).await.unwrap();
+        coursewire_api::organizations::create_org(&self.db, id, id, self.clock.now_ms()).await.unwrap();
         new_key(&self.db, id, &["*"], self.clock.now_ms()).await
     }
 

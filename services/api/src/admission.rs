@@ -23,7 +23,7 @@ use tonic::Status;
 use crate::auth::Caller;
 use crate::auth::policy::CallClass;
 use crate::clock::SharedClock;
-use crate::error::{ApiError, Reason};
+use coursewire_core::error::{ApiError, Reason};
 use coursewire_core::store::Db;
 
 /// How often the signal is read, and the pace adjusted, while calls are written.

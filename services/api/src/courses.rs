@@ -11,13 +11,13 @@ use tonic::{Request, Response, Status};
 use crate::AppState;
 use crate::auth::caller;
 use crate::clock::to_timestamp;
-use crate::error::{ApiError, ApiResult, Reason};
 use crate::idempotency::Idempotency;
-use crate::ids::{is_id, new_id};
 use crate::page::Page;
 use crate::resource::{Table, check_etag, etag, flag, mask_paths};
-use crate::store::Tx;
-use crate::validate::Violations;
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::ids::{is_id, new_id};
+use coursewire_core::store::Tx;
+use coursewire_core::validate::Violations;
 
 pub struct CourseApi(pub Arc<AppState>);
 
@@ -125,7 +125,7 @@ async fn replace_lessons(tx: &mut Tx, course_id: &str, lessons: &mut [Lesson], e
 }
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    crate::ids::require(field, "crs", id)
+    coursewire_core::ids::require(field, "crs", id)
 }
 
 #[tonic::async_trait]

@@ -6,6 +6,7 @@ pub mod api_keys;
 pub mod auth;
 pub mod clock;
 pub mod courses;
+pub mod domain_access;
 pub mod domain_users;
 pub mod domains;
 pub mod enrollments;
@@ -27,15 +28,12 @@ pub mod streams;
 pub mod users;
 pub mod webhooks;
 
-// The shared core, under the names the API's modules use.
-pub use coursewire_core::{config, error, ids, secrets, store, validate};
-
 use std::sync::Arc;
 
 use clock::SharedClock;
+use coursewire_core::secrets::Keyring;
+use coursewire_core::store::Db;
 use page::TokenKey;
-use secrets::Keyring;
-use store::Db;
 
 /// What every handler shares.
 pub struct AppState {

@@ -128,7 +128,7 @@ pub fn rate_limit_decided(class: CallClass, admitted: bool) {
 }
 
 /// The database pool's gauges, read at scrape time.
-pub fn record_pool(db: &crate::store::Db) {
+pub fn record_pool(db: &coursewire_core::store::Db) {
     coursewire_core::telemetry::record_pool("api", db.pool().size(), db.pool().num_idle());
 }
 

@@ -11,13 +11,13 @@ use tonic::{Request, Response, Status};
 use crate::AppState;
 use crate::auth::caller;
 use crate::clock::to_timestamp;
-use crate::error::{ApiError, ApiResult, Reason};
 use crate::idempotency::Idempotency;
-use crate::ids::{check_id, new_id};
 use crate::page::Page;
 use crate::resource::{Table, check_etag, etag, flag, mask_paths};
-use crate::store::is_unique_violation;
-use crate::validate::Violations;
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::ids::{check_id, new_id};
+use coursewire_core::store::is_unique_violation;
+use coursewire_core::validate::Violations;
 
 pub struct PublishedCourseApi(pub Arc<AppState>);
 
@@ -55,7 +55,7 @@ pub(crate) async fn fetch<'e>(
 }
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    crate::ids::require(field, "pub", id)
+    coursewire_core::ids::require(field, "pub", id)
 }
 
 #[tonic::async_trait]

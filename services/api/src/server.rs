@@ -30,21 +30,18 @@ use crate::courses::CourseApi;
 use crate::domain_users::DomainUserApi;
 use crate::domains::DomainApi;
 use crate::enrollments::EnrollmentApi;
-use crate::error::{ApiError, Reason};
 use crate::events::EventApi;
-use crate::gateway::HttpJsonLayer;
+use crate::gateway::{HttpJsonLayer, MAX_MESSAGE_BYTES};
 use crate::groups::GroupApi;
 use crate::learning_paths::LearningPathApi;
-use crate::limits::RateLimitLayer;
+use crate::limits::layer::RateLimitLayer;
 use crate::metrics::RpcMetricsLayer;
 use crate::organizations::OrganizationApi;
 use crate::published_courses::PublishedCourseApi;
 use crate::request_id::RequestIdLayer;
 use crate::users::UserApi;
 use crate::webhooks::WebhookApi;
-
-/// Largest request or response message, in bytes (a full batch of 1,000 items fits).
-pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+use coursewire_core::error::{ApiError, Reason};
 
 macro_rules! limited {
     ($server:ident, $api:expr) => {
@@ -230,7 +227,7 @@ pub use coursewire_core::shutdown::signal as shutdown_signal;
 mod tests {
     use tonic_types::StatusExt;
 
-    use crate::error::Reason;
+    use coursewire_core::error::Reason;
 
     /// The proto crate answers undecodable messages itself (it knows no `Reason`): it must
     /// use the documented one.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::error::{ApiError, ApiResult, Reason};
+use coursewire_core::error::{ApiError, ApiResult, Reason};
 
 pub const DEFAULT_PER_ORG: usize = 8;
 
@@ -95,7 +95,7 @@ mod tests {
         let s = Streams::new(2);
         let a = s.open("acme").unwrap();
         let _b = s.open("acme").unwrap();
-        assert_eq!(s.open("acme").err().unwrap().reason, crate::error::Reason::TooManyStreams);
+        assert_eq!(s.open("acme").err().unwrap().reason, coursewire_core::error::Reason::TooManyStreams);
         let _other = s.open("initech").expect("other organizations are counted apart");
         drop(a);
         s.open("acme").expect("a closed stream frees its place");

@@ -58,11 +58,13 @@ pub fn report(value: serde_json::Value) {
 }
 
 /// Organization `bench` and a key for it (scope `*`), made through the real code path.
-pub async fn bench_org(db: &coursewire_api::store::Db) -> anyhow::Result<String> {
+pub async fn bench_org(db: &coursewire_core::store::Db) -> anyhow::Result<String> {
     use coursewire_api::auth::{self, NewKey};
     use coursewire_api::clock::{Clock, SystemClock};
     let now = SystemClock.now_ms();
-    auth::create_org(db, "bench", "Bench", now).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    coursewire_api::organizations::create_org(db, "bench", "Bench", now)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     let new = NewKey {
         org_id: Some("bench".into()),
         label: "bench".into(),
@@ -77,7 +79,7 @@ pub async fn bench_org(db: &coursewire_api::store::Db) -> anyhow::Result<String>
 /// The real server on a free port, built as the binary builds it, with the rate limit layer
 /// on but set far above what one phase sends, so every call takes a real decision and none is
 /// refused. Serves while the returned application lives.
-pub async fn start_server(db: coursewire_api::store::Db) -> anyhow::Result<coursewire::app::Application> {
+pub async fn start_server(db: coursewire_core::store::Db) -> anyhow::Result<coursewire::app::Application> {
     use std::sync::Arc;
 
     use coursewire_api::clock::SystemClock;
@@ -86,7 +88,7 @@ pub async fn start_server(db: coursewire_api::store::Db) -> anyhow::Result<cours
     coursewire::app::Application::build(coursewire::app::Settings {
         db,
         clock: clock.clone(),
-        secrets: Arc::new(coursewire_api::secrets::Keyring::random()),
+        secrets: Arc::new(coursewire_core::secrets::Keyring::random()),
         limiter: limits::build("100000000/1m", None, OnError::Open, clock).await?,
         listener: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
         http_listener: None,

@@ -5,9 +5,9 @@
 //! these rules: it has the database.
 use ipnet::IpNet;
 
-use super::store::{KeyRecord, Scopes};
-use crate::error::{ApiError, ApiResult, Reason};
+use super::record::{KeyRecord, Scopes};
 use crate::limits::window::{DAY_MS, Span, Window};
+use coursewire_core::error::{ApiError, ApiResult, Reason};
 
 /// What a key would be allowed to do: the fields delegation compares.
 pub struct Authority<'a> {

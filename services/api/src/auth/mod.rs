@@ -4,6 +4,7 @@
 pub mod delegation;
 pub mod keys;
 pub mod policy;
+mod record;
 mod store;
 
 use std::collections::HashMap;
@@ -18,12 +19,12 @@ use subtle::ConstantTimeEq;
 use tonic::Status;
 use tonic::transport::server::TcpConnectInfo;
 
-pub use crate::organizations::create_org;
-pub use store::{KeyRecord, NewKey, Scopes, create_key, get_key, list_keys, revoke_key, update_key};
+pub use record::{KeyRecord, Scopes};
+pub use store::{NewKey, create_key, get_key, list_keys, revoke_key, update_key};
 
 use crate::clock::SharedClock;
-use crate::error::{ApiError, ApiResult, Reason};
-use crate::store::Db;
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::store::Db;
 use policy::{Need, Policy};
 
 /// Revocations and changes become visible to every replica within this time.

@@ -16,12 +16,12 @@ use tonic::{Request, Response, Status};
 use crate::AppState;
 use crate::auth::policy::CallClass;
 use crate::auth::{Caller, caller};
-use crate::error::{ApiError, ApiResult, Reason};
 use crate::idempotency::Idempotency;
-use crate::ids::check_id;
 use crate::page::Page;
 use crate::resource::{item_error, mask_paths};
-use crate::validate::Violations;
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::ids::check_id;
+use coursewire_core::validate::Violations;
 use store::Filter;
 
 pub struct EnrollmentApi(pub Arc<AppState>);
@@ -32,7 +32,13 @@ pub const MAX_BATCH: usize = 1000;
 const EXPORT_CHUNK: i64 = 500;
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    crate::ids::require(field, "enr", id)
+    coursewire_core::ids::require(field, "enr", id)
+}
+
+/// An enrollment this call completed advances the learning paths that hold its course, in
+/// the same transaction.
+async fn course_completed(conn: &mut sqlx::AnyConnection, org: &str, e: &Enrollment, now: i64) -> ApiResult<()> {
+    crate::learning_paths::members::course_completed(conn, org, &e.user_id, &e.published_course_id, now).await
 }
 
 fn score_ok(v: &mut Violations, field: &str, score: Option<f64>) {
@@ -160,16 +166,12 @@ impl EnrollmentService for EnrollmentApi {
         score_ok(&mut v, "score", r.score);
         v.finish()?;
         let mut tx = self.0.db.begin().await?;
-        let (enrollment, lesson) = write::record_progress(
-            &mut tx,
-            who.org(),
-            &r.enrollment_id,
-            &r.lesson_id,
-            state,
-            r.score,
-            self.0.clock.now_ms(),
-        )
-        .await?;
+        let now = self.0.clock.now_ms();
+        let (enrollment, lesson, completed) =
+            write::record_progress(&mut tx, who.org(), &r.enrollment_id, &r.lesson_id, state, r.score, now).await?;
+        if completed {
+            course_completed(&mut tx, who.org(), &enrollment, now).await?;
+        }
         tx.commit().await?;
         Ok(Response::new(RecordLessonProgressResponse { enrollment: Some(enrollment), lesson_progress: Some(lesson) }))
     }
@@ -185,7 +187,11 @@ impl EnrollmentService for EnrollmentApi {
         score_ok(&mut v, "score", r.score);
         v.finish()?;
         let mut tx = self.0.db.begin().await?;
-        let e = write::complete(&mut tx, who.org(), &r.id, r.score, r.passed, self.0.clock.now_ms()).await?;
+        let now = self.0.clock.now_ms();
+        let (e, completed) = write::complete(&mut tx, who.org(), &r.id, r.score, r.passed, now).await?;
+        if completed {
+            course_completed(&mut tx, who.org(), &e, now).await?;
+        }
         tx.commit().await?;
         Ok(Response::new(e))
     }

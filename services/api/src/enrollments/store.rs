@@ -5,10 +5,10 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{Any, AnyConnection, Row};
 
 use crate::clock::{from_timestamp, opt_timestamp, to_timestamp};
-use crate::error::{ApiError, ApiResult};
-use crate::ids::check_id;
 use crate::resource::etag;
-use crate::validate::Violations;
+use coursewire_core::error::{ApiError, ApiResult};
+use coursewire_core::ids::check_id;
+use coursewire_core::validate::Violations;
 
 /// Progress is derived from the course's current lessons, so editing a course never
 /// leaves stored counters stale.

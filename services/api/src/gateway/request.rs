@@ -8,7 +8,7 @@ use prost_reflect::{DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, M
 use serde_json::{Map, Value};
 
 use super::routes::{Route, field_path};
-use crate::error::{ApiError, ApiResult, Reason};
+use coursewire_core::error::{ApiError, ApiResult, Reason};
 
 /// The encoded request message for `route`.
 pub fn encode(route: &Route, bindings: Vec<(String, String)>, query: Option<&str>, body: &[u8]) -> ApiResult<Vec<u8>> {
@@ -209,7 +209,7 @@ mod tests {
     use crate::gateway::routes::{Matched, Routes};
 
     fn encode_for(verb: http::Method, path: &str, query: Option<&str>, body: &str) -> ApiResult<DynamicMessage> {
-        let routes = Routes::from_pool(&crate::gateway::pool()).unwrap();
+        let routes = Routes::from_pool(&crate::gateway::routes::pool()).unwrap();
         let Matched::Route(route, bindings) = routes.find(&verb, path) else { panic!("no route for {path}") };
         let bytes = encode(route, bindings, query, body.as_bytes())?;
         Ok(DynamicMessage::decode(route.method.input(), bytes.as_slice()).unwrap())

@@ -17,14 +17,14 @@ use crate::AppState;
 use crate::auth::caller;
 use crate::auth::policy::CallClass;
 use crate::clock::to_timestamp;
-use crate::error::{ApiError, ApiResult, Reason};
 use crate::idempotency::Idempotency;
-use crate::ids::{check_id, is_id, new_id};
-use crate::learning_paths::PATHS;
+use crate::learning_paths::members::PATHS;
 use crate::page::Page;
 use crate::published_courses::PUBLISHED_COURSES;
 use crate::resource::{check_etag, etag, item_error, mask_paths, opt_time};
-use crate::validate::Violations;
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::ids::{check_id, is_id, new_id};
+use coursewire_core::validate::Violations;
 use store::*;
 
 pub struct GroupApi(pub Arc<AppState>);
@@ -33,7 +33,7 @@ pub struct GroupApi(pub Arc<AppState>);
 pub const MAX_MEMBERS_PER_CALL: usize = 1000;
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    crate::ids::require(field, "grp", id)
+    coursewire_core::ids::require(field, "grp", id)
 }
 
 fn validate(g: &Group, v: &mut Violations) {
@@ -51,8 +51,8 @@ async fn record_membership(
     now: i64,
 ) -> ApiResult<()> {
     let kind = format!("group_membership.{action}");
-    let change = crate::events::Change { org, kind: &kind, resource_id: id, sequence, data: m, now };
-    crate::events::record(conn, change).await.map(|_| ())
+    let change = coursewire_core::events::Change { org, kind: &kind, resource_id: id, sequence, data: m, now };
+    coursewire_core::events::record(conn, change).await.map(|_| ())
 }
 
 /// Bumps the group's sequence for a change to its assignments, with its `group.updated`.
@@ -458,7 +458,7 @@ impl GroupService for GroupApi {
 
     async fn get_operation(&self, req: Request<GetOperationRequest>) -> Result<Response<Operation>, Status> {
         let who = caller(&req)?;
-        crate::ids::require("id", "op", &req.get_ref().id)?;
+        coursewire_core::ids::require("id", "op", &req.get_ref().id)?;
         let row = OPERATIONS.get(self.0.db.pool(), who.org(), &req.get_ref().id).await?;
         Ok(Response::new(operation_from_row(&row)?))
     }

@@ -16,26 +16,19 @@ use crate::AppState;
 use crate::auth::caller;
 use crate::clock::to_timestamp;
 use crate::enrollments::write::Dates;
-use crate::error::{ApiError, ApiResult, Reason};
 use crate::idempotency::Idempotency;
-use crate::ids::{check_id, new_id};
 use crate::page::Page;
 use crate::published_courses::PUBLISHED_COURSES;
-use crate::resource::{Table, check_etag, etag, mask_paths};
-use crate::validate::Violations;
-use members::MEMBERS;
+use crate::resource::{check_etag, etag, mask_paths};
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::ids::{check_id, new_id};
+use coursewire_core::validate::Violations;
+use members::{MEMBERS, PATHS};
 
 pub struct LearningPathApi(pub Arc<AppState>);
 
 /// Courses one path may hold.
 const MAX_COURSES: usize = 100;
-
-pub const PATHS: Table = Table {
-    name: "learning_paths",
-    kind: "learning path",
-    events: "learning_path",
-    columns: "id, title, description, created_at, updated_at, sequence",
-};
 
 fn from_row(r: &AnyRow) -> Result<(LearningPath, i64), sqlx::Error> {
     let sequence = r.try_get("sequence")?;
@@ -85,7 +78,7 @@ async fn replace_courses(conn: &mut AnyConnection, org: &str, path_id: &str, ids
 }
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    crate::ids::require(field, "pth", id)
+    coursewire_core::ids::require(field, "pth", id)
 }
 
 #[tonic::async_trait]
@@ -247,7 +240,7 @@ impl LearningPathService for LearningPathApi {
         req: Request<GetPathEnrollmentRequest>,
     ) -> Result<Response<PathEnrollment>, Status> {
         let who = caller(&req)?;
-        crate::ids::require("id", "pen", &req.get_ref().id)?;
+        coursewire_core::ids::require("id", "pen", &req.get_ref().id)?;
         Ok(Response::new(members::fetch(self.0.db.pool(), who.org(), &req.get_ref().id).await?))
     }
 
@@ -295,7 +288,7 @@ impl LearningPathService for LearningPathApi {
     ) -> Result<Response<Empty>, Status> {
         let who = caller(&req)?;
         let r = req.get_ref();
-        crate::ids::require("id", "pen", &r.id)?;
+        coursewire_core::ids::require("id", "pen", &r.id)?;
         let mut tx = self.0.db.begin().await?;
         members::delete(&mut tx, who.org(), &r.id, &r.etag, self.0.clock.now_ms()).await?;
         tx.commit().await?;

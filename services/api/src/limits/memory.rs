@@ -3,8 +3,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
+use super::backend::{Backend, Subject};
 use super::window::{DAY_MS, Span, Window, WindowState, day_start, longest_sliding};
-use super::{Backend, Subject};
 
 #[derive(Default)]
 struct Log {

@@ -3,7 +3,8 @@
 //! counted; a batch counts its items and is admitted or rejected whole. Calendar windows
 //! (`N/day`) reset at 00:00 UTC. Two backends share one trait: in-memory (one process) and
 //! Redis (all replicas, one atomic Lua script per decision).
-mod layer;
+pub mod backend;
+pub mod layer;
 mod memory;
 mod redis;
 pub mod window;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use coursewire_proto::v1::LimitStatus;
 
-pub use layer::RateLimitLayer;
+use backend::{Backend, Subject};
 pub use memory::MemoryBackend;
 pub use redis::RedisBackend;
 use window::{ClassLimits, Span, Window, WindowState};
@@ -21,20 +22,7 @@ use window::{ClassLimits, Span, Window, WindowState};
 use crate::auth::Caller;
 use crate::auth::policy::CallClass;
 use crate::clock::SharedClock;
-use crate::error::{ApiError, Reason};
-
-/// One counter and the windows that apply to it.
-pub struct Subject<'a> {
-    pub key: String,
-    pub windows: &'a [Window],
-}
-
-#[tonic::async_trait]
-pub trait Backend: Send + Sync + 'static {
-    /// The state of every window of every subject before this call; when `n` more fit in
-    /// all of them (and `n > 0`), records `n` units for every subject, atomically.
-    async fn decide(&self, subjects: &[Subject<'_>], n: u64, now: i64) -> anyhow::Result<Vec<Vec<WindowState>>>;
-}
+use coursewire_core::error::{ApiError, Reason};
 
 /// What to do when the backend cannot answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::auth::policy::CallClass;
-use crate::config::parse_duration;
+use coursewire_core::config::parse_duration;
 
 pub const DAY_MS: i64 = 86_400_000;
 

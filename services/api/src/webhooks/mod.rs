@@ -15,14 +15,14 @@ use tonic::{Request, Response, Status};
 use crate::AppState;
 use crate::auth::caller;
 use crate::clock::{opt_timestamp, to_timestamp};
-use crate::error::{ApiError, ApiResult, Reason};
-use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
-use crate::ids::new_id;
 use crate::page::Page;
 use crate::resource::{check_etag, etag, mask_paths, opt_time};
-use crate::store::Tx;
-use crate::validate::Violations;
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::events::{self, Change};
+use coursewire_core::ids::new_id;
+use coursewire_core::store::Tx;
+use coursewire_core::validate::Violations;
 use deliveries::{FAILED, MAX_REPLAY, NewDelivery, PENDING, SUCCEEDED};
 use endpoint::{REDACTED, ROTATION_OVERLAP_MS, fetch, new_secret, seal_headers, secret_context, validate};
 
@@ -58,11 +58,11 @@ impl WebhookApi {
 const MUTABLE: &[&str] = &["url", "description", "event_types", "headers", "max_rate_per_second", "max_concurrency"];
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    crate::ids::require(field, "wh", id)
+    coursewire_core::ids::require(field, "wh", id)
 }
 
 fn check_delivery(field: &str, id: &str) -> ApiResult<()> {
-    crate::ids::require(field, "dlv", id)
+    coursewire_core::ids::require(field, "dlv", id)
 }
 
 fn disabled_error(id: &str) -> ApiError {
@@ -378,7 +378,7 @@ impl WebhookService for WebhookApi {
         let r = req.get_ref();
         let mut v = Violations::default();
         if !r.webhook_id.is_empty() {
-            crate::ids::check_id(&mut v, "webhook_id", "wh", &r.webhook_id);
+            coursewire_core::ids::check_id(&mut v, "webhook_id", "wh", &r.webhook_id);
         }
         let state = match delivery::State::try_from(r.state) {
             Ok(delivery::State::Unspecified) => None,
@@ -503,7 +503,7 @@ impl WebhookService for WebhookApi {
         let r = req.get_ref();
         let now = self.0.clock.now_ms();
         let mut v = Violations::default();
-        crate::ids::check_id(&mut v, "webhook_id", "wh", &r.webhook_id);
+        coursewire_core::ids::check_id(&mut v, "webhook_id", "wh", &r.webhook_id);
         let start = opt_time(&mut v, "start_time", r.start_time.as_ref());
         if r.start_time.is_none() {
             v.add("start_time", "is required");
