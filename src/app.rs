@@ -11,7 +11,7 @@ use coursewire_api::clock::SharedClock;
 use coursewire_api::enrollments::deadlines::Deadlines;
 use coursewire_api::events::relay::{Hub, Relay};
 use coursewire_api::groups::fanout::FanOut;
-use coursewire_api::limits::Limiter;
+use coursewire_api::layers::limits::Limiter;
 use coursewire_api::retention::Retention;
 use coursewire_api::{AppState, server};
 use coursewire_core::events::bus::Bus;

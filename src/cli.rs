@@ -3,12 +3,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use coursewire_api::auth::{self, NewKey};
 use coursewire_api::clock::{Clock, SystemClock, rfc3339};
 use coursewire_api::events::amqp::AmqpBus;
 use coursewire_api::events::relay::Hub;
-use coursewire_api::limits::window::parse_windows;
-use coursewire_api::limits::{self, OnError};
+use coursewire_api::layers::auth::{self, NewKey};
+use coursewire_api::layers::limits::{self, OnError};
+use coursewire_api::policy::windows::parse_windows;
 use coursewire_api::{organizations, server, webhooks};
 use coursewire_core::config::parse_duration;
 use coursewire_core::events::bus::{Bus, InProcessBus};

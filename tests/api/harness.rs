@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coursewire::app::{Application, Settings};
-use coursewire_api::auth::{self, NewKey};
 use coursewire_api::clock::{Clock, ManualClock, SystemClock};
 use coursewire_api::events::relay::Hub;
-use coursewire_api::limits::window::{ClassLimits, parse_windows};
-use coursewire_api::limits::{self, Limiter, MemoryBackend, OnError, RedisBackend};
+use coursewire_api::layers::auth::{self, NewKey};
+use coursewire_api::layers::limits::{self, Limiter, MemoryBackend, OnError, RedisBackend};
+use coursewire_api::policy::windows::{ClassLimits, parse_windows};
 use coursewire_api::retention::Retention;
 use coursewire_core::events::bus::{Bus, InProcessBus};
 use coursewire_core::events::topology::Topology;

@@ -6,8 +6,8 @@ use coursewire_proto::v1::*;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::{self, KeyRecord, NewKey, caller};
 use crate::clock::opt_timestamp;
+use crate::layers::auth::{self, KeyRecord, NewKey, caller};
 use crate::page::Page;
 use crate::resource::{mask_paths, opt_time};
 use coursewire_core::error::ApiResult;

@@ -7,10 +7,10 @@ use pbjson_types::Empty;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::caller;
 use crate::clock::{opt_timestamp, to_timestamp};
 use crate::domain_access::{COLUMNS, fetch, from_row, insert};
 use crate::idempotency::Idempotency;
+use crate::layers::auth::caller;
 use crate::page::Page;
 use crate::resource::{check_etag, delete_at, etag, flag, mask_paths, opt_time};
 use coursewire_core::error::{ApiError, ApiResult, Reason};

@@ -1,9 +1,7 @@
 //! Coursewire's gRPC API: one module per resource (handler and queries side by side),
 //! with auth as a tower layer, one error type, and the event outbox.
 pub mod account;
-pub mod admission;
 pub mod api_keys;
-pub mod auth;
 pub mod clock;
 pub mod courses;
 pub mod domain_access;
@@ -11,16 +9,15 @@ pub mod domain_users;
 pub mod domains;
 pub mod enrollments;
 pub mod events;
-pub mod gateway;
 pub mod groups;
 pub mod idempotency;
+pub mod layers;
 pub mod learning_paths;
-pub mod limits;
 pub mod metrics;
 pub mod organizations;
 pub mod page;
+pub mod policy;
 pub mod published_courses;
-pub mod request_id;
 pub mod resource;
 pub mod retention;
 pub mod server;
@@ -39,9 +36,9 @@ use page::TokenKey;
 pub struct AppState {
     pub db: Db,
     pub clock: SharedClock,
-    pub limiter: Arc<limits::Limiter>,
+    pub limiter: Arc<layers::limits::Limiter>,
     /// Paces writes while the webhook dispatchers are behind (backpressure).
-    pub admission: Arc<admission::Admission>,
+    pub admission: Arc<layers::admission::Admission>,
     /// What the event relay tells readers (WatchEvents) and health.
     pub hub: Arc<events::relay::Hub>,
     /// Seals webhook secrets and header values at rest.
@@ -60,14 +57,14 @@ impl AppState {
     pub fn new(
         db: Db,
         clock: SharedClock,
-        limiter: Arc<limits::Limiter>,
+        limiter: Arc<layers::limits::Limiter>,
         hub: Arc<events::relay::Hub>,
         secrets: Arc<Keyring>,
         streams_per_org: usize,
     ) -> AppState {
         let tokens = TokenKey::new(secrets.subkey("coursewire page tokens"));
         AppState {
-            admission: admission::Admission::new(db.clone(), clock.clone()),
+            admission: layers::admission::Admission::new(db.clone(), clock.clone()),
             db,
             clock,
             limiter,

@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status};
 
 use crate::AppState;
 use crate::clock::to_timestamp;
-use crate::limits::window::Overrides;
 use crate::page::Page;
+use crate::policy::windows::Overrides;
 use crate::resource::{flag, mask_paths};
 use coursewire_core::error::{ApiError, ApiResult, Reason};
 use coursewire_core::store::{Db, is_unique_violation};

@@ -23,22 +23,23 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::AppState;
 use crate::account::AccountApi;
-use crate::admission::AdmissionLayer;
 use crate::api_keys::ApiKeyApi;
-use crate::auth::{AuthLayer, Authenticator};
 use crate::courses::CourseApi;
 use crate::domain_users::DomainUserApi;
 use crate::domains::DomainApi;
 use crate::enrollments::EnrollmentApi;
 use crate::events::EventApi;
-use crate::gateway::{HttpJsonLayer, MAX_MESSAGE_BYTES};
 use crate::groups::GroupApi;
+use crate::layers::admission::Pace;
+use crate::layers::around::Around;
+use crate::layers::auth::{Authenticate, Authenticator};
+use crate::layers::gateway::{HttpJsonLayer, MAX_MESSAGE_BYTES};
+use crate::layers::limits::layer::RateLimit;
+use crate::layers::metrics::RpcMetricsLayer;
+use crate::layers::request_id::RequestIdLayer;
 use crate::learning_paths::LearningPathApi;
-use crate::limits::layer::RateLimitLayer;
-use crate::metrics::RpcMetricsLayer;
 use crate::organizations::OrganizationApi;
 use crate::published_courses::PublishedCourseApi;
-use crate::request_id::RequestIdLayer;
 use crate::users::UserApi;
 use crate::webhooks::WebhookApi;
 use coursewire_core::error::{ApiError, Reason};
@@ -122,9 +123,9 @@ pub async fn serve(
             .layer(RequestIdLayer)
             .layer(RpcMetricsLayer)
             .map_response(oversized_is_resource_exhausted)
-            .layer(AuthLayer(auth.clone()))
-            .layer(RateLimitLayer(state.limiter.clone()))
-            .layer(AdmissionLayer(state.admission.clone()))
+            .layer(Around(Authenticate(auth.clone())))
+            .layer(Around(RateLimit(state.limiter.clone())))
+            .layer(Around(Pace(state.admission.clone())))
     };
     // Streams end (with a cursor) when stopping, or the graceful drain would wait on them.
     let streams = state.streams.clone();

@@ -11,9 +11,9 @@ use sqlx::any::AnyRow;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::caller;
 use crate::clock::to_timestamp;
 use crate::idempotency::Idempotency;
+use crate::layers::auth::caller;
 use crate::page::Page;
 use crate::resource::{Table, check_etag, etag, flag, mask_paths};
 use coursewire_core::error::{ApiError, ApiResult, Reason};

@@ -59,8 +59,8 @@ pub fn report(value: serde_json::Value) {
 
 /// Organization `bench` and a key for it (scope `*`), made through the real code path.
 pub async fn bench_org(db: &coursewire_core::store::Db) -> anyhow::Result<String> {
-    use coursewire_api::auth::{self, NewKey};
     use coursewire_api::clock::{Clock, SystemClock};
+    use coursewire_api::layers::auth::{self, NewKey};
     let now = SystemClock.now_ms();
     coursewire_api::organizations::create_org(db, "bench", "Bench", now)
         .await
@@ -83,7 +83,7 @@ pub async fn start_server(db: coursewire_core::store::Db) -> anyhow::Result<cour
     use std::sync::Arc;
 
     use coursewire_api::clock::SystemClock;
-    use coursewire_api::limits::{self, OnError};
+    use coursewire_api::layers::limits::{self, OnError};
     let clock = Arc::new(SystemClock);
     coursewire::app::Application::build(coursewire::app::Settings {
         db,

@@ -14,9 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::policy::CallClass;
-use crate::auth::{Caller, caller};
 use crate::idempotency::Idempotency;
+use crate::layers::auth::{Caller, caller};
 use crate::page::Page;
 use crate::resource::{item_error, mask_paths};
 use coursewire_core::error::{ApiError, ApiResult, Reason};
@@ -206,8 +205,8 @@ impl EnrollmentService for EnrollmentApi {
             return Err(ApiError::field("requests", format!("must hold 1 to {MAX_BATCH} items")).into());
         }
         let idem = Idempotency::new(who.org(), &r.request_id, "BatchCreateEnrollments", &r)?;
-        // A batch counts its items against the modify limit, all or nothing.
-        let verdict = self.0.limiter.admit_items(&who, CallClass::Modify, r.requests.len()).await?;
+        // A batch counts its items against its limit, all or nothing (see `policy`).
+        let verdict = self.0.limiter.admit_items(&who, r.requests.len()).await?;
         let now = self.0.clock.now_ms();
         let mut tx = self.0.db.begin().await?;
         if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {

@@ -10,8 +10,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::log::{COLUMNS, event_from_row, type_terms};
 use crate::AppState;
-use crate::auth::caller;
 use crate::clock::from_timestamp;
+use crate::layers::auth::caller;
 use crate::page::Page;
 use coursewire_core::error::{ApiError, ApiResult};
 use coursewire_core::events::{Mark, in_order};

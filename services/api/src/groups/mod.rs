@@ -14,10 +14,9 @@ use sqlx::AnyConnection;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::caller;
-use crate::auth::policy::CallClass;
 use crate::clock::to_timestamp;
 use crate::idempotency::Idempotency;
+use crate::layers::auth::caller;
 use crate::learning_paths::members::PATHS;
 use crate::page::Page;
 use crate::published_courses::PUBLISHED_COURSES;
@@ -266,7 +265,7 @@ impl GroupService for GroupApi {
         let r = req.into_inner();
         check_members(&r.group_id, &r.user_ids)?;
         let idem = Idempotency::new(who.org(), &r.request_id, "AddGroupMembers", &r)?;
-        let verdict = self.0.limiter.admit_items(&who, CallClass::Modify, r.user_ids.len()).await?;
+        let verdict = self.0.limiter.admit_items(&who, r.user_ids.len()).await?;
         let now = self.0.clock.now_ms();
         let mut tx = self.0.db.begin().await?;
         if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {
@@ -330,7 +329,7 @@ impl GroupService for GroupApi {
         let who = caller(&req)?;
         let r = req.into_inner();
         check_members(&r.group_id, &r.user_ids)?;
-        let verdict = self.0.limiter.admit_items(&who, CallClass::Modify, r.user_ids.len()).await?;
+        let verdict = self.0.limiter.admit_items(&who, r.user_ids.len()).await?;
         let now = self.0.clock.now_ms();
         let mut tx = self.0.db.begin().await?;
         fetch_group(&mut tx, who.org(), &r.group_id).await?;

@@ -13,10 +13,10 @@ use sqlx::any::AnyRow;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::caller;
 use crate::clock::to_timestamp;
 use crate::enrollments::write::Dates;
 use crate::idempotency::Idempotency;
+use crate::layers::auth::caller;
 use crate::page::Page;
 use crate::published_courses::PUBLISHED_COURSES;
 use crate::resource::{check_etag, etag, mask_paths};

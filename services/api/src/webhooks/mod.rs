@@ -13,9 +13,9 @@ use sqlx::{AnyConnection, Row};
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::caller;
 use crate::clock::{opt_timestamp, to_timestamp};
 use crate::idempotency::Idempotency;
+use crate::layers::auth::caller;
 use crate::page::Page;
 use crate::resource::{check_etag, etag, mask_paths, opt_time};
 use coursewire_core::error::{ApiError, ApiResult, Reason};

@@ -5,8 +5,8 @@ use ipnet::IpNet;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::policy::RESOURCES;
-use crate::limits::window::{OrgLimits, Overrides, Window, parse_windows};
+use crate::policy::RESOURCES;
+use crate::policy::windows::{OrgLimits, Overrides, Window, parse_windows};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scopes(pub Vec<String>);

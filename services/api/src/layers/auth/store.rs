@@ -5,7 +5,7 @@ use ipnet::IpNet;
 use super::delegation::{self, Authority};
 use super::keys;
 use super::record::{KeyRecord, Scopes};
-use crate::limits::window::{Window, parse_windows};
+use crate::policy::windows::{Window, parse_windows};
 use coursewire_core::error::{ApiError, ApiResult, Reason};
 use coursewire_core::ids::new_id;
 use coursewire_core::store::Db;

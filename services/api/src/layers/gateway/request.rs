@@ -206,10 +206,10 @@ fn form_urlencoded(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::routes::{Matched, Routes};
+    use crate::layers::gateway::routes::{Matched, Routes};
 
     fn encode_for(verb: http::Method, path: &str, query: Option<&str>, body: &str) -> ApiResult<DynamicMessage> {
-        let routes = Routes::from_pool(&crate::gateway::routes::pool()).unwrap();
+        let routes = Routes::from_pool(&crate::layers::gateway::routes::pool()).unwrap();
         let Matched::Route(route, bindings) = routes.find(&verb, path) else { panic!("no route for {path}") };
         let bytes = encode(route, bindings, query, body.as_bytes())?;
         Ok(DynamicMessage::decode(route.method.input(), bytes.as_slice()).unwrap())

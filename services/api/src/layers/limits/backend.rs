@@ -1,6 +1,6 @@
 //! What a rate-limit backend is: it decides for subjects (counters with their windows),
 //! atomically. The limiter holds one; memory and Redis implement it.
-use super::window::{Window, WindowState};
+use crate::policy::windows::{Window, WindowState};
 
 /// One counter and the windows that apply to it.
 pub struct Subject<'a> {

@@ -4,7 +4,7 @@
 use redis::aio::ConnectionManager;
 
 use super::backend::{Backend, Subject};
-use super::window::{DAY_MS, Span, WindowState, day_start, longest_sliding};
+use crate::policy::windows::{DAY_MS, Span, WindowState, day_start, longest_sliding};
 
 /// KEYS: per subject, its sorted set then its day counter.
 /// ARGV: now, n, nonce, subject count; per subject: window count, ms to keep; per window:

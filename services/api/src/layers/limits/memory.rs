@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use super::backend::{Backend, Subject};
-use super::window::{DAY_MS, Span, Window, WindowState, day_start, longest_sliding};
+use crate::policy::windows::{DAY_MS, Span, Window, WindowState, day_start, longest_sliding};
 
 #[derive(Default)]
 struct Log {
