@@ -35,7 +35,7 @@ use crate::layers::around::Around;
 use crate::layers::auth::{Authenticate, Authenticator};
 use crate::layers::gateway::{HttpJsonLayer, MAX_MESSAGE_BYTES};
 use crate::layers::limits::layer::RateLimit;
-use crate::layers::metrics::RpcMetricsLayer;
+use crate::layers::metrics::{RpcMetricsLayer, UnmatchedLayer};
 use crate::layers::request_id::RequestIdLayer;
 use crate::learning_paths::LearningPathApi;
 use crate::organizations::OrganizationApi;
@@ -111,16 +111,19 @@ pub async fn serve(
     let auth = Authenticator::new(state.db.clone(), state.clock.clone(), trusted_proxies);
     let gateway = HttpJsonLayer::new()?;
     let cors = cors(&listeners.cors_allowed_origins)?;
-    // Outermost first: answer CORS preflights; translate HTTP/JSON and gRPC-Web (browsers,
-    // over HTTP/1.1 or HTTP/2) into gRPC, so everything below sees one protocol; name the
-    // call, measure it, authenticate, count it against its organization's limits, then (a
-    // write, while the webhook dispatchers are behind) wait for its turn.
+    // Outermost first (see `layers`): name the call (request id), so every answer carries
+    // one; count the answers no method gives; answer CORS preflights; translate HTTP/JSON
+    // and gRPC-Web (browsers, over HTTP/1.1 or HTTP/2) into gRPC, so everything below sees
+    // one protocol; measure the call by method, authenticate, count it against its
+    // organization's limits, then (a write, while the webhook dispatchers are behind) wait
+    // for its turn.
     let layers = |http_json: bool| {
         tower::ServiceBuilder::new()
+            .layer(RequestIdLayer)
+            .layer(UnmatchedLayer)
             .option_layer(cors.clone())
             .layer(gateway.clone().enabled(http_json))
             .layer(tonic_web::GrpcWebLayer::new())
-            .layer(RequestIdLayer)
             .layer(RpcMetricsLayer)
             .map_response(oversized_is_resource_exhausted)
             .layer(Around(Authenticate(auth.clone())))

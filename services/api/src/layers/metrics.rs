@@ -1,10 +1,15 @@
-//! The per-call metrics layer: every call counted by method and status code, and timed to
-//! its last byte (`coursewire_grpc_requests_total`, `coursewire_grpc_request_duration_seconds`;
-//! `crate::metrics` describes them). Label values come from closed sets: our methods (from
-//! the policy table) and gRPC's codes; any other path is counted as `unknown`.
+//! The per-call metrics: every answer counted by method and status code, and timed to its
+//! last byte (`coursewire_grpc_requests_total`, `coursewire_grpc_request_duration_seconds`;
+//! `crate::metrics` describes them). Two layers: `RpcMetricsLayer`, inside the gateway and
+//! gRPC-Web, counts the calls that reach a method, by that method; `UnmatchedLayer`, outside
+//! them, counts the answers given before any method was reached (the gateway's own, CORS
+//! preflights, gRPC-Web's refusals) as method `unmatched`, so every answer is counted once.
+//! Label values come from closed sets: our methods (from the policy table), `unknown` for
+//! any other gRPC path, `unmatched`, and gRPC's codes.
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{LazyLock, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -119,6 +124,9 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if let Some(Reached(reached)) = req.extensions().get::<Reached>() {
+            reached.store(true, Ordering::Relaxed);
+        }
         let series = series_of(req.uri().path());
         let started = Instant::now();
         let response = self.inner.call(req);
@@ -184,5 +192,77 @@ impl http_body::Body for Watched {
 impl Drop for Watched {
     fn drop(&mut self) {
         self.finish(CANCELLED);
+    }
+}
+
+/// Set when a call reaches `RpcMetricsLayer`, which then counts it.
+#[derive(Clone, Default)]
+struct Reached(Arc<AtomicBool>);
+
+/// Counts the answers no method gave, as method `unmatched`: the gateway's own (an unknown
+/// route, 405, a body too large or malformed, `/openapi.json`, `/docs`), CORS preflights and
+/// gRPC-Web's refusals. Sits outside the gateway; a call that reaches a method is left to
+/// `RpcMetricsLayer`.
+#[derive(Clone, Copy, Default)]
+pub struct UnmatchedLayer;
+
+impl<S> tower::Layer<S> for UnmatchedLayer {
+    type Service = Unmatched<S>;
+    fn layer(&self, inner: S) -> Unmatched<S> {
+        Unmatched { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct Unmatched<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for Unmatched<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        static UNMATCHED: LazyLock<MethodSeries> = LazyLock::new(|| MethodSeries::new("unmatched", "unmatched"));
+        let reached = Reached::default();
+        req.extensions_mut().insert(reached.clone());
+        let started = Instant::now();
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let response = response.await?;
+            if !reached.0.load(Ordering::Relaxed) {
+                let code = status_code(response.headers()).unwrap_or_else(|| code_of_http(response.status()));
+                UNMATCHED.finish(code, started);
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The gRPC code of an HTTP answer (the reverse of the gateway's mapping, AIP-193; 405 is
+/// UNIMPLEMENTED, as gRPC reads it).
+fn code_of_http(status: http::StatusCode) -> usize {
+    match status.as_u16() {
+        200..=399 => 0,
+        400 => 3,
+        401 => 16,
+        403 => 7,
+        404 => 5,
+        405 | 501 => 12,
+        409 => 6,
+        413 | 429 => 8,
+        499 => CANCELLED,
+        503 => 14,
+        504 => 4,
+        _ => UNKNOWN,
     }
 }

@@ -2,16 +2,17 @@
 //! resource's handler. `server.rs` stacks them in this order:
 //!
 //! ```text
-//!   CORS (tower-http; only with --cors-allowed-origins)
-//!    └─ gateway       HTTP/JSON → gRPC (routes, bodies, /openapi.json, /docs)
-//!        └─ gRPC-Web  (tonic-web) → gRPC
-//!            └─ request_id   x-request-id and trace context for the call
-//!                └─ metrics  counts and times the call by method and code
-//!                    └─ (server.rs: an oversized message → RESOURCE_EXHAUSTED)
-//!                        └─ auth       key → `Caller` (scopes from `crate::policy`)
-//!                            └─ limits     charges the organization's and key's windows
-//!                                └─ admission  paces writes while webhooks are behind
-//!                                    └─ the resource services (one module each)
+//!   request_id      x-request-id and trace context, on every answer the process gives
+//!    └─ metrics (UnmatchedLayer)  counts answers no method gave, as `unmatched`
+//!        └─ CORS (tower-http; only with --cors-allowed-origins)
+//!            └─ gateway       HTTP/JSON → gRPC (routes, bodies, /openapi.json, /docs)
+//!                └─ gRPC-Web  (tonic-web) → gRPC
+//!                    └─ metrics (RpcMetricsLayer)  counts and times the call by method
+//!                        └─ (server.rs: an oversized message → RESOURCE_EXHAUSTED)
+//!                            └─ auth       key → `Caller` (scopes from `crate::policy`)
+//!                                └─ limits     charges the organization's and key's windows
+//!                                    └─ admission  paces writes while webhooks are behind
+//!                                        └─ the resource services (one module each)
 //! ```
 //!
 //! Auth, limits and admission are rules run by `around::Around`; the others are tower

@@ -125,6 +125,10 @@ where
             // traceparent) and extensions (the peer address) carry over.
             parts.method = http::Method::POST;
             parts.uri = route.grpc_path.parse().expect("a gRPC path is a valid URI");
+            if coursewire_core::trace::exporting() {
+                // The call's span (see `request_id`) takes the method's name, as a gRPC call's does.
+                tracing::Span::current().record("otel.name", route.grpc_path.trim_start_matches('/'));
+            }
             parts.version = http::Version::HTTP_2;
             parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
             parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
