@@ -102,7 +102,7 @@ impl Application {
             db: state.db.clone(),
             clock: state.clock.clone(),
             wake: state.fanout.clone(),
-            owner: coursewire_core::ids::new_id("worker"),
+            owner: coursewire_core::ids::new_id(coursewire_core::ids::kind::WORKER),
         };
         background.push(tokio::spawn(fanout.run()));
         let (stop_serving, stopped) = oneshot::channel::<()>();

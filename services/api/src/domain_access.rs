@@ -10,7 +10,7 @@ use crate::clock::{opt_timestamp, to_timestamp};
 use crate::resource::{delete_at, etag, flag};
 use coursewire_core::error::{ApiError, ApiResult};
 use coursewire_core::events::{self, Change};
-use coursewire_core::ids::new_id;
+use coursewire_core::ids::{kind, new_id};
 use coursewire_core::store::Tx;
 
 pub(crate) const COLUMNS: &str =
@@ -56,7 +56,7 @@ pub(crate) async fn insert(
     now: i64,
 ) -> ApiResult<Option<DomainUser>> {
     let du = DomainUser {
-        id: new_id("dus"),
+        id: new_id(kind::DOMAIN_USER),
         domain_id: domain_id.into(),
         user_id: user_id.into(),
         active,

@@ -15,13 +15,13 @@ use crate::page::Page;
 use crate::resource::{check_etag, delete_at, etag, flag, mask_paths, opt_time};
 use coursewire_core::error::{ApiError, ApiResult, Reason};
 use coursewire_core::events::{self, Change};
-use coursewire_core::ids::check_id;
+use coursewire_core::ids::{check_id, kind};
 use coursewire_core::validate::Violations;
 
 pub struct DomainUserApi(pub Arc<AppState>);
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    coursewire_core::ids::require(field, "dus", id)
+    coursewire_core::ids::require(field, kind::DOMAIN_USER, id)
 }
 
 #[tonic::async_trait]
@@ -31,8 +31,8 @@ impl DomainUserService for DomainUserApi {
         let r = req.into_inner();
         let du = r.domain_user.clone().unwrap_or_default();
         let mut v = Violations::default();
-        check_id(&mut v, "domain_user.domain_id", "dom", &du.domain_id);
-        check_id(&mut v, "domain_user.user_id", "usr", &du.user_id);
+        check_id(&mut v, "domain_user.domain_id", kind::DOMAIN, &du.domain_id);
+        check_id(&mut v, "domain_user.user_id", kind::USER, &du.user_id);
         let expires_at = opt_time(&mut v, "domain_user.expires_at", du.expires_at.as_ref());
         v.finish()?;
         let idem = Idempotency::new(who.org(), &r.request_id, "CreateDomainUser", &r)?;
@@ -66,10 +66,10 @@ impl DomainUserService for DomainUserApi {
         let r = req.get_ref();
         let mut v = Violations::default();
         if !r.domain_id.is_empty() {
-            check_id(&mut v, "domain_id", "dom", &r.domain_id);
+            check_id(&mut v, "domain_id", kind::DOMAIN, &r.domain_id);
         }
         if !r.user_id.is_empty() {
-            check_id(&mut v, "user_id", "usr", &r.user_id);
+            check_id(&mut v, "user_id", kind::USER, &r.user_id);
         }
         v.finish()?;
         let page = Page::new(

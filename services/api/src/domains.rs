@@ -15,7 +15,7 @@ use crate::layers::auth::caller;
 use crate::page::Page;
 use crate::resource::{Table, check_etag, etag, mask_paths};
 use coursewire_core::error::{ApiError, ApiResult, Reason};
-use coursewire_core::ids::new_id;
+use coursewire_core::ids::{kind, new_id};
 use coursewire_core::store::{Tx, is_unique_violation};
 use coursewire_core::validate::{Violations, is_hostname};
 
@@ -87,7 +87,7 @@ pub(crate) async fn fetch<'e>(
 }
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    coursewire_core::ids::require(field, "dom", id)
+    coursewire_core::ids::require(field, kind::DOMAIN, id)
 }
 
 #[tonic::async_trait]
@@ -105,7 +105,7 @@ impl DomainService for DomainApi {
         if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {
             return Ok(Response::new(done));
         }
-        d.id = new_id("dom");
+        d.id = new_id(kind::DOMAIN);
         d.created_at = Some(to_timestamp(now));
         d.updated_at = d.created_at;
         d.etag = etag(1);

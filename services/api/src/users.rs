@@ -17,7 +17,7 @@ use crate::layers::auth::caller;
 use crate::page::Page;
 use crate::resource::{Table, check_etag, etag, flag, mask_paths};
 use coursewire_core::error::{ApiError, ApiResult, Reason};
-use coursewire_core::ids::new_id;
+use coursewire_core::ids::{kind, new_id};
 use coursewire_core::store::{Tx, is_unique_violation};
 use coursewire_core::validate::{Violations, is_email};
 
@@ -135,7 +135,7 @@ pub(crate) async fn fetch<'e>(
 }
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    coursewire_core::ids::require(field, "usr", id)
+    coursewire_core::ids::require(field, kind::USER, id)
 }
 
 #[tonic::async_trait]
@@ -153,7 +153,7 @@ impl UserService for UserApi {
         if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {
             return Ok(Response::new(done));
         }
-        u.id = new_id("usr");
+        u.id = new_id(kind::USER);
         u.active = !r.inactive;
         u.created_at = Some(to_timestamp(now));
         u.updated_at = u.created_at;

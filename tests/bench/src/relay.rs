@@ -39,7 +39,7 @@ async fn insert(db: &Db, from: i64, count: i64) -> anyhow::Result<()> {
     .execute(db.pool())
     .await?;
     // What an API replica's commit sends with its events.
-    sqlx::query("SELECT pg_notify('coursewire_outbox', '')").execute(db.pool()).await?;
+    sqlx::query("SELECT pg_notify($1, '')").bind(coursewire_core::store::OUTBOX_CHANNEL).execute(db.pool()).await?;
     Ok(())
 }
 

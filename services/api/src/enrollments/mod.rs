@@ -19,7 +19,7 @@ use crate::layers::auth::{Caller, caller};
 use crate::page::Page;
 use crate::resource::{item_error, mask_paths};
 use coursewire_core::error::{ApiError, ApiResult, Reason};
-use coursewire_core::ids::check_id;
+use coursewire_core::ids::{check_id, kind};
 use coursewire_core::validate::Violations;
 use store::Filter;
 
@@ -31,7 +31,7 @@ pub const MAX_BATCH: usize = 1000;
 const EXPORT_CHUNK: i64 = 500;
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    coursewire_core::ids::require(field, "enr", id)
+    coursewire_core::ids::require(field, kind::ENROLLMENT, id)
 }
 
 /// An enrollment this call completed advances the learning paths that hold its course, in
@@ -158,8 +158,8 @@ impl EnrollmentService for EnrollmentApi {
         let who = caller(&req)?;
         let r = req.get_ref();
         let mut v = Violations::default();
-        check_id(&mut v, "enrollment_id", "enr", &r.enrollment_id);
-        check_id(&mut v, "lesson_id", "les", &r.lesson_id);
+        check_id(&mut v, "enrollment_id", kind::ENROLLMENT, &r.enrollment_id);
+        check_id(&mut v, "lesson_id", kind::LESSON, &r.lesson_id);
         let state = LessonState::try_from(r.state).unwrap_or(LessonState::Unspecified);
         v.check(state != LessonState::Unspecified, "state", "must be IN_PROGRESS or COMPLETED");
         score_ok(&mut v, "score", r.score);
@@ -182,7 +182,7 @@ impl EnrollmentService for EnrollmentApi {
         let who = caller(&req)?;
         let r = req.get_ref();
         let mut v = Violations::default();
-        check_id(&mut v, "id", "enr", &r.id);
+        check_id(&mut v, "id", kind::ENROLLMENT, &r.id);
         score_ok(&mut v, "score", r.score);
         v.finish()?;
         let mut tx = self.0.db.begin().await?;

@@ -10,7 +10,7 @@ use crate::clock::{opt_timestamp, to_timestamp};
 use crate::resource::opt_time;
 use coursewire_core::error::{ApiError, ApiResult, Reason};
 use coursewire_core::events::{self, Change};
-use coursewire_core::ids::{check_id, new_id};
+use coursewire_core::ids::{check_id, kind, new_id};
 use coursewire_core::store::is_unique_violation;
 use coursewire_core::validate::Violations;
 
@@ -46,8 +46,8 @@ impl Dates {
 
 pub fn validate_create(r: &CreateEnrollmentRequest, prefix: &str, now: i64) -> ApiResult<Dates> {
     let mut v = Violations::default();
-    check_id(&mut v, &format!("{prefix}user_id"), "usr", &r.user_id);
-    check_id(&mut v, &format!("{prefix}published_course_id"), "pub", &r.published_course_id);
+    check_id(&mut v, &format!("{prefix}user_id"), kind::USER, &r.user_id);
+    check_id(&mut v, &format!("{prefix}published_course_id"), kind::PUBLISHED_COURSE, &r.published_course_id);
     let dates = Dates::validate(&mut v, prefix, r.expires_at.as_ref(), r.due_at.as_ref(), now);
     v.finish()?;
     Ok(dates)
@@ -118,7 +118,7 @@ pub async fn create(
     }
     crate::domain_access::ensure(conn, org, &t.domain_id, &r.user_id, now).await?;
     let e = Enrollment {
-        id: new_id("enr"),
+        id: new_id(kind::ENROLLMENT),
         user_id: r.user_id.clone(),
         published_course_id: r.published_course_id.clone(),
         course_id: t.course_id,

@@ -15,7 +15,7 @@ use crate::layers::auth::caller;
 use crate::page::Page;
 use coursewire_core::error::{ApiError, ApiResult};
 use coursewire_core::events::{Mark, in_order};
-use coursewire_core::ids::check_id;
+use coursewire_core::ids::{check_id, kind};
 use coursewire_core::validate::Violations;
 
 pub struct EventApi(pub Arc<AppState>);
@@ -83,7 +83,7 @@ impl EventService for EventApi {
         let who = caller(&req)?;
         let id = &req.get_ref().id;
         let mut v = Violations::default();
-        check_id(&mut v, "id", "evt", id);
+        check_id(&mut v, "id", kind::EVENT, id);
         v.finish()?;
         let row =
             sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM events WHERE id = $1 AND org_id = $2")))
@@ -107,7 +107,7 @@ impl EventService for EventApi {
         let mut v = Violations::default();
         check_types(&mut v, &r.types);
         if !r.after_event_id.is_empty() {
-            check_id(&mut v, "after_event_id", "evt", &r.after_event_id);
+            check_id(&mut v, "after_event_id", kind::EVENT, &r.after_event_id);
         }
         v.finish()?;
         let permit = self.0.streams.open(who.org())?;

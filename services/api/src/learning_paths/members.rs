@@ -10,7 +10,7 @@ use crate::clock::{opt_timestamp, to_timestamp};
 use crate::enrollments::write::{self as course_enrollments, Dates};
 use crate::resource::{Table, etag};
 use coursewire_core::error::{ApiError, ApiResult, Reason};
-use coursewire_core::ids::new_id;
+use coursewire_core::ids::{kind, new_id};
 use coursewire_core::store::is_unique_violation;
 
 /// The learning paths (served by the LearningPathService in `mod.rs`; here because a path
@@ -118,7 +118,7 @@ pub async fn create(
     if let Some(id) = existing {
         return Err(duplicate(id));
     }
-    let id = new_id("pen");
+    let id = new_id(kind::PATH_ENROLLMENT);
     let insert = sqlx::query(
         "INSERT INTO path_enrollments (id, org_id, path_id, user_id, state, enrolled_at, due_at, updated_at, sequence) \
          VALUES ($1, $2, $3, $4, 'ACTIVE', $5, $6, $5, 1)",

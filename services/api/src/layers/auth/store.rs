@@ -7,7 +7,7 @@ use super::keys;
 use super::record::{KeyRecord, Scopes};
 use crate::policy::windows::{Window, parse_windows};
 use coursewire_core::error::{ApiError, ApiResult, Reason};
-use coursewire_core::ids::new_id;
+use coursewire_core::ids::{kind, new_id};
 use coursewire_core::store::Db;
 use coursewire_core::validate::Violations;
 
@@ -126,7 +126,7 @@ pub async fn create_key(db: &Db, new: NewKey, now: i64, grantor: Option<&KeyReco
         }
     }
     let secret = keys::generate();
-    let id = new_id("key");
+    let id = new_id(kind::API_KEY);
     sqlx::query(
         "INSERT INTO api_keys (id, org_id, platform, prefix, secret_hash, label, scopes, allowed_cidrs, created_at, expires_at, rate_limit) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
