@@ -12,9 +12,10 @@
 //! (three quarters of `grpc-timeout`) or 5 s is answered UNAVAILABLE, `DELIVERIES_BEHIND`, with the delay to
 //! retry after, and nothing is written. Each replica paces itself from the same signal, so
 //! any number of replicas together follow the dispatchers' capacity.
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::{Mutex, MutexGuard};
 use tokio::time::Instant;
 use tonic::Status;
 
@@ -146,8 +147,8 @@ impl Admission {
         })
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     fn now(&self) -> f64 {

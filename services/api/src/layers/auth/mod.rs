@@ -10,10 +10,11 @@ mod store;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
+use parking_lot::Mutex;
 use subtle::ConstantTimeEq;
 use tonic::Status;
 use tonic::transport::server::TcpConnectInfo;
@@ -112,13 +113,13 @@ impl Authenticator {
     }
 
     async fn lookup(&self, hash: &str) -> ApiResult<Option<Arc<KeyRecord>>> {
-        if let Some((at, key)) = self.cache.lock().unwrap().get(hash)
+        if let Some((at, key)) = self.cache.lock().get(hash)
             && at.elapsed() < CACHE_TTL
         {
             return Ok(key.clone());
         }
         let key = store::find_key(&self.db, hash).await?.map(Arc::new);
-        let mut cache = self.cache.lock().unwrap();
+        let mut cache = self.cache.lock();
         if cache.len() > 10_000 {
             cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
         }

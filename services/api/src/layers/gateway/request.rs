@@ -15,7 +15,8 @@ pub fn encode(route: &Route, bindings: Vec<(String, String)>, query: Option<&str
     let input = route.method.input();
     let mut request = Map::new();
     let body = parse_body(body)?;
-    for (name, value) in form_urlencoded(query.unwrap_or_default()) {
+    // `application/x-www-form-urlencoded` pairs (`+` is a space), as browsers and curl send them.
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         let field = field_path(&input, &name).ok_or_else(|| {
             ApiError::field(&name, format!("`{}` has no field `{name}` for a query parameter", route.template))
         })?;
@@ -192,15 +193,6 @@ fn lookup<'a>(object: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
         value = value.as_object()?.get(part)?;
     }
     Some(value)
-}
-
-/// `application/x-www-form-urlencoded` pairs (`+` is a space), as browsers and curl send them.
-fn form_urlencoded(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    let decode = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
-    query.split('&').filter(|p| !p.is_empty()).map(move |pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode(k), decode(v))
-    })
 }
 
 #[cfg(test)]

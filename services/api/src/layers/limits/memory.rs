@@ -1,7 +1,8 @@
 //! In-memory limiter for a single process: per subject, a log of admissions with running
 //! totals, so counting a window is two binary searches however full it is.
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+
+use parking_lot::Mutex;
 
 use super::backend::{Backend, Subject};
 use crate::policy::windows::{DAY_MS, Span, Window, WindowState, day_start, longest_sliding};
@@ -76,7 +77,7 @@ pub struct MemoryBackend {
 #[tonic::async_trait]
 impl Backend for MemoryBackend {
     async fn decide(&self, subjects: &[Subject<'_>], n: u64, now: i64) -> anyhow::Result<Vec<Vec<WindowState>>> {
-        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut logs = self.logs.lock();
         let states: Vec<Vec<WindowState>> = subjects
             .iter()
             .map(|s| {
