@@ -1,5 +1,7 @@
-//! Coursewire's gRPC API: one module per resource (handler and queries side by side),
-//! with auth as a tower layer, one error type, and the event outbox.
+//! Coursewire's gRPC API: the request pipeline every call passes (`layers`, reading the
+//! method table in `policy`), one module per resource (handler and queries side by side),
+//! the event relay and EventService (`events`), all assembled by `server`. Core types
+//! (store, errors, ids, config, secrets, events) are imported from `coursewire_core`.
 pub mod account;
 pub mod api_keys;
 pub mod clock;
