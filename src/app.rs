@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use coursewire_api::clock::SharedClock;
 use coursewire_api::enrollments::deadlines::Deadlines;
-use coursewire_api::events::bus::Bus;
 use coursewire_api::events::relay::{Hub, Relay};
 use coursewire_api::groups::fanout::FanOut;
-use coursewire_api::limits::Limiter;
+use coursewire_api::layers::limits::Limiter;
 use coursewire_api::retention::Retention;
-use coursewire_api::secrets::Keyring;
-use coursewire_api::store::Db;
 use coursewire_api::{AppState, server};
+use coursewire_core::events::bus::Bus;
+use coursewire_core::secrets::Keyring;
+use coursewire_core::store::Db;
 use coursewire_dispatcher::{Config as DispatcherConfig, Dispatcher, Source};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -102,7 +102,7 @@ impl Application {
             db: state.db.clone(),
             clock: state.clock.clone(),
             wake: state.fanout.clone(),
-            owner: coursewire_api::ids::new_id("worker"),
+            owner: coursewire_core::ids::new_id(coursewire_core::ids::kind::WORKER),
         };
         background.push(tokio::spawn(fanout.run()));
         let (stop_serving, stopped) = oneshot::channel::<()>();

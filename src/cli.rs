@@ -3,18 +3,18 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use coursewire_api::auth::{self, NewKey};
 use coursewire_api::clock::{Clock, SystemClock, rfc3339};
-use coursewire_api::config::parse_duration;
 use coursewire_api::events::amqp::AmqpBus;
-use coursewire_api::events::bus::{Bus, InProcessBus};
 use coursewire_api::events::relay::Hub;
-use coursewire_api::events::topology::Topology;
-use coursewire_api::limits::window::parse_windows;
-use coursewire_api::limits::{self, OnError};
-use coursewire_api::secrets::Keyring;
-use coursewire_api::store::Db;
+use coursewire_api::layers::auth::{self, NewKey};
+use coursewire_api::layers::limits::{self, OnError};
+use coursewire_api::policy::windows::parse_windows;
 use coursewire_api::{organizations, server, webhooks};
+use coursewire_core::config::parse_duration;
+use coursewire_core::events::bus::{Bus, InProcessBus};
+use coursewire_core::events::topology::Topology;
+use coursewire_core::secrets::Keyring;
+use coursewire_core::store::Db;
 use coursewire_dispatcher::{Config as DispatcherConfig, Source};
 
 use crate::app::{Application, Settings};
@@ -311,7 +311,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             serve(common, db, clock, secrets.expect("checked above"), false).await
         }
         Command::Orgs(OrgsCommand::Create { id, name }) => {
-            auth::create_org(&db, &id, &name, clock.now_ms()).await.map_err(api_error)?;
+            organizations::create_org(&db, &id, &name, clock.now_ms()).await.map_err(api_error)?;
             println!("{id}");
             Ok(())
         }
@@ -362,7 +362,7 @@ async fn health(addr: &str, service: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn api_error(e: coursewire_api::error::ApiError) -> anyhow::Error {
+fn api_error(e: coursewire_core::error::ApiError) -> anyhow::Error {
     let details: Vec<String> = e.details.violations.iter().map(|(f, d)| format!("{f} {d}")).collect();
     if details.is_empty() {
         anyhow::anyhow!("{} ({})", e.message, e.reason)
@@ -419,7 +419,7 @@ async fn bootstrap(db: &Db, now: i64) -> anyhow::Result<()> {
     if orgs > 0 {
         return Ok(());
     }
-    auth::create_org(db, "default", "Default organization", now).await.map_err(api_error)?;
+    organizations::create_org(db, "default", "Default organization", now).await.map_err(api_error)?;
     let new = NewKey {
         org_id: Some("default".into()),
         label: "bootstrap".into(),

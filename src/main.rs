@@ -6,7 +6,7 @@ use coursewire::cli;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
-    let tracing = match coursewire_api::config::init_logging(
+    let tracing = match coursewire_core::config::init_logging(
         &cli.common.log_format,
         cli.common.otlp_endpoint.as_deref(),
         "coursewire",

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use coursewire_api::events::amqp::AmqpBus;
-use coursewire_api::events::bus::{Bus, Confirm, Outgoing};
 use coursewire_api::events::relay::{Hub, Relay};
-use coursewire_api::events::topology::Topology;
+use coursewire_core::events::bus::{Bus, Confirm, Outgoing};
+use coursewire_core::events::topology::Topology;
 use coursewire_proto::v1::*;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};

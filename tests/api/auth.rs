@@ -1,7 +1,7 @@
 //! Authentication forms and failures, scopes, and what a key may see.
 use base64::Engine;
-use coursewire_api::auth;
 use coursewire_api::clock::Clock;
+use coursewire_api::layers::auth;
 use coursewire_proto::v1::account_service_client::AccountServiceClient;
 use coursewire_proto::v1::*;
 use tonic::Code;

@@ -4,16 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coursewire::app::{Application, Settings};
-use coursewire_api::auth::{self, NewKey};
 use coursewire_api::clock::{Clock, ManualClock, SystemClock};
-use coursewire_api::events::bus::{Bus, InProcessBus};
 use coursewire_api::events::relay::Hub;
-use coursewire_api::events::topology::Topology;
-use coursewire_api::limits::window::{ClassLimits, parse_windows};
-use coursewire_api::limits::{self, Limiter, MemoryBackend, OnError, RedisBackend};
+use coursewire_api::layers::auth::{self, NewKey};
+use coursewire_api::layers::limits::{self, Limiter, MemoryBackend, OnError, RedisBackend};
+use coursewire_api::policy::windows::{ClassLimits, parse_windows};
 use coursewire_api::retention::Retention;
-use coursewire_api::secrets::Keyring;
-use coursewire_api::store::Db;
+use coursewire_core::events::bus::{Bus, InProcessBus};
+use coursewire_core::events::topology::Topology;
+use coursewire_core::secrets::Keyring;
+use coursewire_core::store::Db;
 use coursewire_dispatcher::{Config as DispatcherConfig, Source};
 use coursewire_proto::v1::account_service_client::AccountServiceClient;
 use coursewire_proto::v1::api_key_service_client::ApiKeyServiceClient;
@@ -159,7 +159,7 @@ pub enum Limits {
 impl Limits {
     pub async fn limiter(self, rate_limits: &str, clock: Arc<ManualClock>) -> Arc<Limiter> {
         let defaults = ClassLimits::uniform(parse_windows(rate_limits).unwrap());
-        let backend: Arc<dyn limits::Backend> = match self {
+        let backend: Arc<dyn limits::backend::Backend> = match self {
             Limits::Memory => Arc::new(MemoryBackend::default()),
             Limits::Redis => {
                 let url = service_url("COURSEWIRE_TEST_REDIS_URL");
@@ -268,7 +268,7 @@ impl Harness {
         };
         let db = Db::connect(&url).await.expect("connect and migrate");
         let clock = ManualClock::new(SystemClock.now_ms());
-        auth::create_org(&db, "acme", "Acme", clock.now_ms()).await.unwrap();
+        coursewire_api::organizations::create_org(&db, "acme", "Acme", clock.now_ms()).await.unwrap();
         let key = new_key(&db, "acme", &["*"], clock.now_ms()).await;
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -357,7 +357,7 @@ impl Harness {
 
     /// A second organization and its key, for isolation tests.
     pub async fn other_org(&self, id: &str) -> String {
-        auth::create_org(&self.db, id, id, self.clock.now_ms()).await.unwrap();
+        coursewire_api::organizations::create_org(&self.db, id, id, self.clock.now_ms()).await.unwrap();
         new_key(&self.db, id, &["*"], self.clock.now_ms()).await
     }
 

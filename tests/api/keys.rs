@@ -2,7 +2,7 @@
 //! revoked everywhere within a second, scopes and IP allowlists enforced on every method.
 use std::time::Duration;
 
-use coursewire_api::auth::policy::{Need, policy};
+use coursewire_api::policy::{Need, policy};
 use coursewire_proto::v1::*;
 use prost::Message;
 use tonic::Code;

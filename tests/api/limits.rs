@@ -229,7 +229,7 @@ limiter_tests!(
 async fn an_unreachable_redis_fails_open_or_closed_as_configured() {
     let url = crate::harness::service_url("COURSEWIRE_TEST_REDIS_URL");
     let target = url.trim_start_matches("redis://").split('/').next().unwrap().to_string();
-    for policy in [coursewire_api::limits::OnError::Open, coursewire_api::limits::OnError::Closed] {
+    for policy in [coursewire_api::layers::limits::OnError::Open, coursewire_api::layers::limits::OnError::Closed] {
         let proxy = crate::proxy::Proxy::start(&target).await;
         let h = Harness::start_with(Backend::Sqlite, Limits::RedisVia(proxy.port, policy), "600/1m").await;
         let mut c = h.clients();
@@ -239,10 +239,10 @@ async fn an_unreachable_redis_fails_open_or_closed_as_configured() {
         tokio::time::sleep(Duration::from_millis(100)).await; // the proxy drops its connections
         let r = c.account.ping(PingRequest {}).await;
         match policy {
-            coursewire_api::limits::OnError::Open => {
+            coursewire_api::layers::limits::OnError::Open => {
                 r.expect("fail open: admitted while Redis is unreachable");
             }
-            coursewire_api::limits::OnError::Closed => {
+            coursewire_api::layers::limits::OnError::Closed => {
                 assert_err(r, Code::Unavailable, "UNAVAILABLE");
             }
         }

@@ -12,7 +12,7 @@ use crate::fixtures::assert_err;
 use crate::harness::http;
 use crate::processes::{all_in_one, clients};
 
-async fn scrape(port: u16) -> Scrape {
+pub(crate) async fn scrape(port: u16) -> Scrape {
     let response = http().get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
@@ -22,7 +22,7 @@ async fn scrape(port: u16) -> Scrape {
 }
 
 /// The value of the one sample of `name` whose labels include `labels` (0 when none).
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     let matching: Vec<&Sample> = scrape
         .samples
         .iter()

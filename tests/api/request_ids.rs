@@ -48,3 +48,80 @@ async fn every_call_and_error_names_its_request_id(h: &Harness) {
 }
 
 crate::backend_tests!(every_call_and_error_names_its_request_id);
+
+/// The answers the gateway gives itself (an unknown route, a verb its route does not take,
+/// the OpenAPI document) carry a request id like every call, in the header and in the
+/// error's `ErrorInfo`, and `/metrics` counts each once, as method `unmatched`. An HTTP/JSON
+/// call that reaches its method is counted by that method, and only there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_own_answers_carry_a_request_id_and_are_counted() {
+    use crate::harness::http;
+    use crate::metrics::{scrape, value};
+
+    let app = crate::processes::all_in_one(&[]);
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", app.port);
+    let id_of = |r: &reqwest::Response| {
+        r.headers().get("x-request-id").expect("x-request-id on every answer").to_str().unwrap().to_string()
+    };
+    let before = scrape(app.metrics_port).await;
+    let unmatched = |scrape: &prometheus_parse::Scrape, code: &str| {
+        value(
+            scrape,
+            "coursewire_grpc_requests_total",
+            &[("service", "unmatched"), ("method", "unmatched"), ("code", code)],
+        )
+    };
+    for code in ["OK", "NOT_FOUND", "UNIMPLEMENTED"] {
+        assert_eq!(unmatched(&before, code), 0.0, "{code} before any call");
+    }
+
+    let unknown = http().get(url("/v1/no-such-route")).basic_auth(&app.key, Some("")).send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    let id = id_of(&unknown);
+    assert!(id.starts_with("req_"), "{id}");
+    let body: serde_json::Value = serde_json::from_str(&unknown.text().await.unwrap()).unwrap();
+    let info = body["error"]["details"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"))
+        .unwrap_or_else(|| panic!("no ErrorInfo in {body}"));
+    assert_eq!(info["metadata"]["request_id"], id.as_str(), "the error names the id its header carries");
+
+    let wrong_verb = http().delete(url("/v1/ping")).basic_auth(&app.key, Some("")).send().await.unwrap();
+    assert_eq!(wrong_verb.status(), 405);
+    let other = id_of(&wrong_verb);
+    assert!(other.starts_with("req_") && other != id, "{other}");
+
+    // The caller's own id is kept here as everywhere.
+    let mine = http().get(url("/v1/nowhere")).header("x-request-id", "probe-7").send().await.unwrap();
+    assert_eq!(mine.status(), 404);
+    assert_eq!(id_of(&mine), "probe-7");
+
+    let document = http().get(url("/openapi.json")).send().await.unwrap();
+    assert_eq!(document.status(), 200);
+    assert!(id_of(&document).starts_with("req_"));
+
+    let ping = http().get(url("/v1/ping")).basic_auth(&app.key, Some("")).send().await.unwrap();
+    assert_eq!(ping.status(), 200);
+    assert!(id_of(&ping).starts_with("req_"));
+
+    let after = scrape(app.metrics_port).await;
+    assert_eq!(unmatched(&after, "NOT_FOUND"), 2.0);
+    assert_eq!(unmatched(&after, "UNIMPLEMENTED"), 1.0);
+    assert_eq!(unmatched(&after, "OK"), 1.0, "the OpenAPI document; the ping is counted by its method");
+    let every_unmatched: f64 = after
+        .samples
+        .iter()
+        .filter(|s| s.metric == "coursewire_grpc_requests_total" && s.labels.get("service") == Some("unmatched"))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) => v,
+            ref other => panic!("{other:?}"),
+        })
+        .sum();
+    assert_eq!(every_unmatched, 4.0, "each answer counted once");
+    let pings = value(
+        &after,
+        "coursewire_grpc_requests_total",
+        &[("service", "coursewire.v1.AccountService"), ("method", "Ping"), ("code", "OK")],
+    );
+    assert_eq!(pings, 1.0);
+}

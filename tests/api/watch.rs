@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use coursewire_api::events::bus::InProcessBus;
 use coursewire_api::events::relay::Hub;
+use coursewire_core::events::bus::InProcessBus;
 use coursewire_proto::v1::*;
 use tonic::Code;
 

@@ -1,8 +1,8 @@
 //! Partner credentials stay secret: custom header values are write-only, `webhook.disabled`
 //! carries no headers or secrets, signing secrets and header values are sealed at rest (the raw
 //! database holds neither), and the operator's key can be rotated without losing a value.
-use coursewire_api::secrets::Keyring;
 use coursewire_api::webhooks::endpoint::{reseal, secret_context};
+use coursewire_core::secrets::Keyring;
 use coursewire_proto::v1::*;
 use pbjson_types::FieldMask;
 use prost::Message;
@@ -119,10 +119,10 @@ async fn webhook_disabled_carries_no_credentials(h: &Harness) {
 /// Every text value of every table, as stored (idempotency responses decoded too).
 async fn every_stored_text(h: &Harness) -> Vec<String> {
     let tables: Vec<String> = match h.db.backend {
-        coursewire_api::store::Backend::Sqlite => {
+        coursewire_core::store::Backend::Sqlite => {
             sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'").fetch_all(h.db.pool()).await
         }
-        coursewire_api::store::Backend::Postgres => {
+        coursewire_core::store::Backend::Postgres => {
             sqlx::query_scalar("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'")
                 .fetch_all(h.db.pool())
                 .await

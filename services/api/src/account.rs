@@ -7,7 +7,7 @@ use pbjson_types::Empty;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::caller;
+use crate::layers::auth::caller;
 
 pub struct AccountApi(pub Arc<AppState>);
 

@@ -6,12 +6,12 @@ use coursewire_proto::v1::*;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::{self, KeyRecord, NewKey, caller};
 use crate::clock::opt_timestamp;
-use crate::error::ApiResult;
+use crate::layers::auth::{self, KeyRecord, NewKey, caller};
 use crate::page::Page;
 use crate::resource::{mask_paths, opt_time};
-use crate::validate::Violations;
+use coursewire_core::error::ApiResult;
+use coursewire_core::validate::Violations;
 
 pub struct ApiKeyApi(pub Arc<AppState>);
 
@@ -31,7 +31,7 @@ pub fn to_proto(k: &KeyRecord) -> ApiKey {
 }
 
 fn check(id: &str) -> ApiResult<()> {
-    crate::ids::require("id", "key", id)
+    coursewire_core::ids::require("id", "key", id)
 }
 
 #[tonic::async_trait]

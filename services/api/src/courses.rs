@@ -9,15 +9,15 @@ use sqlx::any::AnyRow;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::caller;
 use crate::clock::to_timestamp;
-use crate::error::{ApiError, ApiResult, Reason};
 use crate::idempotency::Idempotency;
-use crate::ids::{is_id, new_id};
+use crate::layers::auth::caller;
 use crate::page::Page;
 use crate::resource::{Table, check_etag, etag, flag, mask_paths};
-use crate::store::Tx;
-use crate::validate::Violations;
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::ids::{is_id, kind, new_id};
+use coursewire_core::store::Tx;
+use coursewire_core::validate::Violations;
 
 pub struct CourseApi(pub Arc<AppState>);
 
@@ -89,7 +89,7 @@ fn validate(c: &mut Course, v: &mut Violations) {
     v.check(c.lessons.len() <= MAX_LESSONS, "course.lessons", "at most 500 lessons");
     for (i, l) in c.lessons.iter_mut().enumerate() {
         v.text(&format!("course.lessons[{i}].title"), &l.title, 200);
-        if !l.id.is_empty() && !is_id("les", &l.id) {
+        if !l.id.is_empty() && !is_id(kind::LESSON, &l.id) {
             v.add(&format!("course.lessons[{i}].id"), "must be empty (new lesson) or an existing lesson id");
         }
         l.position = i as i32;
@@ -110,7 +110,7 @@ async fn replace_lessons(tx: &mut Tx, course_id: &str, lessons: &mut [Lesson], e
     sqlx::query("DELETE FROM lessons WHERE course_id = $1").bind(course_id).execute(&mut **tx).await?;
     for l in lessons.iter_mut() {
         if l.id.is_empty() {
-            l.id = new_id("les");
+            l.id = new_id(kind::LESSON);
         }
         sqlx::query("INSERT INTO lessons (id, course_id, title, required, position) VALUES ($1, $2, $3, $4, $5)")
             .bind(&l.id)
@@ -125,7 +125,7 @@ async fn replace_lessons(tx: &mut Tx, course_id: &str, lessons: &mut [Lesson], e
 }
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    crate::ids::require(field, "crs", id)
+    coursewire_core::ids::require(field, kind::COURSE, id)
 }
 
 #[tonic::async_trait]
@@ -146,7 +146,7 @@ impl CourseService for CourseApi {
         if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {
             return Ok(Response::new(done));
         }
-        c.id = new_id("crs");
+        c.id = new_id(kind::COURSE);
         c.created_at = Some(to_timestamp(now));
         c.updated_at = c.created_at;
         c.etag = etag(1);

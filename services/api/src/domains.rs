@@ -9,15 +9,15 @@ use sqlx::any::AnyRow;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::caller;
 use crate::clock::to_timestamp;
-use crate::error::{ApiError, ApiResult, Reason};
 use crate::idempotency::Idempotency;
-use crate::ids::new_id;
+use crate::layers::auth::caller;
 use crate::page::Page;
 use crate::resource::{Table, check_etag, etag, mask_paths};
-use crate::store::{Tx, is_unique_violation};
-use crate::validate::{Violations, is_hostname};
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::ids::{kind, new_id};
+use coursewire_core::store::{Tx, is_unique_violation};
+use coursewire_core::validate::{Violations, is_hostname};
 
 pub struct DomainApi(pub Arc<AppState>);
 
@@ -87,7 +87,7 @@ pub(crate) async fn fetch<'e>(
 }
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    crate::ids::require(field, "dom", id)
+    coursewire_core::ids::require(field, kind::DOMAIN, id)
 }
 
 #[tonic::async_trait]
@@ -105,7 +105,7 @@ impl DomainService for DomainApi {
         if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {
             return Ok(Response::new(done));
         }
-        d.id = new_id("dom");
+        d.id = new_id(kind::DOMAIN);
         d.created_at = Some(to_timestamp(now));
         d.updated_at = d.created_at;
         d.etag = etag(1);
@@ -184,7 +184,7 @@ impl DomainService for DomainApi {
             .help("delete its published courses (PublishedCourseService.DeletePublishedCourse) first")
             .into());
         }
-        crate::domain_users::delete_where(&mut tx, who.org(), "domain_id", &r.id, now).await?;
+        crate::domain_access::delete_where(&mut tx, who.org(), "domain_id", &r.id, now).await?;
         DOMAINS.delete(&mut tx, who.org(), &r.id, seq).await?;
         let seq = seq + 1;
         d.etag = etag(seq);

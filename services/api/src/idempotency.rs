@@ -5,8 +5,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
 
-use crate::error::{ApiError, ApiResult, Reason};
-use crate::store::{Tx, is_unique_violation};
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::store::{Tx, is_unique_violation};
 
 const TTL_MS: i64 = 24 * 60 * 60 * 1000;
 

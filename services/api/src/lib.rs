@@ -1,25 +1,25 @@
-//! Coursewire's gRPC API: one module per resource (handler and queries side by side),
-//! with auth as a tower layer, one error type, and the event outbox.
+//! Coursewire's gRPC API: the request pipeline every call passes (`layers`, reading the
+//! method table in `policy`), one module per resource (handler and queries side by side),
+//! the event relay and EventService (`events`), all assembled by `server`. Core types
+//! (store, errors, ids, config, secrets, events) are imported from `coursewire_core`.
 pub mod account;
-pub mod admission;
 pub mod api_keys;
-pub mod auth;
 pub mod clock;
 pub mod courses;
+pub mod domain_access;
 pub mod domain_users;
 pub mod domains;
 pub mod enrollments;
 pub mod events;
-pub mod gateway;
 pub mod groups;
 pub mod idempotency;
+pub mod layers;
 pub mod learning_paths;
-pub mod limits;
 pub mod metrics;
 pub mod organizations;
 pub mod page;
+pub mod policy;
 pub mod published_courses;
-pub mod request_id;
 pub mod resource;
 pub mod retention;
 pub mod server;
@@ -27,23 +27,20 @@ pub mod streams;
 pub mod users;
 pub mod webhooks;
 
-// The shared core, under the names the API's modules use.
-pub use coursewire_core::{config, error, ids, secrets, store, validate};
-
 use std::sync::Arc;
 
 use clock::SharedClock;
+use coursewire_core::secrets::Keyring;
+use coursewire_core::store::Db;
 use page::TokenKey;
-use secrets::Keyring;
-use store::Db;
 
 /// What every handler shares.
 pub struct AppState {
     pub db: Db,
     pub clock: SharedClock,
-    pub limiter: Arc<limits::Limiter>,
+    pub limiter: Arc<layers::limits::Limiter>,
     /// Paces writes while the webhook dispatchers are behind (backpressure).
-    pub admission: Arc<admission::Admission>,
+    pub admission: Arc<layers::admission::Admission>,
     /// What the event relay tells readers (WatchEvents) and health.
     pub hub: Arc<events::relay::Hub>,
     /// Seals webhook secrets and header values at rest.
@@ -62,14 +59,14 @@ impl AppState {
     pub fn new(
         db: Db,
         clock: SharedClock,
-        limiter: Arc<limits::Limiter>,
+        limiter: Arc<layers::limits::Limiter>,
         hub: Arc<events::relay::Hub>,
         secrets: Arc<Keyring>,
         streams_per_org: usize,
     ) -> AppState {
         let tokens = TokenKey::new(secrets.subkey("coursewire page tokens"));
         AppState {
-            admission: admission::Admission::new(db.clone(), clock.clone()),
+            admission: layers::admission::Admission::new(db.clone(), clock.clone()),
             db,
             clock,
             limiter,

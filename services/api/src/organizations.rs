@@ -10,12 +10,12 @@ use tonic::{Request, Response, Status};
 
 use crate::AppState;
 use crate::clock::to_timestamp;
-use crate::error::{ApiError, ApiResult, Reason};
-use crate::limits::window::Overrides;
 use crate::page::Page;
+use crate::policy::windows::Overrides;
 use crate::resource::{flag, mask_paths};
-use crate::store::{Db, is_unique_violation};
-use crate::validate::Violations;
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::store::{Db, is_unique_violation};
+use coursewire_core::validate::Violations;
 
 pub struct OrganizationApi(pub Arc<AppState>);
 

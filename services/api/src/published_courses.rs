@@ -9,15 +9,15 @@ use sqlx::any::AnyRow;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::caller;
 use crate::clock::to_timestamp;
-use crate::error::{ApiError, ApiResult, Reason};
 use crate::idempotency::Idempotency;
-use crate::ids::{check_id, new_id};
+use crate::layers::auth::caller;
 use crate::page::Page;
 use crate::resource::{Table, check_etag, etag, flag, mask_paths};
-use crate::store::is_unique_violation;
-use crate::validate::Violations;
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::ids::{check_id, kind, new_id};
+use coursewire_core::store::is_unique_violation;
+use coursewire_core::validate::Violations;
 
 pub struct PublishedCourseApi(pub Arc<AppState>);
 
@@ -55,7 +55,7 @@ pub(crate) async fn fetch<'e>(
 }
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    crate::ids::require(field, "pub", id)
+    coursewire_core::ids::require(field, kind::PUBLISHED_COURSE, id)
 }
 
 #[tonic::async_trait]
@@ -68,8 +68,8 @@ impl PublishedCourseService for PublishedCourseApi {
         let r = req.into_inner();
         let mut p = r.published_course.clone().unwrap_or_default();
         let mut v = Violations::default();
-        check_id(&mut v, "published_course.course_id", "crs", &p.course_id);
-        check_id(&mut v, "published_course.domain_id", "dom", &p.domain_id);
+        check_id(&mut v, "published_course.course_id", kind::COURSE, &p.course_id);
+        check_id(&mut v, "published_course.domain_id", kind::DOMAIN, &p.domain_id);
         v.finish()?;
         let idem = Idempotency::new(who.org(), &r.request_id, "CreatePublishedCourse", &r)?;
         let now = self.0.clock.now_ms();
@@ -79,7 +79,7 @@ impl PublishedCourseService for PublishedCourseApi {
         }
         crate::courses::fetch(&mut tx, who.org(), &p.course_id).await?;
         crate::domains::fetch(&mut *tx, who.org(), &p.domain_id).await?;
-        p.id = new_id("pub");
+        p.id = new_id(kind::PUBLISHED_COURSE);
         p.created_at = Some(to_timestamp(now));
         p.updated_at = p.created_at;
         p.etag = etag(1);
@@ -128,10 +128,10 @@ impl PublishedCourseService for PublishedCourseApi {
         let r = req.get_ref();
         let mut v = Violations::default();
         if !r.course_id.is_empty() {
-            check_id(&mut v, "course_id", "crs", &r.course_id);
+            check_id(&mut v, "course_id", kind::COURSE, &r.course_id);
         }
         if !r.domain_id.is_empty() {
-            check_id(&mut v, "domain_id", "dom", &r.domain_id);
+            check_id(&mut v, "domain_id", kind::DOMAIN, &r.domain_id);
         }
         v.finish()?;
         let page = Page::new(

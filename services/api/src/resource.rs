@@ -3,8 +3,8 @@ use pbjson_types::FieldMask;
 use sqlx::AnyConnection;
 
 use crate::clock::from_timestamp;
-use crate::error::{ApiError, ApiResult};
-use crate::validate::Violations;
+use coursewire_core::error::{ApiError, ApiResult};
+use coursewire_core::validate::Violations;
 
 /// The etag of a resource at `sequence` (it changes with every write).
 pub fn etag(sequence: i64) -> String {
@@ -191,7 +191,7 @@ impl Table {
         now: i64,
     ) -> ApiResult<()> {
         let kind = format!("{}.{action}", self.events);
-        let change = crate::events::Change { org, kind: &kind, resource_id: id, sequence, data, now };
-        crate::events::record(conn, change).await.map(|_| ())
+        let change = coursewire_core::events::Change { org, kind: &kind, resource_id: id, sequence, data, now };
+        coursewire_core::events::record(conn, change).await.map(|_| ())
     }
 }

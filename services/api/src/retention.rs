@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use crate::clock::SharedClock;
-use crate::store::{Backend, Db, Tx};
+use coursewire_core::store::{Backend, Db, Tx};
 
 /// Any fixed number; identifies the pruning lock.
 const PRUNE_LOCK: i64 = 0x7265_7465_6e74;

@@ -23,28 +23,26 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::AppState;
 use crate::account::AccountApi;
-use crate::admission::AdmissionLayer;
 use crate::api_keys::ApiKeyApi;
-use crate::auth::{AuthLayer, Authenticator};
 use crate::courses::CourseApi;
 use crate::domain_users::DomainUserApi;
 use crate::domains::DomainApi;
 use crate::enrollments::EnrollmentApi;
-use crate::error::{ApiError, Reason};
 use crate::events::EventApi;
-use crate::gateway::HttpJsonLayer;
 use crate::groups::GroupApi;
+use crate::layers::admission::Pace;
+use crate::layers::around::Around;
+use crate::layers::auth::{Authenticate, Authenticator};
+use crate::layers::gateway::{HttpJsonLayer, MAX_MESSAGE_BYTES};
+use crate::layers::limits::layer::RateLimit;
+use crate::layers::metrics::{RpcMetricsLayer, UnmatchedLayer};
+use crate::layers::request_id::RequestIdLayer;
 use crate::learning_paths::LearningPathApi;
-use crate::limits::RateLimitLayer;
-use crate::metrics::RpcMetricsLayer;
 use crate::organizations::OrganizationApi;
 use crate::published_courses::PublishedCourseApi;
-use crate::request_id::RequestIdLayer;
 use crate::users::UserApi;
 use crate::webhooks::WebhookApi;
-
-/// Largest request or response message, in bytes (a full batch of 1,000 items fits).
-pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+use coursewire_core::error::{ApiError, Reason};
 
 macro_rules! limited {
     ($server:ident, $api:expr) => {
@@ -113,21 +111,24 @@ pub async fn serve(
     let auth = Authenticator::new(state.db.clone(), state.clock.clone(), trusted_proxies);
     let gateway = HttpJsonLayer::new()?;
     let cors = cors(&listeners.cors_allowed_origins)?;
-    // Outermost first: answer CORS preflights; translate HTTP/JSON and gRPC-Web (browsers,
-    // over HTTP/1.1 or HTTP/2) into gRPC, so everything below sees one protocol; name the
-    // call, measure it, authenticate, count it against its organization's limits, then (a
-    // write, while the webhook dispatchers are behind) wait for its turn.
+    // Outermost first (see `layers`): name the call (request id), so every answer carries
+    // one; count the answers no method gives; answer CORS preflights; translate HTTP/JSON
+    // and gRPC-Web (browsers, over HTTP/1.1 or HTTP/2) into gRPC, so everything below sees
+    // one protocol; measure the call by method, authenticate, count it against its
+    // organization's limits, then (a write, while the webhook dispatchers are behind) wait
+    // for its turn.
     let layers = |http_json: bool| {
         tower::ServiceBuilder::new()
+            .layer(RequestIdLayer)
+            .layer(UnmatchedLayer)
             .option_layer(cors.clone())
             .layer(gateway.clone().enabled(http_json))
             .layer(tonic_web::GrpcWebLayer::new())
-            .layer(RequestIdLayer)
             .layer(RpcMetricsLayer)
             .map_response(oversized_is_resource_exhausted)
-            .layer(AuthLayer(auth.clone()))
-            .layer(RateLimitLayer(state.limiter.clone()))
-            .layer(AdmissionLayer(state.admission.clone()))
+            .layer(Around(Authenticate(auth.clone())))
+            .layer(Around(RateLimit(state.limiter.clone())))
+            .layer(Around(Pace(state.admission.clone())))
     };
     // Streams end (with a cursor) when stopping, or the graceful drain would wait on them.
     let streams = state.streams.clone();
@@ -230,7 +231,7 @@ pub use coursewire_core::shutdown::signal as shutdown_signal;
 mod tests {
     use tonic_types::StatusExt;
 
-    use crate::error::Reason;
+    use coursewire_core::error::Reason;
 
     /// The proto crate answers undecodable messages itself (it knows no `Reason`): it must
     /// use the documented one.

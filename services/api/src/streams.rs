@@ -3,11 +3,12 @@
 //! connections and database reads. When the server stops, every stream is told to end, with
 //! a cursor to resume from, instead of holding the graceful shutdown open.
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::error::{ApiError, ApiResult, Reason};
+use coursewire_core::error::{ApiError, ApiResult, Reason};
 
 pub const DEFAULT_PER_ORG: usize = 8;
 
@@ -30,7 +31,7 @@ impl Streams {
 
     /// A place for one more stream of `org`, or RESOURCE_EXHAUSTED / TOO_MANY_STREAMS.
     pub fn open(self: &Arc<Self>, org: &str) -> ApiResult<Permit> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.lock();
         let count = open.entry(org.to_string()).or_default();
         if *count >= self.per_org {
             return Err(ApiError::new(
@@ -68,7 +69,7 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut open = self.streams.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.streams.open.lock();
         if let Some(count) = open.get_mut(&self.org) {
             *count -= 1;
             if *count == 0 {
@@ -95,7 +96,7 @@ mod tests {
         let s = Streams::new(2);
         let a = s.open("acme").unwrap();
         let _b = s.open("acme").unwrap();
-        assert_eq!(s.open("acme").err().unwrap().reason, crate::error::Reason::TooManyStreams);
+        assert_eq!(s.open("acme").err().unwrap().reason, coursewire_core::error::Reason::TooManyStreams);
         let _other = s.open("initech").expect("other organizations are counted apart");
         drop(a);
         s.open("acme").expect("a closed stream frees its place");

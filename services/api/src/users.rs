@@ -11,15 +11,15 @@ use sqlx::any::AnyRow;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::caller;
 use crate::clock::to_timestamp;
-use crate::error::{ApiError, ApiResult, Reason};
 use crate::idempotency::Idempotency;
-use crate::ids::new_id;
+use crate::layers::auth::caller;
 use crate::page::Page;
 use crate::resource::{Table, check_etag, etag, flag, mask_paths};
-use crate::store::{Tx, is_unique_violation};
-use crate::validate::{Violations, is_email};
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::ids::{kind, new_id};
+use coursewire_core::store::{Tx, is_unique_violation};
+use coursewire_core::validate::{Violations, is_email};
 
 pub struct UserApi(pub Arc<AppState>);
 
@@ -135,7 +135,7 @@ pub(crate) async fn fetch<'e>(
 }
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    crate::ids::require(field, "usr", id)
+    coursewire_core::ids::require(field, kind::USER, id)
 }
 
 #[tonic::async_trait]
@@ -153,7 +153,7 @@ impl UserService for UserApi {
         if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {
             return Ok(Response::new(done));
         }
-        u.id = new_id("usr");
+        u.id = new_id(kind::USER);
         u.active = !r.inactive;
         u.created_at = Some(to_timestamp(now));
         u.updated_at = u.created_at;
@@ -270,7 +270,7 @@ impl UserService for UserApi {
                 .help("delete the user's enrollments (EnrollmentService.DeleteEnrollment) first")
                 .into());
         }
-        crate::domain_users::delete_where(&mut tx, who.org(), "user_id", &r.id, now).await?;
+        crate::domain_access::delete_where(&mut tx, who.org(), "user_id", &r.id, now).await?;
         USERS.delete(&mut tx, who.org(), &r.id, seq).await?;
         u.etag = etag(seq + 1);
         USERS.record(&mut tx, who.org(), "deleted", (&u.id, seq + 1), &u, now).await?;

@@ -1,21 +1,11 @@
 //! Configuration shared by the binaries: durations like `30d`, and logging.
 use std::time::Duration;
 
-/// Parses `250ms`, `5s`, `5m`, `2h`, `30d`.
+/// Parses a duration as `humantime` reads it: `250ms`, `5s`, `5m`, `2h`, `30d` (and `1h 30m`,
+/// `2w`, …). A number needs its unit.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration like 250ms, 5s, 5m, 2h or 30d"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
-        _ => return Err(format!("{s:?} has no unit: use ms, s, m, h or d")),
-    };
-    Ok(Duration::from_millis(ms))
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 250ms, 5s, 5m, 2h or 30d ({e})"))
 }
 
 /// Parses a comma-separated list of durations (`5s,5m,30m`).
@@ -73,7 +63,8 @@ mod tests {
         assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86400));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("h").is_err());
-        assert!(parse_duration("5w").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert_eq!(parse_duration(" 5m ").unwrap(), Duration::from_secs(300), "m is minutes");
         assert_eq!(parse_durations("5s,5m").unwrap().len(), 2);
     }
 }

@@ -8,6 +8,35 @@ use crate::validate::Violations;
 
 static GENERATOR: Mutex<Option<Generator>> = Mutex::new(None);
 
+/// Every kind of id and its prefix (`usr_01jd3…`): the one place each prefix is written.
+/// Callers pass these to `new_id`, `is_id`, `check_id` and `require`.
+pub mod kind {
+    pub const USER: &str = "usr";
+    pub const DOMAIN: &str = "dom";
+    pub const DOMAIN_USER: &str = "dus";
+    pub const COURSE: &str = "crs";
+    pub const LESSON: &str = "les";
+    pub const PUBLISHED_COURSE: &str = "pub";
+    pub const ENROLLMENT: &str = "enr";
+    pub const LEARNING_PATH: &str = "pth";
+    pub const PATH_ENROLLMENT: &str = "pen";
+    pub const GROUP: &str = "grp";
+    pub const GROUP_MEMBER: &str = "gmb";
+    /// A group's assignment operation.
+    pub const OPERATION: &str = "op";
+    pub const API_KEY: &str = "key";
+    pub const EVENT: &str = "evt";
+    pub const WEBHOOK: &str = "wh";
+    pub const DELIVERY: &str = "dlv";
+    pub const ATTEMPT: &str = "att";
+    /// The origin of a ReplayEvents request (its deliveries name it).
+    pub const REPLAY: &str = "rpl";
+    /// A dispatcher process's name for its claims.
+    pub const DISPATCHER: &str = "dsp";
+    /// A leased background worker's name (deadlines, fan-out).
+    pub const WORKER: &str = "worker";
+}
+
 /// A new id like `enr_01jd3…`; monotonic within this process.
 pub fn new_id(prefix: &str) -> String {
     let mut g = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
@@ -49,12 +78,13 @@ mod tests {
 
     #[test]
     fn ids_sort_by_creation_and_validate() {
-        let a = new_id("usr");
-        let b = new_id("usr");
+        let a = new_id(kind::USER);
+        let b = new_id(kind::USER);
         assert!(a < b);
-        assert!(is_id("usr", &a));
-        assert!(!is_id("crs", &a));
-        assert!(!is_id("usr", "usr_"));
-        assert!(!is_id("usr", &a.to_uppercase()));
+        assert!(a.starts_with("usr_"));
+        assert!(is_id(kind::USER, &a));
+        assert!(!is_id(kind::COURSE, &a));
+        assert!(!is_id(kind::USER, "usr_"));
+        assert!(!is_id(kind::USER, &a.to_uppercase()));
     }
 }

@@ -21,6 +21,14 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// The backend of a connection, for code that holds a connection rather than the `Db`
+    /// (whose `backend` field says the same).
+    pub fn of(conn: &AnyConnection) -> Backend {
+        if conn.backend_name() == "PostgreSQL" { Backend::Postgres } else { Backend::Sqlite }
+    }
+}
+
 /// Postgres channels that carry the wake-ups across processes.
 pub const OUTBOX_CHANNEL: &str = "coursewire_outbox";
 pub const DELIVERIES_CHANNEL: &str = "coursewire_deliveries";
@@ -83,16 +91,18 @@ impl Tx {
     pub async fn commit(mut self) -> ApiResult<()> {
         if self.postgres {
             let relay = self.wake_relay && !self.signals.relay_here.load(Ordering::Relaxed);
-            let sql = match (relay, self.wake_dispatchers) {
+            let notify = match (relay, self.wake_dispatchers) {
                 (false, false) => None,
-                (true, false) => Some("SELECT pg_notify('coursewire_outbox', '')"),
-                (false, true) => Some("SELECT pg_notify('coursewire_deliveries', '')"),
-                (true, true) => {
-                    Some("SELECT pg_notify('coursewire_outbox', ''), pg_notify('coursewire_deliveries', '')")
-                }
+                (true, false) => Some(sqlx::query("SELECT pg_notify($1, '')").bind(OUTBOX_CHANNEL)),
+                (false, true) => Some(sqlx::query("SELECT pg_notify($1, '')").bind(DELIVERIES_CHANNEL)),
+                (true, true) => Some(
+                    sqlx::query("SELECT pg_notify($1, ''), pg_notify($2, '')")
+                        .bind(OUTBOX_CHANNEL)
+                        .bind(DELIVERIES_CHANNEL),
+                ),
             };
-            if let Some(sql) = sql {
-                sqlx::query(sql).execute(&mut *self.inner).await?;
+            if let Some(notify) = notify {
+                notify.execute(&mut *self.inner).await?;
             }
         }
         self.inner.commit().await?;

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coursewire_api::clock::{Clock, SystemClock};
-use coursewire_api::events::bus::{Bus, InProcessBus, Outgoing};
-use coursewire_api::secrets::Keyring;
-use coursewire_api::store::Db;
 use coursewire_api::webhooks::endpoint::{new_secret, secret_context};
+use coursewire_core::events::bus::{Bus, InProcessBus, Outgoing};
+use coursewire_core::ids::kind;
+use coursewire_core::secrets::Keyring;
+use coursewire_core::store::Db;
 use coursewire_dispatcher::{Config, Dispatcher, Source};
 use serde_json::json;
 
@@ -89,7 +90,7 @@ fn outgoing(id: &str) -> Outgoing {
 }
 
 async fn create_endpoint(db: &Db, secrets: &Keyring, url: &str) -> anyhow::Result<()> {
-    let id = coursewire_api::ids::new_id("wh");
+    let id = coursewire_core::ids::new_id(kind::WEBHOOK);
     sqlx::query(
         "INSERT INTO webhook_endpoints (id, org_id, url, description, event_types, headers, max_rate, max_concurrency, \
          secret, disabled_reason, sequence, event_sequence, created_at, updated_at) \

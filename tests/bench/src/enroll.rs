@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use coursewire_api::clock::{Clock, SystemClock};
-use coursewire_api::store::Db;
+use coursewire_core::store::Db;
 use coursewire_proto::v1::*;
 use serde_json::json;
 use tonic::Request;

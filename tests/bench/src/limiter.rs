@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use coursewire_api::limits::window::parse_windows;
-use coursewire_api::limits::{Backend, MemoryBackend, RedisBackend, Subject};
+use coursewire_api::layers::limits::backend::{Backend, Subject};
+use coursewire_api::layers::limits::{MemoryBackend, RedisBackend};
+use coursewire_api::policy::windows::parse_windows;
 use serde_json::json;
 
 use crate::{PHASE, report};

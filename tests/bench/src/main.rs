@@ -58,11 +58,13 @@ pub fn report(value: serde_json::Value) {
 }
 
 /// Organization `bench` and a key for it (scope `*`), made through the real code path.
-pub async fn bench_org(db: &coursewire_api::store::Db) -> anyhow::Result<String> {
-    use coursewire_api::auth::{self, NewKey};
+pub async fn bench_org(db: &coursewire_core::store::Db) -> anyhow::Result<String> {
     use coursewire_api::clock::{Clock, SystemClock};
+    use coursewire_api::layers::auth::{self, NewKey};
     let now = SystemClock.now_ms();
-    auth::create_org(db, "bench", "Bench", now).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    coursewire_api::organizations::create_org(db, "bench", "Bench", now)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     let new = NewKey {
         org_id: Some("bench".into()),
         label: "bench".into(),
@@ -77,16 +79,16 @@ pub async fn bench_org(db: &coursewire_api::store::Db) -> anyhow::Result<String>
 /// The real server on a free port, built as the binary builds it, with the rate limit layer
 /// on but set far above what one phase sends, so every call takes a real decision and none is
 /// refused. Serves while the returned application lives.
-pub async fn start_server(db: coursewire_api::store::Db) -> anyhow::Result<coursewire::app::Application> {
+pub async fn start_server(db: coursewire_core::store::Db) -> anyhow::Result<coursewire::app::Application> {
     use std::sync::Arc;
 
     use coursewire_api::clock::SystemClock;
-    use coursewire_api::limits::{self, OnError};
+    use coursewire_api::layers::limits::{self, OnError};
     let clock = Arc::new(SystemClock);
     coursewire::app::Application::build(coursewire::app::Settings {
         db,
         clock: clock.clone(),
-        secrets: Arc::new(coursewire_api::secrets::Keyring::random()),
+        secrets: Arc::new(coursewire_core::secrets::Keyring::random()),
         limiter: limits::build("100000000/1m", None, OnError::Open, clock).await?,
         listener: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
         http_listener: None,

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use coursewire_api::store::Db;
+use coursewire_core::store::Db;
 use coursewire_proto::v1::account_service_client::AccountServiceClient;
 use coursewire_proto::v1::account_service_server::{AccountService, AccountServiceServer};
 use coursewire_proto::v1::{PingRequest, WhoAmIRequest, WhoAmIResponse};

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use coursewire_api::clock::{Clock, SystemClock};
 use coursewire_api::events::amqp::AmqpBus;
 use coursewire_api::events::relay::{Hub, Relay};
-use coursewire_api::events::topology::Topology;
-use coursewire_api::store::Db;
+use coursewire_core::events::topology::Topology;
+use coursewire_core::store::Db;
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use serde_json::json;
@@ -39,7 +39,7 @@ async fn insert(db: &Db, from: i64, count: i64) -> anyhow::Result<()> {
     .execute(db.pool())
     .await?;
     // What an API replica's commit sends with its events.
-    sqlx::query("SELECT pg_notify('coursewire_outbox', '')").execute(db.pool()).await?;
+    sqlx::query("SELECT pg_notify($1, '')").bind(coursewire_core::store::OUTBOX_CHANNEL).execute(db.pool()).await?;
     Ok(())
 }
 

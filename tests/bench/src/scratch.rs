@@ -1,6 +1,6 @@
 //! A scratch Postgres database (and RabbitMQ names) for one benchmark run, dropped after.
 use coursewire_api::clock::{Clock, SystemClock};
-use coursewire_api::events::topology::Topology;
+use coursewire_core::events::topology::Topology;
 
 pub fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.into())

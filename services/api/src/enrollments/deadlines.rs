@@ -16,9 +16,9 @@ use tokio::sync::Notify;
 
 use super::store::fetch;
 use crate::clock::SharedClock;
-use crate::error::ApiResult;
-use crate::events::{self, Change};
-use crate::store::Db;
+use coursewire_core::error::ApiResult;
+use coursewire_core::events::{self, Change};
+use coursewire_core::store::Db;
 
 /// Rows read per scan; each is then handled in its own short transaction.
 const BATCH: i64 = 100;

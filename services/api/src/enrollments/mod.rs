@@ -14,14 +14,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::policy::CallClass;
-use crate::auth::{Caller, caller};
-use crate::error::{ApiError, ApiResult, Reason};
 use crate::idempotency::Idempotency;
-use crate::ids::check_id;
+use crate::layers::auth::{Caller, caller};
 use crate::page::Page;
 use crate::resource::{item_error, mask_paths};
-use crate::validate::Violations;
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::ids::{check_id, kind};
+use coursewire_core::validate::Violations;
 use store::Filter;
 
 pub struct EnrollmentApi(pub Arc<AppState>);
@@ -32,7 +31,13 @@ pub const MAX_BATCH: usize = 1000;
 const EXPORT_CHUNK: i64 = 500;
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    crate::ids::require(field, "enr", id)
+    coursewire_core::ids::require(field, kind::ENROLLMENT, id)
+}
+
+/// An enrollment this call completed advances the learning paths that hold its course, in
+/// the same transaction.
+async fn course_completed(conn: &mut sqlx::AnyConnection, org: &str, e: &Enrollment, now: i64) -> ApiResult<()> {
+    crate::learning_paths::members::course_completed(conn, org, &e.user_id, &e.published_course_id, now).await
 }
 
 fn score_ok(v: &mut Violations, field: &str, score: Option<f64>) {
@@ -153,23 +158,19 @@ impl EnrollmentService for EnrollmentApi {
         let who = caller(&req)?;
         let r = req.get_ref();
         let mut v = Violations::default();
-        check_id(&mut v, "enrollment_id", "enr", &r.enrollment_id);
-        check_id(&mut v, "lesson_id", "les", &r.lesson_id);
+        check_id(&mut v, "enrollment_id", kind::ENROLLMENT, &r.enrollment_id);
+        check_id(&mut v, "lesson_id", kind::LESSON, &r.lesson_id);
         let state = LessonState::try_from(r.state).unwrap_or(LessonState::Unspecified);
         v.check(state != LessonState::Unspecified, "state", "must be IN_PROGRESS or COMPLETED");
         score_ok(&mut v, "score", r.score);
         v.finish()?;
         let mut tx = self.0.db.begin().await?;
-        let (enrollment, lesson) = write::record_progress(
-            &mut tx,
-            who.org(),
-            &r.enrollment_id,
-            &r.lesson_id,
-            state,
-            r.score,
-            self.0.clock.now_ms(),
-        )
-        .await?;
+        let now = self.0.clock.now_ms();
+        let (enrollment, lesson, completed) =
+            write::record_progress(&mut tx, who.org(), &r.enrollment_id, &r.lesson_id, state, r.score, now).await?;
+        if completed {
+            course_completed(&mut tx, who.org(), &enrollment, now).await?;
+        }
         tx.commit().await?;
         Ok(Response::new(RecordLessonProgressResponse { enrollment: Some(enrollment), lesson_progress: Some(lesson) }))
     }
@@ -181,11 +182,15 @@ impl EnrollmentService for EnrollmentApi {
         let who = caller(&req)?;
         let r = req.get_ref();
         let mut v = Violations::default();
-        check_id(&mut v, "id", "enr", &r.id);
+        check_id(&mut v, "id", kind::ENROLLMENT, &r.id);
         score_ok(&mut v, "score", r.score);
         v.finish()?;
         let mut tx = self.0.db.begin().await?;
-        let e = write::complete(&mut tx, who.org(), &r.id, r.score, r.passed, self.0.clock.now_ms()).await?;
+        let now = self.0.clock.now_ms();
+        let (e, completed) = write::complete(&mut tx, who.org(), &r.id, r.score, r.passed, now).await?;
+        if completed {
+            course_completed(&mut tx, who.org(), &e, now).await?;
+        }
         tx.commit().await?;
         Ok(Response::new(e))
     }
@@ -200,8 +205,8 @@ impl EnrollmentService for EnrollmentApi {
             return Err(ApiError::field("requests", format!("must hold 1 to {MAX_BATCH} items")).into());
         }
         let idem = Idempotency::new(who.org(), &r.request_id, "BatchCreateEnrollments", &r)?;
-        // A batch counts its items against the modify limit, all or nothing.
-        let verdict = self.0.limiter.admit_items(&who, CallClass::Modify, r.requests.len()).await?;
+        // A batch counts its items against its limit, all or nothing (see `policy`).
+        let verdict = self.0.limiter.admit_items(&who, r.requests.len()).await?;
         let now = self.0.clock.now_ms();
         let mut tx = self.0.db.begin().await?;
         if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {

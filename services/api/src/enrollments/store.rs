@@ -5,10 +5,10 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{Any, AnyConnection, Row};
 
 use crate::clock::{from_timestamp, opt_timestamp, to_timestamp};
-use crate::error::{ApiError, ApiResult};
-use crate::ids::check_id;
 use crate::resource::etag;
-use crate::validate::Violations;
+use coursewire_core::error::{ApiError, ApiResult};
+use coursewire_core::ids::{check_id, kind};
+use coursewire_core::validate::Violations;
 
 /// Progress is derived from the course's current lessons, so editing a course never
 /// leaves stored counters stale.
@@ -120,11 +120,11 @@ impl Filter {
         let [updated_after, completed_after, completed_before, due_before] = times;
         let mut v = Violations::default();
         for (field, prefix, id) in [
-            ("user_id", "usr", user_id),
-            ("course_id", "crs", course_id),
-            ("published_course_id", "pub", published_course_id),
-            ("learning_path_id", "pth", learning_path_id),
-            ("group_id", "grp", group_id),
+            ("user_id", kind::USER, user_id),
+            ("course_id", kind::COURSE, course_id),
+            ("published_course_id", kind::PUBLISHED_COURSE, published_course_id),
+            ("learning_path_id", kind::LEARNING_PATH, learning_path_id),
+            ("group_id", kind::GROUP, group_id),
         ] {
             if !id.is_empty() {
                 check_id(&mut v, field, prefix, id);

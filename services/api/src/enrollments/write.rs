@@ -7,12 +7,12 @@ use sqlx::{AnyConnection, Row};
 
 use super::store::fetch;
 use crate::clock::{opt_timestamp, to_timestamp};
-use crate::error::{ApiError, ApiResult, Reason};
-use crate::events::{self, Change};
-use crate::ids::{check_id, new_id};
 use crate::resource::opt_time;
-use crate::store::is_unique_violation;
-use crate::validate::Violations;
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::events::{self, Change};
+use coursewire_core::ids::{check_id, kind, new_id};
+use coursewire_core::store::is_unique_violation;
+use coursewire_core::validate::Violations;
 
 async fn record(conn: &mut AnyConnection, org: &str, kind: &str, e: &Enrollment, now: i64) -> ApiResult<()> {
     events::record(conn, Change { org, kind, resource_id: &e.id, sequence: e.sequence, data: e, now }).await.map(|_| ())
@@ -46,8 +46,8 @@ impl Dates {
 
 pub fn validate_create(r: &CreateEnrollmentRequest, prefix: &str, now: i64) -> ApiResult<Dates> {
     let mut v = Violations::default();
-    check_id(&mut v, &format!("{prefix}user_id"), "usr", &r.user_id);
-    check_id(&mut v, &format!("{prefix}published_course_id"), "pub", &r.published_course_id);
+    check_id(&mut v, &format!("{prefix}user_id"), kind::USER, &r.user_id);
+    check_id(&mut v, &format!("{prefix}published_course_id"), kind::PUBLISHED_COURSE, &r.published_course_id);
     let dates = Dates::validate(&mut v, prefix, r.expires_at.as_ref(), r.due_at.as_ref(), now);
     v.finish()?;
     Ok(dates)
@@ -116,9 +116,9 @@ pub async fn create(
     if t.enrollment_closed {
         return Err(ApiError::new(Reason::EnrollmentClosed, "this published course does not accept new enrollments"));
     }
-    crate::domain_users::ensure(conn, org, &t.domain_id, &r.user_id, now).await?;
+    crate::domain_access::ensure(conn, org, &t.domain_id, &r.user_id, now).await?;
     let e = Enrollment {
-        id: new_id("enr"),
+        id: new_id(kind::ENROLLMENT),
         user_id: r.user_id.clone(),
         published_course_id: r.published_course_id.clone(),
         course_id: t.course_id,
@@ -202,8 +202,9 @@ fn expired(e: &Enrollment) -> ApiResult<()> {
     Ok(())
 }
 
-/// Records a lesson's state; completing the last required lesson completes the enrollment.
-/// A completed lesson stays completed (a later IN_PROGRESS only updates the score).
+/// Records a lesson's state; completing the last required lesson completes the enrollment
+/// (then `true`: the caller advances the learning paths, see `complete_now`). A completed
+/// lesson stays completed (a later IN_PROGRESS only updates the score).
 pub async fn record_progress(
     conn: &mut AnyConnection,
     org: &str,
@@ -212,7 +213,7 @@ pub async fn record_progress(
     state: LessonState,
     score: Option<f64>,
     now: i64,
-) -> ApiResult<(Enrollment, LessonProgress)> {
+) -> ApiResult<(Enrollment, LessonProgress, bool)> {
     let e = lock(conn, org, id, now).await?;
     expired(&e)?;
     let part_of_course: Option<i64> =
@@ -259,16 +260,20 @@ pub async fn record_progress(
         updated_at: Some(to_timestamp(row.try_get("updated_at")?)),
         completed_at: opt_timestamp(row.try_get("completed_at")?),
     };
-    let mut e = fetch(conn, org, id, now).await?;
+    let e = fetch(conn, org, id, now).await?;
     record(conn, org, "enrollment.progressed", &e, now).await?;
     let p = e.progress.unwrap_or_default();
-    if e.state == State::Active as i32 && p.lessons_required > 0 && p.lessons_completed >= p.lessons_required {
-        e = complete_now(conn, org, id, None, None, now).await?.unwrap_or(e);
+    let last = e.state == State::Active as i32 && p.lessons_required > 0 && p.lessons_completed >= p.lessons_required;
+    if last && let Some(completed) = complete_now(conn, org, id, None, None, now).await? {
+        return Ok((completed, lesson, true));
     }
-    Ok((e, lesson))
+    Ok((e, lesson, false))
 }
 
-/// Completes an ACTIVE enrollment; `None` when it was not ACTIVE (nothing written).
+/// Completes an ACTIVE enrollment; `None` when it was not ACTIVE (nothing written). The
+/// learning paths that hold its course advance in the same transaction, by the caller
+/// (`learning_paths::members::course_completed`): path enrollments are built on course
+/// enrollments, so this module does not reach up into them.
 async fn complete_now(
     conn: &mut AnyConnection,
     org: &str,
@@ -294,11 +299,11 @@ async fn complete_now(
     }
     let e = fetch(conn, org, id, now).await?;
     record(conn, org, "enrollment.completed", &e, now).await?;
-    crate::learning_paths::members::course_completed(conn, org, &e.user_id, &e.published_course_id, now).await?;
     Ok(Some(e))
 }
 
-/// Explicit completion; repeating it returns the completed enrollment unchanged.
+/// Explicit completion; repeating it returns the completed enrollment unchanged (`true`
+/// when this call completed it).
 pub async fn complete(
     conn: &mut AnyConnection,
     org: &str,
@@ -306,13 +311,13 @@ pub async fn complete(
     score: Option<f64>,
     passed: Option<bool>,
     now: i64,
-) -> ApiResult<Enrollment> {
+) -> ApiResult<(Enrollment, bool)> {
     if let Some(e) = complete_now(conn, org, id, score, passed, now).await? {
-        return Ok(e);
+        return Ok((e, true));
     }
     let e = fetch(conn, org, id, now).await?;
     expired(&e)?;
-    Ok(e)
+    Ok((e, false))
 }
 
 /// Sets the dates named in `paths` (`expires_at`, `due_at`). Extending an expired enrollment

@@ -10,8 +10,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::{Mutex, Notify, watch};
 
-use super::bus::{Bus, Confirm, Outgoing};
-use super::topology::Topology;
+use coursewire_core::events::bus::{Bus, Confirm, Outgoing};
+use coursewire_core::events::topology::Topology;
 
 /// How long a batch may take to publish, or wait for its confirms, before the connection is
 /// considered dead.

@@ -2,10 +2,10 @@
 //! in-process bus), EventService (the log, WatchEvents). Writing events (the outbox itself),
 //! the envelope and the bus contract live in the shared core.
 pub mod amqp;
+mod log;
 pub mod relay;
 mod service;
 mod watch;
 
-pub use coursewire_core::events::{Change, EVENT_TYPES, Mark, bus, in_order, record, topology};
+pub(crate) use log::type_terms;
 pub use service::EventApi;
-pub(crate) use service::type_terms;

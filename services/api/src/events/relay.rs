@@ -23,11 +23,11 @@ use sqlx::postgres::PgListener;
 use sqlx::{AnyConnection, Row};
 use tokio::sync::watch;
 
-use super::bus::{Bus, Confirm, Outgoing};
-use super::{Mark, in_order};
 use crate::clock::SharedClock;
 use crate::metrics;
-use crate::store::{Backend, Db, OUTBOX_CHANNEL};
+use coursewire_core::events::bus::{Bus, Confirm, Outgoing};
+use coursewire_core::events::{Mark, in_order};
+use coursewire_core::store::{Backend, Db, OUTBOX_CHANNEL};
 use coursewire_core::trace::TraceContext;
 
 /// Any fixed number; identifies the relay's advisory lock.
@@ -103,8 +103,8 @@ impl From<sqlx::Error> for Stop {
     }
 }
 
-impl From<crate::error::ApiError> for Stop {
-    fn from(e: crate::error::ApiError) -> Stop {
+impl From<coursewire_core::error::ApiError> for Stop {
+    fn from(e: coursewire_core::error::ApiError) -> Stop {
         Stop::Db(anyhow::anyhow!(e.message))
     }
 }

@@ -4,56 +4,21 @@ use std::sync::Arc;
 use coursewire_proto::v1::event_service_server::EventService;
 use coursewire_proto::v1::{Event, GetEventRequest, ListEventsRequest, ListEventsResponse, WatchEventsRequest};
 use sqlx::Row;
-use sqlx::any::AnyRow;
 use tonic::{Request, Response, Status};
 
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Mark, in_order};
+use super::log::{COLUMNS, event_from_row, type_terms};
 use crate::AppState;
-use crate::auth::caller;
-use crate::clock::{from_timestamp, to_timestamp};
-use crate::error::{ApiError, ApiResult};
-use crate::ids::check_id;
+use crate::clock::from_timestamp;
+use crate::layers::auth::caller;
 use crate::page::Page;
-use crate::validate::Violations;
+use coursewire_core::error::{ApiError, ApiResult};
+use coursewire_core::events::{Mark, in_order};
+use coursewire_core::ids::{check_id, kind};
+use coursewire_core::validate::Violations;
 
 pub struct EventApi(pub Arc<AppState>);
-
-pub(super) fn event_from_row(r: &AnyRow) -> ApiResult<Event> {
-    let body: String = r.try_get("body")?;
-    let mut envelope: serde_json::Value = serde_json::from_str(&body).map_err(ApiError::internal)?;
-    let data = serde_json::from_value(envelope["data"].take()).map_err(ApiError::internal)?;
-    Ok(Event {
-        id: r.try_get("id")?,
-        r#type: r.try_get("type")?,
-        created_at: Some(to_timestamp(r.try_get("created_at")?)),
-        organization_id: r.try_get("org_id")?,
-        sequence: r.try_get("sequence")?,
-        resource_id: r.try_get("resource_id")?,
-        data: Some(data),
-    })
-}
-
-pub(super) const COLUMNS: &str = "id, type, created_at, org_id, sequence, resource_id, body, txid";
-
-/// ` AND (type = $n OR type LIKE $m …)` for the filters, with every value bound.
-pub(crate) fn type_terms(types: &[String], binds: &mut Vec<String>) -> String {
-    if types.is_empty() {
-        return String::new();
-    }
-    let terms: Vec<String> = types
-        .iter()
-        .map(|t| {
-            binds.push(match t.strip_suffix('*') {
-                Some(prefix) => format!("{prefix}%"),
-                None => t.clone(),
-            });
-            format!("type {} ${}", if t.ends_with('*') { "LIKE" } else { "=" }, binds.len())
-        })
-        .collect();
-    format!(" AND ({})", terms.join(" OR "))
-}
 
 fn check_types(v: &mut Violations, types: &[String]) {
     v.check(types.len() <= 50, "types", "at most 50 types");
@@ -118,7 +83,7 @@ impl EventService for EventApi {
         let who = caller(&req)?;
         let id = &req.get_ref().id;
         let mut v = Violations::default();
-        check_id(&mut v, "id", "evt", id);
+        check_id(&mut v, "id", kind::EVENT, id);
         v.finish()?;
         let row =
             sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM events WHERE id = $1 AND org_id = $2")))
@@ -142,7 +107,7 @@ impl EventService for EventApi {
         let mut v = Violations::default();
         check_types(&mut v, &r.types);
         if !r.after_event_id.is_empty() {
-            check_id(&mut v, "after_event_id", "evt", &r.after_event_id);
+            check_id(&mut v, "after_event_id", kind::EVENT, &r.after_event_id);
         }
         v.finish()?;
         let permit = self.0.streams.open(who.org())?;

@@ -9,11 +9,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use super::service::{COLUMNS, event_from_row, type_terms};
-use super::{Mark, in_order};
+use super::log::{COLUMNS, event_from_row, type_terms};
 use crate::AppState;
-use crate::error::{ApiError, Reason};
 use crate::streams::{Permit, shutting_down};
+use coursewire_core::error::{ApiError, Reason};
+use coursewire_core::events::{Mark, in_order};
 
 const CHUNK: i64 = 200;
 

@@ -17,9 +17,9 @@ use tokio::sync::Notify;
 use super::store::{OPERATIONS, assignments_of, operation_from_row};
 use crate::clock::SharedClock;
 use crate::enrollments::write::{Dates, ensure};
-use crate::error::{ApiError, ApiResult};
 use crate::resource::item_error;
-use crate::store::Db;
+use coursewire_core::error::{ApiError, ApiResult};
+use coursewire_core::store::Db;
 
 /// Members per batch (each may get several enrollments: a path's courses).
 const BATCH: i64 = 50;

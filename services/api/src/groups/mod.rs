@@ -14,17 +14,16 @@ use sqlx::AnyConnection;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::caller;
-use crate::auth::policy::CallClass;
 use crate::clock::to_timestamp;
-use crate::error::{ApiError, ApiResult, Reason};
 use crate::idempotency::Idempotency;
-use crate::ids::{check_id, is_id, new_id};
-use crate::learning_paths::PATHS;
+use crate::layers::auth::caller;
+use crate::learning_paths::members::PATHS;
 use crate::page::Page;
 use crate::published_courses::PUBLISHED_COURSES;
 use crate::resource::{check_etag, etag, item_error, mask_paths, opt_time};
-use crate::validate::Violations;
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::ids::{check_id, is_id, kind, new_id};
+use coursewire_core::validate::Violations;
 use store::*;
 
 pub struct GroupApi(pub Arc<AppState>);
@@ -33,7 +32,7 @@ pub struct GroupApi(pub Arc<AppState>);
 pub const MAX_MEMBERS_PER_CALL: usize = 1000;
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    crate::ids::require(field, "grp", id)
+    coursewire_core::ids::require(field, kind::GROUP, id)
 }
 
 fn validate(g: &Group, v: &mut Violations) {
@@ -51,8 +50,8 @@ async fn record_membership(
     now: i64,
 ) -> ApiResult<()> {
     let kind = format!("group_membership.{action}");
-    let change = crate::events::Change { org, kind: &kind, resource_id: id, sequence, data: m, now };
-    crate::events::record(conn, change).await.map(|_| ())
+    let change = coursewire_core::events::Change { org, kind: &kind, resource_id: id, sequence, data: m, now };
+    coursewire_core::events::record(conn, change).await.map(|_| ())
 }
 
 /// Bumps the group's sequence for a change to its assignments, with its `group.updated`.
@@ -89,7 +88,7 @@ impl GroupApi {
         if member.is_some() {
             return Err(ApiError::new(Reason::GroupMemberExists, "the user is already a member of this group"));
         }
-        let id = new_id("gmb");
+        let id = new_id(kind::GROUP_MEMBER);
         sqlx::query(
             "INSERT INTO group_members (id, group_id, user_id, added_at, operation_id) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -145,7 +144,7 @@ impl GroupApi {
 /// The ids of a membership call: the group, and 1 to 1,000 user ids (checked per item).
 fn check_members(group_id: &str, user_ids: &[String]) -> ApiResult<()> {
     let mut v = Violations::default();
-    check_id(&mut v, "group_id", "grp", group_id);
+    check_id(&mut v, "group_id", kind::GROUP, group_id);
     v.check((1..=MAX_MEMBERS_PER_CALL).contains(&user_ids.len()), "user_ids", "must hold 1 to 1000 user ids");
     v.finish()
 }
@@ -166,7 +165,7 @@ impl GroupService for GroupApi {
         if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {
             return Ok(Response::new(done));
         }
-        g.id = new_id("grp");
+        g.id = new_id(kind::GROUP);
         g.created_at = Some(to_timestamp(now));
         g.updated_at = g.created_at;
         g.member_count = 0;
@@ -266,7 +265,7 @@ impl GroupService for GroupApi {
         let r = req.into_inner();
         check_members(&r.group_id, &r.user_ids)?;
         let idem = Idempotency::new(who.org(), &r.request_id, "AddGroupMembers", &r)?;
-        let verdict = self.0.limiter.admit_items(&who, CallClass::Modify, r.user_ids.len()).await?;
+        let verdict = self.0.limiter.admit_items(&who, r.user_ids.len()).await?;
         let now = self.0.clock.now_ms();
         let mut tx = self.0.db.begin().await?;
         if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {
@@ -275,11 +274,11 @@ impl GroupService for GroupApi {
         fetch_group(&mut tx, who.org(), &r.group_id).await?;
         // New members are enrolled by one operation, when there is anything to enroll in.
         let assigned = !assignments_of(&mut tx, &r.group_id).await?.is_empty();
-        let operation_id = assigned.then(|| new_id("op"));
+        let operation_id = assigned.then(|| new_id(kind::OPERATION));
         let mut results = Vec::with_capacity(r.user_ids.len());
         let mut added = 0;
         for (i, user_id) in r.user_ids.iter().enumerate() {
-            let outcome = if !is_id("usr", user_id) {
+            let outcome = if !is_id(kind::USER, user_id) {
                 Err(ApiError::field(&format!("user_ids[{i}]"), "must be an id starting with `usr_`"))
             } else {
                 let mut sp = tx.savepoint().await?;
@@ -330,13 +329,13 @@ impl GroupService for GroupApi {
         let who = caller(&req)?;
         let r = req.into_inner();
         check_members(&r.group_id, &r.user_ids)?;
-        let verdict = self.0.limiter.admit_items(&who, CallClass::Modify, r.user_ids.len()).await?;
+        let verdict = self.0.limiter.admit_items(&who, r.user_ids.len()).await?;
         let now = self.0.clock.now_ms();
         let mut tx = self.0.db.begin().await?;
         fetch_group(&mut tx, who.org(), &r.group_id).await?;
         let mut results = Vec::with_capacity(r.user_ids.len());
         for (i, user_id) in r.user_ids.iter().enumerate() {
-            let outcome = if !is_id("usr", user_id) {
+            let outcome = if !is_id(kind::USER, user_id) {
                 Err(ApiError::field(&format!("user_ids[{i}]"), "must be an id starting with `usr_`"))
             } else {
                 Self::remove_member(&mut tx, who.org(), &r.group_id, user_id, now).await
@@ -391,12 +390,14 @@ impl GroupService for GroupApi {
         let a = r.assignment.unwrap_or_default();
         let target = target_id(&a).to_string();
         let mut v = Violations::default();
-        check_id(&mut v, "group_id", "grp", &r.group_id);
+        check_id(&mut v, "group_id", kind::GROUP, &r.group_id);
         match &a.target {
             Some(assignment::Target::PublishedCourseId(id)) => {
-                check_id(&mut v, "assignment.published_course_id", "pub", id)
+                check_id(&mut v, "assignment.published_course_id", kind::PUBLISHED_COURSE, id)
             }
-            Some(assignment::Target::LearningPathId(id)) => check_id(&mut v, "assignment.learning_path_id", "pth", id),
+            Some(assignment::Target::LearningPathId(id)) => {
+                check_id(&mut v, "assignment.learning_path_id", kind::LEARNING_PATH, id)
+            }
             None => v.add("assignment", "needs a published_course_id or a learning_path_id"),
         }
         let due_at = opt_time(&mut v, "assignment.due_at", a.due_at.as_ref());
@@ -418,7 +419,7 @@ impl GroupService for GroupApi {
         .await
         .map_err(ApiError::from)?;
         let group = touch_group(&mut tx, who.org(), &r.group_id, now).await?;
-        let id = new_id("op");
+        let id = new_id(kind::OPERATION);
         let op = NewOperation {
             id: &id,
             kind: Kind::EnrollAssignment,
@@ -436,8 +437,12 @@ impl GroupService for GroupApi {
         let who = caller(&req)?;
         let r = req.get_ref();
         let mut v = Violations::default();
-        check_id(&mut v, "group_id", "grp", &r.group_id);
-        v.check(is_id("pub", &r.target_id) || is_id("pth", &r.target_id), "target_id", "must be a pub_ or pth_ id");
+        check_id(&mut v, "group_id", kind::GROUP, &r.group_id);
+        v.check(
+            is_id(kind::PUBLISHED_COURSE, &r.target_id) || is_id(kind::LEARNING_PATH, &r.target_id),
+            "target_id",
+            "must be a pub_ or pth_ id",
+        );
         v.finish()?;
         let now = self.0.clock.now_ms();
         let mut tx = self.0.db.begin().await?;
@@ -458,7 +463,7 @@ impl GroupService for GroupApi {
 
     async fn get_operation(&self, req: Request<GetOperationRequest>) -> Result<Response<Operation>, Status> {
         let who = caller(&req)?;
-        crate::ids::require("id", "op", &req.get_ref().id)?;
+        coursewire_core::ids::require("id", kind::OPERATION, &req.get_ref().id)?;
         let row = OPERATIONS.get(self.0.db.pool(), who.org(), &req.get_ref().id).await?;
         Ok(Response::new(operation_from_row(&row)?))
     }

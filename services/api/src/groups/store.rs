@@ -6,8 +6,8 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use crate::clock::{opt_timestamp, to_timestamp};
-use crate::error::{ApiError, ApiResult};
 use crate::resource::{Table, etag};
+use coursewire_core::error::{ApiError, ApiResult};
 
 pub const GROUPS: Table = Table {
     name: "user_groups",

@@ -8,10 +8,19 @@ use sqlx::{AnyConnection, Row};
 
 use crate::clock::{opt_timestamp, to_timestamp};
 use crate::enrollments::write::{self as course_enrollments, Dates};
-use crate::error::{ApiError, ApiResult, Reason};
-use crate::ids::new_id;
 use crate::resource::{Table, etag};
-use crate::store::is_unique_violation;
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::ids::{kind, new_id};
+use coursewire_core::store::is_unique_violation;
+
+/// The learning paths (served by the LearningPathService in `mod.rs`; here because a path
+/// enrollment checks its path exists, and this module must not import its parent back).
+pub const PATHS: Table = Table {
+    name: "learning_paths",
+    kind: "learning path",
+    events: "learning_path",
+    columns: "id, title, description, created_at, updated_at, sequence",
+};
 
 pub const MEMBERS: Table = Table {
     name: "path_enrollments",
@@ -97,7 +106,7 @@ pub async fn create(
     dates: Dates,
     now: i64,
 ) -> ApiResult<PathEnrollment> {
-    super::PATHS.get(&mut *conn, org, path_id).await?;
+    PATHS.get(&mut *conn, org, path_id).await?;
     crate::users::fetch(&mut *conn, org, user_id).await?;
     let existing: Option<String> = sqlx::query_scalar(
         "SELECT id FROM path_enrollments WHERE path_id = $1 AND user_id = $2 AND deleted_at IS NULL",
@@ -109,7 +118,7 @@ pub async fn create(
     if let Some(id) = existing {
         return Err(duplicate(id));
     }
-    let id = new_id("pen");
+    let id = new_id(kind::PATH_ENROLLMENT);
     let insert = sqlx::query(
         "INSERT INTO path_enrollments (id, org_id, path_id, user_id, state, enrolled_at, due_at, updated_at, sequence) \
          VALUES ($1, $2, $3, $4, 'ACTIVE', $5, $6, $5, 1)",

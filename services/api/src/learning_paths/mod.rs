@@ -13,29 +13,22 @@ use sqlx::any::AnyRow;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::caller;
 use crate::clock::to_timestamp;
 use crate::enrollments::write::Dates;
-use crate::error::{ApiError, ApiResult, Reason};
 use crate::idempotency::Idempotency;
-use crate::ids::{check_id, new_id};
+use crate::layers::auth::caller;
 use crate::page::Page;
 use crate::published_courses::PUBLISHED_COURSES;
-use crate::resource::{Table, check_etag, etag, mask_paths};
-use crate::validate::Violations;
-use members::MEMBERS;
+use crate::resource::{check_etag, etag, mask_paths};
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::ids::{check_id, kind, new_id};
+use coursewire_core::validate::Violations;
+use members::{MEMBERS, PATHS};
 
 pub struct LearningPathApi(pub Arc<AppState>);
 
 /// Courses one path may hold.
 const MAX_COURSES: usize = 100;
-
-pub const PATHS: Table = Table {
-    name: "learning_paths",
-    kind: "learning path",
-    events: "learning_path",
-    columns: "id, title, description, created_at, updated_at, sequence",
-};
 
 fn from_row(r: &AnyRow) -> Result<(LearningPath, i64), sqlx::Error> {
     let sequence = r.try_get("sequence")?;
@@ -64,7 +57,7 @@ fn validate(p: &LearningPath, v: &mut Violations) {
     v.check(p.published_course_ids.len() <= MAX_COURSES, "learning_path.published_course_ids", "at most 100 courses");
     for (i, id) in p.published_course_ids.iter().enumerate() {
         let field = format!("learning_path.published_course_ids[{i}]");
-        check_id(v, &field, "pub", id);
+        check_id(v, &field, kind::PUBLISHED_COURSE, id);
         v.check(!p.published_course_ids[..i].contains(id), &field, "appears twice");
     }
 }
@@ -85,7 +78,7 @@ async fn replace_courses(conn: &mut AnyConnection, org: &str, path_id: &str, ids
 }
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    crate::ids::require(field, "pth", id)
+    coursewire_core::ids::require(field, kind::LEARNING_PATH, id)
 }
 
 #[tonic::async_trait]
@@ -106,7 +99,7 @@ impl LearningPathService for LearningPathApi {
         if let Some(done) = Idempotency::replay(&idem, &mut tx, now).await? {
             return Ok(Response::new(done));
         }
-        p.id = new_id("pth");
+        p.id = new_id(kind::LEARNING_PATH);
         p.created_at = Some(to_timestamp(now));
         p.updated_at = p.created_at;
         p.etag = etag(1);
@@ -224,8 +217,8 @@ impl LearningPathService for LearningPathApi {
         let r = req.into_inner();
         let now = self.0.clock.now_ms();
         let mut v = Violations::default();
-        check_id(&mut v, "learning_path_id", "pth", &r.learning_path_id);
-        check_id(&mut v, "user_id", "usr", &r.user_id);
+        check_id(&mut v, "learning_path_id", kind::LEARNING_PATH, &r.learning_path_id);
+        check_id(&mut v, "user_id", kind::USER, &r.user_id);
         let dates = Dates::validate(&mut v, "", r.expires_at.as_ref(), r.due_at.as_ref(), now);
         v.finish()?;
         let idem = Idempotency::new(who.org(), &r.request_id, "CreatePathEnrollment", &r)?;
@@ -247,7 +240,7 @@ impl LearningPathService for LearningPathApi {
         req: Request<GetPathEnrollmentRequest>,
     ) -> Result<Response<PathEnrollment>, Status> {
         let who = caller(&req)?;
-        crate::ids::require("id", "pen", &req.get_ref().id)?;
+        coursewire_core::ids::require("id", kind::PATH_ENROLLMENT, &req.get_ref().id)?;
         Ok(Response::new(members::fetch(self.0.db.pool(), who.org(), &req.get_ref().id).await?))
     }
 
@@ -259,10 +252,10 @@ impl LearningPathService for LearningPathApi {
         let r = req.get_ref();
         let mut v = Violations::default();
         if !r.learning_path_id.is_empty() {
-            check_id(&mut v, "learning_path_id", "pth", &r.learning_path_id);
+            check_id(&mut v, "learning_path_id", kind::LEARNING_PATH, &r.learning_path_id);
         }
         if !r.user_id.is_empty() {
-            check_id(&mut v, "user_id", "usr", &r.user_id);
+            check_id(&mut v, "user_id", kind::USER, &r.user_id);
         }
         v.finish()?;
         let scope = format!("path_enrollments|{}|{}|{}", who.org(), r.learning_path_id, r.user_id);
@@ -295,7 +288,7 @@ impl LearningPathService for LearningPathApi {
     ) -> Result<Response<Empty>, Status> {
         let who = caller(&req)?;
         let r = req.get_ref();
-        crate::ids::require("id", "pen", &r.id)?;
+        coursewire_core::ids::require("id", kind::PATH_ENROLLMENT, &r.id)?;
         let mut tx = self.0.db.begin().await?;
         members::delete(&mut tx, who.org(), &r.id, &r.etag, self.0.clock.now_ms()).await?;
         tx.commit().await?;

@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use crate::clock::{opt_timestamp, to_timestamp};
-use crate::error::{ApiError, ApiResult};
+use coursewire_core::error::{ApiError, ApiResult};
 
 pub use coursewire_core::webhooks::deliveries::*;
 

@@ -7,10 +7,10 @@ use sqlx::{AnyConnection, Row};
 pub use coursewire_core::webhooks::endpoints::*;
 
 use crate::clock::{opt_timestamp, to_timestamp};
-use crate::error::{ApiError, ApiResult};
-use crate::events::EVENT_TYPES;
 use crate::resource::etag;
-use crate::validate::Violations;
+use coursewire_core::error::{ApiError, ApiResult};
+use coursewire_core::events::EVENT_TYPES;
+use coursewire_core::validate::Violations;
 
 pub const MAX_URL_LEN: usize = 2048;
 pub const MAX_HEADERS: usize = 20;

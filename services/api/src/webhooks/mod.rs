@@ -13,16 +13,16 @@ use sqlx::{AnyConnection, Row};
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::auth::caller;
 use crate::clock::{opt_timestamp, to_timestamp};
-use crate::error::{ApiError, ApiResult, Reason};
-use crate::events::{self, Change};
 use crate::idempotency::Idempotency;
-use crate::ids::new_id;
+use crate::layers::auth::caller;
 use crate::page::Page;
 use crate::resource::{check_etag, etag, mask_paths, opt_time};
-use crate::store::Tx;
-use crate::validate::Violations;
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::events::{self, Change};
+use coursewire_core::ids::{kind, new_id};
+use coursewire_core::store::Tx;
+use coursewire_core::validate::Violations;
 use deliveries::{FAILED, MAX_REPLAY, NewDelivery, PENDING, SUCCEEDED};
 use endpoint::{REDACTED, ROTATION_OVERLAP_MS, fetch, new_secret, seal_headers, secret_context, validate};
 
@@ -58,11 +58,11 @@ impl WebhookApi {
 const MUTABLE: &[&str] = &["url", "description", "event_types", "headers", "max_rate_per_second", "max_concurrency"];
 
 fn check(field: &str, id: &str) -> ApiResult<()> {
-    crate::ids::require(field, "wh", id)
+    coursewire_core::ids::require(field, kind::WEBHOOK, id)
 }
 
 fn check_delivery(field: &str, id: &str) -> ApiResult<()> {
-    crate::ids::require(field, "dlv", id)
+    coursewire_core::ids::require(field, kind::DELIVERY, id)
 }
 
 fn disabled_error(id: &str) -> ApiError {
@@ -121,7 +121,7 @@ impl WebhookService for WebhookApi {
         let mut w = r.webhook.clone().unwrap_or_default();
         let mut v = Violations::default();
         validate(&mut w, &mut v);
-        w.id = new_id("wh");
+        w.id = new_id(kind::WEBHOOK);
         let sealed_headers = seal_headers(&self.0.secrets, &w.id, &w.headers, &Default::default(), &mut v);
         v.finish()?;
         let idem = Idempotency::new(who.org(), &r.request_id, "CreateWebhook", &r)?;
@@ -378,7 +378,7 @@ impl WebhookService for WebhookApi {
         let r = req.get_ref();
         let mut v = Violations::default();
         if !r.webhook_id.is_empty() {
-            crate::ids::check_id(&mut v, "webhook_id", "wh", &r.webhook_id);
+            coursewire_core::ids::check_id(&mut v, "webhook_id", kind::WEBHOOK, &r.webhook_id);
         }
         let state = match delivery::State::try_from(r.state) {
             Ok(delivery::State::Unspecified) => None,
@@ -503,7 +503,7 @@ impl WebhookService for WebhookApi {
         let r = req.get_ref();
         let now = self.0.clock.now_ms();
         let mut v = Violations::default();
-        crate::ids::check_id(&mut v, "webhook_id", "wh", &r.webhook_id);
+        coursewire_core::ids::check_id(&mut v, "webhook_id", kind::WEBHOOK, &r.webhook_id);
         let start = opt_time(&mut v, "start_time", r.start_time.as_ref());
         if r.start_time.is_none() {
             v.add("start_time", "is required");
@@ -561,7 +561,7 @@ impl WebhookService for WebhookApi {
             .map(|row| Ok((row.try_get::<String, _>("id")?, row.try_get::<String, _>("type")?)))
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(ApiError::from)?;
-        let origin = new_id("rpl");
+        let origin = new_id(kind::REPLAY);
         let rows: Vec<NewDelivery> = events
             .iter()
             .map(|(id, kind)| NewDelivery {

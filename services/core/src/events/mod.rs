@@ -9,7 +9,8 @@ use sqlx::AnyConnection;
 
 use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
-use crate::ids::new_id;
+use crate::ids::{kind, new_id};
+use crate::store::Backend;
 
 /// Every event type (ARCHITECTURE §6): webhook filters are checked against it, `record`
 /// writes nothing else, and docs/events.md's table is compared with it by a test.
@@ -105,7 +106,7 @@ pub async fn record<T: Serialize>(conn: &mut AnyConnection, change: Change<'_, T
     if !EVENT_TYPES.contains(&change.kind) {
         return Err(ApiError::internal(format!("event type {:?} is not in EVENT_TYPES", change.kind)));
     }
-    let id = new_id("evt");
+    let id = new_id(kind::EVENT);
     let body = serde_json::to_string(&Envelope {
         id: &id,
         kind: change.kind,
@@ -116,7 +117,7 @@ pub async fn record<T: Serialize>(conn: &mut AnyConnection, change: Change<'_, T
     })
     .map_err(ApiError::internal)?;
     // The transaction's place in the commit order (see `Mark`).
-    let txid = if conn.backend_name() == "PostgreSQL" {
+    let txid = if Backend::of(conn) == Backend::Postgres {
         "pg_current_xact_id()::text::bigint"
     } else {
         "(SELECT COALESCE(MAX(txid), 1) + 1 FROM events)"

@@ -2,7 +2,7 @@
 use sqlx::AnyConnection;
 
 use crate::error::ApiResult;
-use crate::ids::new_id;
+use crate::ids::{kind, new_id};
 
 pub const PENDING: &str = "pending";
 pub const SUCCEEDED: &str = "succeeded";
@@ -56,7 +56,7 @@ pub async fn insert(conn: &mut AnyConnection, rows: &[NewDelivery<'_>], now: i64
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for d in chunk {
             q = q
-                .bind(new_id("dlv"))
+                .bind(new_id(kind::DELIVERY))
                 .bind(d.org)
                 .bind(d.endpoint_id)
                 .bind(d.event_id)

@@ -6,7 +6,7 @@ use http::HeaderMap;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::error::{ApiError, ApiResult, Reason};
+use coursewire_core::error::{ApiError, ApiResult, Reason};
 
 const SECRET_HEX_LEN: usize = 48;
 /// Longest credential header we look at; anything longer is refused without parsing.

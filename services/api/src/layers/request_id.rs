@@ -1,10 +1,12 @@
-//! The request id layer (outermost): every call gets an id, the caller's `x-request-id`
-//! when it sent an acceptable one, else a new `req_…`. The response carries it in
+//! The request id layer (outermost, so the gateway's own answers have one too): every call
+//! gets an id, the caller's `x-request-id` when it sent an acceptable one, else a new
+//! `req_…`. The response carries it in
 //! `x-request-id`, errors in `ErrorInfo.metadata.request_id`, and the warnings and errors
 //! logged while serving the call in a `request_id` field. The call also gets its place in
 //! a trace: a child of the caller's W3C `traceparent`, or a new trace (see `core::trace`).
 //! A `tracing` span per call is made only when spans are exported (`--otlp-endpoint`): on
-//! the Ping benchmark a span per call cost several percent of the throughput.
+//! the Ping benchmark a span per call cost several percent of the throughput. It is named
+//! by the path; the gateway renames it after the gRPC method an HTTP/JSON call becomes.
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};

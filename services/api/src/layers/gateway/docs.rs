@@ -7,13 +7,13 @@ use tonic::body::Body;
 
 /// (path, content type, file)
 const FILES: &[(&str, &str, &[u8])] = &[
-    ("/docs", "text/html; charset=utf-8", include_bytes!("../../assets/docs.html")),
+    ("/docs", "text/html; charset=utf-8", include_bytes!("../../../assets/docs.html")),
     (
         "/docs/swagger-ui-bundle.js",
         "text/javascript; charset=utf-8",
-        include_bytes!("../../assets/swagger-ui/swagger-ui-bundle.js"),
+        include_bytes!("../../../assets/swagger-ui/swagger-ui-bundle.js"),
     ),
-    ("/docs/swagger-ui.css", "text/css; charset=utf-8", include_bytes!("../../assets/swagger-ui/swagger-ui.css")),
+    ("/docs/swagger-ui.css", "text/css; charset=utf-8", include_bytes!("../../../assets/swagger-ui/swagger-ui.css")),
 ];
 
 /// The page or asset at `path`, if it is one of ours.

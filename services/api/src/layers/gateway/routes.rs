@@ -3,6 +3,8 @@
 //!
 //! Templates are the subset AIP-127 uses: literal segments, `{field}` or `{nested.field}`
 //! variables that take one segment each, and an optional `:verb` after the last segment.
+use std::sync::LazyLock;
+
 use prost_reflect::{DescriptorPool, MethodDescriptor, Value};
 
 /// One HTTP binding of one gRPC method.
@@ -208,6 +210,18 @@ pub fn field_path(message: &prost_reflect::MessageDescriptor, path: &str) -> Opt
     None
 }
 
+/// Our protos and the `google.rpc` error details, for JSON in and out.
+pub fn pool() -> DescriptorPool {
+    static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+        let mut pool =
+            DescriptorPool::decode(coursewire_proto::FILE_DESCRIPTOR_SET).expect("our descriptor set decodes");
+        pool.decode_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .expect("the google.rpc descriptors decode");
+        pool
+    });
+    POOL.clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,7 +240,7 @@ mod tests {
 
     #[test]
     fn every_rule_in_our_protos_parses_and_paths_match_one_route() {
-        let routes = Routes::from_pool(&super::super::pool()).unwrap();
+        let routes = Routes::from_pool(&super::pool()).unwrap();
         let find = |verb: http::Method, path: &str| match routes.find(&verb, path) {
             Matched::Route(r, b) => Some((r.grpc_path.clone(), b)),
             _ => None,

@@ -1,10 +1,11 @@
 //! In-memory limiter for a single process: per subject, a log of admissions with running
 //! totals, so counting a window is two binary searches however full it is.
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 
-use super::window::{DAY_MS, Span, Window, WindowState, day_start, longest_sliding};
-use super::{Backend, Subject};
+use parking_lot::Mutex;
+
+use super::backend::{Backend, Subject};
+use crate::policy::windows::{DAY_MS, Span, Window, WindowState, day_start, longest_sliding};
 
 #[derive(Default)]
 struct Log {
@@ -76,7 +77,7 @@ pub struct MemoryBackend {
 #[tonic::async_trait]
 impl Backend for MemoryBackend {
     async fn decide(&self, subjects: &[Subject<'_>], n: u64, now: i64) -> anyhow::Result<Vec<Vec<WindowState>>> {
-        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut logs = self.logs.lock();
         let states: Vec<Vec<WindowState>> = subjects
             .iter()
             .map(|s| {

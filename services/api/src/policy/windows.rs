@@ -2,8 +2,8 @@
 //! admitted) and `10000/day` (calendar: resets at 00:00 UTC).
 use serde::{Deserialize, Serialize};
 
-use crate::auth::policy::CallClass;
-use crate::config::parse_duration;
+use crate::policy::CallClass;
+use coursewire_core::config::parse_duration;
 
 pub const DAY_MS: i64 = 86_400_000;
 

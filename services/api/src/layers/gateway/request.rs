@@ -8,14 +8,15 @@ use prost_reflect::{DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, M
 use serde_json::{Map, Value};
 
 use super::routes::{Route, field_path};
-use crate::error::{ApiError, ApiResult, Reason};
+use coursewire_core::error::{ApiError, ApiResult, Reason};
 
 /// The encoded request message for `route`.
 pub fn encode(route: &Route, bindings: Vec<(String, String)>, query: Option<&str>, body: &[u8]) -> ApiResult<Vec<u8>> {
     let input = route.method.input();
     let mut request = Map::new();
     let body = parse_body(body)?;
-    for (name, value) in form_urlencoded(query.unwrap_or_default()) {
+    // `application/x-www-form-urlencoded` pairs (`+` is a space), as browsers and curl send them.
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         let field = field_path(&input, &name).ok_or_else(|| {
             ApiError::field(&name, format!("`{}` has no field `{name}` for a query parameter", route.template))
         })?;
@@ -194,22 +195,13 @@ fn lookup<'a>(object: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
     Some(value)
 }
 
-/// `application/x-www-form-urlencoded` pairs (`+` is a space), as browsers and curl send them.
-fn form_urlencoded(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    let decode = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
-    query.split('&').filter(|p| !p.is_empty()).map(move |pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode(k), decode(v))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::routes::{Matched, Routes};
+    use crate::layers::gateway::routes::{Matched, Routes};
 
     fn encode_for(verb: http::Method, path: &str, query: Option<&str>, body: &str) -> ApiResult<DynamicMessage> {
-        let routes = Routes::from_pool(&crate::gateway::pool()).unwrap();
+        let routes = Routes::from_pool(&crate::layers::gateway::routes::pool()).unwrap();
         let Matched::Route(route, bindings) = routes.find(&verb, path) else { panic!("no route for {path}") };
         let bytes = encode(route, bindings, query, body.as_bytes())?;
         Ok(DynamicMessage::decode(route.method.input(), bytes.as_slice()).unwrap())

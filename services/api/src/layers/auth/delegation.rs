@@ -5,9 +5,9 @@
 //! these rules: it has the database.
 use ipnet::IpNet;
 
-use super::store::{KeyRecord, Scopes};
-use crate::error::{ApiError, ApiResult, Reason};
-use crate::limits::window::{DAY_MS, Span, Window};
+use super::record::{KeyRecord, Scopes};
+use crate::policy::windows::{DAY_MS, Span, Window};
+use coursewire_core::error::{ApiError, ApiResult, Reason};
 
 /// What a key would be allowed to do: the fields delegation compares.
 pub struct Authority<'a> {
@@ -92,7 +92,7 @@ fn wider_than(held: &Authority<'_>, wanted: &Authority<'_>) -> Vec<String> {
     {
         out.push(format!(
             "the new key's rate_limit must be no higher than {}",
-            crate::limits::window::format_windows(limit)
+            crate::policy::windows::format_windows(limit)
         ));
     }
     out
@@ -119,7 +119,7 @@ fn at_least_as_strict(windows: &[Window], bound: &[Window]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::window::parse_windows;
+    use crate::policy::windows::parse_windows;
 
     fn scopes(s: &[&str]) -> Scopes {
         Scopes(s.iter().map(|x| x.to_string()).collect())

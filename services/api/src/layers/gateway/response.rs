@@ -100,7 +100,7 @@ pub fn error_json(status: &tonic::Status) -> serde_json::Value {
 }
 
 fn google_rpc_status(status: &tonic::Status) -> Option<serde_json::Value> {
-    let pool = super::pool();
+    let pool = super::routes::pool();
     let desc = pool.get_message_by_name("google.rpc.Status")?;
     let decoded = DynamicMessage::decode(desc, status.details()).ok()?;
     let options = SerializeOptions::new().use_proto_field_name(true);
@@ -271,8 +271,8 @@ mod tests {
 
     #[test]
     fn codes_map_to_the_http_statuses_clients_expect() {
-        let status = |e: crate::error::ApiError| tonic::Status::from(e);
-        use crate::error::{ApiError, Reason};
+        let status = |e: coursewire_core::error::ApiError| tonic::Status::from(e);
+        use coursewire_core::error::{ApiError, Reason};
         assert_eq!(http_status(&status(ApiError::field("x", "bad"))), 400);
         assert_eq!(http_status(&status(ApiError::new(Reason::KeyUnknown, "no"))), 401);
         assert_eq!(http_status(&status(ApiError::new(Reason::ScopeMissing, "no"))), 403);

@@ -1,30 +1,32 @@
-//! Authentication and authorization as a tower layer: every call except health and
-//! reflection must carry a valid key whose scopes cover the method (see `policy`). The
-//! layer puts the resulting `Caller` into the request extensions for handlers.
+//! Authentication and authorization as a layer: every call except health and reflection
+//! must carry a valid key whose scopes cover the method (see `crate::policy`). The layer
+//! puts the resulting `Caller` into the request extensions for the layers below and the
+//! handlers. The keys themselves: `keys` (secrets), `record` (a key as read), `store`
+//! (their rows), `delegation` (what a key may grant).
 pub mod delegation;
 pub mod keys;
-pub mod policy;
+mod record;
 mod store;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
 use ipnet::IpNet;
+use parking_lot::Mutex;
 use subtle::ConstantTimeEq;
 use tonic::Status;
 use tonic::transport::server::TcpConnectInfo;
 
-pub use crate::organizations::create_org;
-pub use store::{KeyRecord, NewKey, Scopes, create_key, get_key, list_keys, revoke_key, update_key};
+pub use record::{KeyRecord, Scopes};
+pub use store::{NewKey, create_key, get_key, list_keys, revoke_key, update_key};
 
 use crate::clock::SharedClock;
-use crate::error::{ApiError, ApiResult, Reason};
-use crate::store::Db;
-use policy::{Need, Policy};
+use crate::layers::around::{Inner, Next, Response, Rule};
+use crate::policy::{self, Need, Policy};
+use coursewire_core::error::{ApiError, ApiResult, Reason};
+use coursewire_core::store::Db;
 
 /// Revocations and changes become visible to every replica within this time.
 const CACHE_TTL: Duration = Duration::from_secs(1);
@@ -111,13 +113,13 @@ impl Authenticator {
     }
 
     async fn lookup(&self, hash: &str) -> ApiResult<Option<Arc<KeyRecord>>> {
-        if let Some((at, key)) = self.cache.lock().unwrap().get(hash)
+        if let Some((at, key)) = self.cache.lock().get(hash)
             && at.elapsed() < CACHE_TTL
         {
             return Ok(key.clone());
         }
         let key = store::find_key(&self.db, hash).await?.map(Arc::new);
-        let mut cache = self.cache.lock().unwrap();
+        let mut cache = self.cache.lock();
         if cache.len() > 10_000 {
             cache.retain(|_, (at, _)| at.elapsed() < CACHE_TTL);
         }
@@ -179,63 +181,36 @@ fn authorize(key: &KeyRecord, need: Need) -> ApiResult<()> {
     }
 }
 
-/// The tower layer that runs `Authenticator` in front of the gRPC services.
+/// The auth layer's rule (run by `Around`): every call but health and reflection is
+/// authenticated and authorized before it goes on, carrying its `Caller`.
 #[derive(Clone)]
-pub struct AuthLayer(pub Arc<Authenticator>);
+pub struct Authenticate(pub Arc<Authenticator>);
 
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
-    fn layer(&self, inner: S) -> AuthService<S> {
-        AuthService { auth: self.0.clone(), inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct AuthService<S> {
-    auth: Arc<Authenticator>,
-    inner: S,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        // Take the service that was polled ready; leave a fresh clone behind.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+impl Rule for Authenticate {
+    async fn call<S: Inner<B>, B: Send + 'static>(
+        self,
+        mut req: http::Request<B>,
+        next: Next<S>,
+    ) -> Result<Response, S::Error> {
         if policy::is_public(req.uri().path()) {
-            return Box::pin(inner.call(req));
+            return next.run(req).await;
         }
-        let auth = self.auth.clone();
-        Box::pin(async move {
-            let peer = req.extensions().get::<TcpConnectInfo>().and_then(|i| i.remote_addr()).map(|a| a.ip());
-            match auth.authenticate(req.headers(), req.uri().path(), peer).await {
-                Ok(caller) => {
-                    if coursewire_core::trace::exporting() {
-                        let span = tracing::Span::current();
-                        span.record("organization", caller.org());
-                        span.record("api_key", caller.key.prefix.as_str());
-                    }
-                    req.extensions_mut().insert(caller);
-                    inner.call(req).await
+        let peer = req.extensions().get::<TcpConnectInfo>().and_then(|i| i.remote_addr()).map(|a| a.ip());
+        match self.0.authenticate(req.headers(), req.uri().path(), peer).await {
+            Ok(caller) => {
+                if coursewire_core::trace::exporting() {
+                    let span = tracing::Span::current();
+                    span.record("organization", caller.org());
+                    span.record("api_key", caller.key.prefix.as_str());
                 }
-                Err(e) => {
-                    crate::metrics::auth_failed(e.reason.as_str());
-                    Ok(Status::from(e).into_http())
-                }
+                req.extensions_mut().insert(caller);
+                next.run(req).await
             }
-        })
+            Err(e) => {
+                crate::metrics::auth_failed(e.reason.as_str());
+                Ok(Status::from(e).into_http())
+            }
+        }
     }
 }
 

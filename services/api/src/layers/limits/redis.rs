@@ -3,8 +3,8 @@
 //! calendar windows use a counter per subject and UTC day.
 use redis::aio::ConnectionManager;
 
-use super::window::{DAY_MS, Span, WindowState, day_start, longest_sliding};
-use super::{Backend, Subject};
+use super::backend::{Backend, Subject};
+use crate::policy::windows::{DAY_MS, Span, WindowState, day_start, longest_sliding};
 
 /// KEYS: per subject, its sorted set then its day counter.
 /// ARGV: now, n, nonce, subject count; per subject: window count, ms to keep; per window:

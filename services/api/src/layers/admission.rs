@@ -12,18 +12,18 @@
 //! (three quarters of `grpc-timeout`) or 5 s is answered UNAVAILABLE, `DELIVERIES_BEHIND`, with the delay to
 //! retry after, and nothing is written. Each replica paces itself from the same signal, so
 //! any number of replicas together follow the dispatchers' capacity.
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::time::Instant;
 use tonic::Status;
 
-use crate::auth::Caller;
-use crate::auth::policy::CallClass;
 use crate::clock::SharedClock;
-use crate::error::{ApiError, Reason};
+use crate::layers::around::{Inner, Next, Response, Rule};
+use crate::layers::auth::Caller;
+use crate::policy::CallClass;
+use coursewire_core::error::{ApiError, Reason};
 use coursewire_core::store::Db;
 
 /// How often the signal is read, and the pace adjusted, while calls are written.
@@ -147,8 +147,8 @@ impl Admission {
         })
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     fn now(&self) -> f64 {
@@ -214,53 +214,25 @@ fn max_wait(headers: &http::HeaderMap) -> Duration {
     deadline.map_or(MAX_WAIT, |d| (d * 3 / 4).min(MAX_WAIT))
 }
 
-/// Paces writes as a tower layer, inside the rate limit (a call the limits refuse waits for
-/// nothing).
+/// The admission layer's rule (run by `Around`): paces writes, inside the rate limit (a
+/// call the limits refuse waits for nothing).
 #[derive(Clone)]
-pub struct AdmissionLayer(pub Arc<Admission>);
+pub struct Pace(pub Arc<Admission>);
 
-impl<S> tower::Layer<S> for AdmissionLayer {
-    type Service = AdmissionService<S>;
-    fn layer(&self, inner: S) -> AdmissionService<S> {
-        AdmissionService { admission: self.0.clone(), inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct AdmissionService<S> {
-    admission: Arc<Admission>,
-    inner: S,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for AdmissionService<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+impl Rule for Pace {
+    async fn call<S: Inner<B>, B: Send + 'static>(
+        self,
+        req: http::Request<B>,
+        next: Next<S>,
+    ) -> Result<Response, S::Error> {
         let class = req.extensions().get::<Caller>().and_then(|c| c.policy.map(|p| p.class));
         if !matches!(class, Some(CallClass::Modify | CallClass::Remove)) {
-            return Box::pin(inner.call(req));
+            return next.run(req).await;
         }
-        let admission = self.admission.clone();
-        let max_wait = max_wait(req.headers());
-        Box::pin(async move {
-            match admission.admit(max_wait).await {
-                Ok(()) => inner.call(req).await,
-                Err(e) => Ok(Status::from(e).into_http()),
-            }
-        })
+        match self.0.admit(max_wait(req.headers())).await {
+            Ok(()) => next.run(req).await,
+            Err(e) => Ok(Status::from(e).into_http()),
+        }
     }
 }
 

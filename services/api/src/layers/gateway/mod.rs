@@ -11,30 +11,19 @@ mod request;
 pub mod response;
 pub mod routes;
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
-use prost_reflect::DescriptorPool;
 use tonic::body::Body;
 
-use crate::error::{ApiError, Reason};
-use crate::server::MAX_MESSAGE_BYTES;
+use coursewire_core::error::{ApiError, Reason};
 use routes::{Matched, Routes};
 
-/// Our protos and the `google.rpc` error details, for JSON in and out.
-pub fn pool() -> DescriptorPool {
-    static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-        let mut pool =
-            DescriptorPool::decode(coursewire_proto::FILE_DESCRIPTOR_SET).expect("our descriptor set decodes");
-        pool.decode_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            .expect("the google.rpc descriptors decode");
-        pool
-    });
-    POOL.clone()
-}
+/// Largest request or response message, in bytes (a full batch of 1,000 items fits).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// A JSON body may be larger than its protobuf message (names, quotes, base64).
 const MAX_JSON_BYTES: usize = 2 * MAX_MESSAGE_BYTES;
@@ -53,7 +42,7 @@ pub struct HttpJsonLayer {
 
 impl HttpJsonLayer {
     pub fn new() -> anyhow::Result<Self> {
-        let routes = Routes::from_pool(&pool())?;
+        let routes = Routes::from_pool(&routes::pool())?;
         let openapi = serde_json::to_vec(&openapi::document(&routes))?.into();
         Ok(HttpJsonLayer { gateway: Arc::new(Gateway { routes, openapi }), enabled: true })
     }
@@ -136,6 +125,10 @@ where
             // traceparent) and extensions (the peer address) carry over.
             parts.method = http::Method::POST;
             parts.uri = route.grpc_path.parse().expect("a gRPC path is a valid URI");
+            if coursewire_core::trace::exporting() {
+                // The call's span (see `request_id`) takes the method's name, as a gRPC call's does.
+                tracing::Span::current().record("otel.name", route.grpc_path.trim_start_matches('/'));
+            }
             parts.version = http::Version::HTTP_2;
             parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
             parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));

@@ -3,38 +3,25 @@
 //! counted; a batch counts its items and is admitted or rejected whole. Calendar windows
 //! (`N/day`) reset at 00:00 UTC. Two backends share one trait: in-memory (one process) and
 //! Redis (all replicas, one atomic Lua script per decision).
-mod layer;
+pub mod backend;
+pub mod layer;
 mod memory;
 mod redis;
-pub mod window;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use coursewire_proto::v1::LimitStatus;
 
-pub use layer::RateLimitLayer;
+use crate::policy::windows::{self, ClassLimits, Span, Window, WindowState};
+use backend::{Backend, Subject};
 pub use memory::MemoryBackend;
 pub use redis::RedisBackend;
-use window::{ClassLimits, Span, Window, WindowState};
 
-use crate::auth::Caller;
-use crate::auth::policy::CallClass;
 use crate::clock::SharedClock;
-use crate::error::{ApiError, Reason};
-
-/// One counter and the windows that apply to it.
-pub struct Subject<'a> {
-    pub key: String,
-    pub windows: &'a [Window],
-}
-
-#[tonic::async_trait]
-pub trait Backend: Send + Sync + 'static {
-    /// The state of every window of every subject before this call; when `n` more fit in
-    /// all of them (and `n > 0`), records `n` units for every subject, atomically.
-    async fn decide(&self, subjects: &[Subject<'_>], n: u64, now: i64) -> anyhow::Result<Vec<Vec<WindowState>>>;
-}
+use crate::layers::auth::Caller;
+use crate::policy::{CallClass, Charge, Policy};
+use coursewire_core::error::{ApiError, Reason};
 
 /// What to do when the backend cannot answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +60,7 @@ pub async fn build(
     clock: SharedClock,
 ) -> anyhow::Result<Arc<Limiter>> {
     let defaults =
-        ClassLimits::uniform(window::parse_windows(rate_limits).map_err(|e| anyhow::anyhow!("--rate-limits: {e}"))?);
+        ClassLimits::uniform(windows::parse_windows(rate_limits).map_err(|e| anyhow::anyhow!("--rate-limits: {e}"))?);
     let backend: Arc<dyn Backend> = match redis_url {
         Some(url) => Arc::new(
             RedisBackend::connect(url, "coursewire:limits:").await.map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?,
@@ -128,14 +115,14 @@ impl Limiter {
         }
     }
 
-    /// Admits a call that counts its `n` items (a batch): RESOURCE_EXHAUSTED with the limit
-    /// headers when they do not all fit, else the verdict whose headers the response carries.
-    pub async fn admit_items(
-        &self,
-        caller: &Caller,
-        class: CallClass,
-        n: usize,
-    ) -> Result<Option<Verdict>, tonic::Status> {
+    /// Admits a call the policy table charges per item (a batch) for its `n` items, in its
+    /// call class: RESOURCE_EXHAUSTED with the limit headers when they do not all fit, else
+    /// the verdict whose headers the response carries.
+    pub async fn admit_items(&self, caller: &Caller, n: usize) -> Result<Option<Verdict>, tonic::Status> {
+        let Some(Policy { class, charge: Charge::PerItem, .. }) = caller.policy else {
+            // The layer charged this call already: charging it here too would count it twice.
+            return Err(ApiError::internal("a call charged per call was charged per item").into());
+        };
         let verdict = self.admit(caller, class, n as u64).await?;
         if let Some(v) = verdict.as_ref().filter(|v| !v.allowed) {
             let mut status = tonic::Status::from(v.rejection());
