@@ -1,9 +1,8 @@
-//! Intake: events in, first attempts out (`fanout`). From RabbitMQ, batches are taken as they
+//! Intake: events in, first attempts out (`first_attempts`). From RabbitMQ, batches are taken as they
 //! arrive (up to `BATCH`, never waiting to fill one) and handled a few at a time; each is
 //! acknowledged only after its deliveries are written, in order, so an acknowledgement never
 //! covers an unwritten batch. In the all-in-one the relay hands batches over in-process and
 //! waits for the same answer.
-use std::sync::Arc;
 use std::time::Duration;
 
 use coursewire_core::events::bus::Handoff;
@@ -16,8 +15,7 @@ use lapin::types::FieldTable;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::Inner;
-use crate::fanout::{Incoming, first_attempts};
+use crate::first_attempts::{Incoming, IntakeHandle};
 
 /// Messages taken from RabbitMQ per batch.
 const BATCH: usize = 500;
@@ -41,17 +39,17 @@ struct Envelope {
 
 /// The all-in-one: the relay hands batches over in-process and waits for our answer.
 pub(crate) async fn in_process(
-    inner: Arc<Inner>,
+    engine: IntakeHandle,
     mut handoffs: mpsc::Receiver<Handoff>,
     mut stop: watch::Receiver<bool>,
 ) {
-    inner.shared.consuming.send_replace(true);
+    engine.consuming(true);
     let mut working = FuturesOrdered::new();
     loop {
         tokio::select! {
             h = handoffs.recv(), if working.len() < BATCHES => {
                 let Some(handoff) = h else { break };
-                let inner = inner.clone();
+                let engine = engine.clone();
                 working.push_back(async move {
                     let events: Vec<Incoming> = handoff
                         .events
@@ -66,7 +64,7 @@ pub(crate) async fn in_process(
                             webhooks_version: e.webhooks_version,
                         })
                         .collect();
-                    match first_attempts(&inner, &events).await {
+                    match engine.first_attempts(&events).await {
                         Ok(_) => {
                             let _ = handoff.accepted.send(());
                         }
@@ -84,11 +82,11 @@ pub(crate) async fn in_process(
 }
 
 /// Production: consume the dispatcher queue, reconnecting with backoff.
-pub(crate) async fn amqp(inner: Arc<Inner>, topology: Topology, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn amqp(engine: IntakeHandle, topology: Topology, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let consumed = consume(&inner, &topology, stop.clone()).await;
-        inner.shared.consuming.send_replace(false);
+        let consumed = consume(&engine, &topology, stop.clone()).await;
+        engine.consuming(false);
         match consumed {
             Ok(()) => return,
             Err(e) => tracing::warn!(error = %e, "event intake lost RabbitMQ; reconnecting"),
@@ -101,7 +99,7 @@ pub(crate) async fn amqp(inner: Arc<Inner>, topology: Topology, mut stop: watch:
     }
 }
 
-async fn consume(inner: &Arc<Inner>, topology: &Topology, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn consume(engine: &IntakeHandle, topology: &Topology, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let connection = topology.connect().await?;
     let channel = connection.create_channel().await?;
     topology.declare(&channel).await?;
@@ -115,7 +113,7 @@ async fn consume(inner: &Arc<Inner>, topology: &Topology, mut stop: watch::Recei
         )
         .await?;
     tracing::info!(queue = %topology.queue, "consuming events");
-    inner.shared.consuming.send_replace(true);
+    engine.consuming(true);
     // Batches in the order they were taken: (last delivery tag, whether they were written).
     let mut working = FuturesOrdered::new();
     let result = loop {
@@ -149,9 +147,9 @@ async fn consume(inner: &Arc<Inner>, topology: &Topology, mut stop: watch::Recei
                         }
                     }
                 }
-                let inner = inner.clone();
+                let engine = engine.clone();
                 working.push_back(async move {
-                    let written = first_attempts(&inner, &events).await;
+                    let written = engine.first_attempts(&events).await;
                     if let Err(e) = &written {
                         tracing::warn!(error = %e, "could not write deliveries; returning the events to the queue");
                     }
