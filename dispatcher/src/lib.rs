@@ -39,7 +39,7 @@ use coursewire_core::secrets::Keyring;
 use coursewire_core::store::Db;
 use tokio::sync::{mpsc, watch};
 
-pub use config::Config;
+pub use config::{Config, Flags, RetrySchedule};
 use engine::Engine;
 use first_attempts::IntakeHandle;
 
