@@ -8,11 +8,12 @@ use std::time::Duration;
 use coursewire_core::events::bus::Handoff;
 use coursewire_core::events::topology::Topology;
 use coursewire_core::trace::TraceContext;
+use coursewire_core::wire::{Envelope, headers};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
-use serde::Deserialize;
+use serde::de::IgnoredAny;
 use tokio::sync::{mpsc, watch};
 
 use crate::first_attempts::{Incoming, IntakeHandle};
@@ -26,16 +27,6 @@ const BATCH: usize = 500;
 const BATCHES: usize = PREFETCH as usize;
 /// Messages RabbitMQ hands us before we acknowledge any.
 const PREFETCH: u16 = 8192;
-
-/// The fields of the §6 envelope intake needs.
-#[derive(Deserialize, Debug)]
-struct Envelope {
-    id: String,
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(rename = "organization_id")]
-    org: String,
-}
 
 /// The all-in-one: the relay hands batches over in-process and waits for our answer.
 pub(crate) async fn in_process(
@@ -130,11 +121,11 @@ async fn consume(engine: &IntakeHandle, topology: &Topology, mut stop: watch::Re
                 let last = batch.last().map(|m| m.delivery_tag).unwrap_or_default();
                 let mut events = Vec::with_capacity(batch.len());
                 for m in &batch {
-                    match serde_json::from_slice::<Envelope>(&m.data) {
+                    match serde_json::from_slice::<Envelope<IgnoredAny>>(&m.data) {
                         Ok(e) => events.push(Incoming {
-                            id: e.id,
-                            kind: e.kind,
-                            org: e.org,
+                            id: e.id.into_owned(),
+                            kind: e.kind.into_owned(),
+                            org: e.organization_id.into_owned(),
                             body: String::from_utf8_lossy(&m.data).into_owned().into(),
                             trace: traceparent(&m.properties),
                             redelivered: m.redelivered,
@@ -178,17 +169,17 @@ async fn consume(engine: &IntakeHandle, topology: &Topology, mut stop: watch::Re
     result
 }
 
-/// The `webhooks_version` header the relay puts on each message.
 /// The publish's span (the relay's `traceparent` header), which attempts continue.
 fn traceparent(properties: &lapin::BasicProperties) -> Option<TraceContext> {
-    match properties.headers().as_ref()?.inner().get("traceparent")? {
+    match properties.headers().as_ref()?.inner().get(headers::TRACEPARENT)? {
         lapin::types::AMQPValue::LongString(v) => TraceContext::parse(std::str::from_utf8(v.as_bytes()).ok()?),
         _ => None,
     }
 }
 
+/// The `webhooks_version` header the relay puts on each message.
 fn webhooks_version(properties: &lapin::BasicProperties) -> Option<i64> {
-    match properties.headers().as_ref()?.inner().get("webhooks_version")? {
+    match properties.headers().as_ref()?.inner().get(headers::WEBHOOKS_VERSION)? {
         lapin::types::AMQPValue::LongLongInt(v) => Some(*v),
         _ => None,
     }
