@@ -15,7 +15,7 @@ use coursewire_core::events::bus::{Bus, InProcessBus};
 use coursewire_core::events::topology::Topology;
 use coursewire_core::secrets::Keyring;
 use coursewire_core::store::Db;
-use coursewire_dispatcher::{Config as DispatcherConfig, Source};
+use coursewire_dispatcher::{Flags as DispatcherFlags, Source};
 
 use crate::app::{Application, Settings};
 
@@ -70,17 +70,9 @@ pub struct Common {
     /// Proxies whose `x-forwarded-for` names the client, as CIDRs (comma-separated).
     #[arg(long, env = "COURSEWIRE_TRUSTED_PROXIES", value_delimiter = ',', global = true)]
     trusted_proxies: Vec<String>,
-    /// Delays between webhook attempts after the first.
-    #[arg(long, env = "COURSEWIRE_WEBHOOK_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h", global = true)]
-    webhook_retry_schedule: String,
-    #[arg(long, env = "COURSEWIRE_WEBHOOK_TIMEOUT", default_value = "15s", global = true)]
-    webhook_timeout: String,
-    /// Allow loopback and private webhook addresses (local development and tests only).
-    #[arg(long, env = "COURSEWIRE_WEBHOOK_ALLOW_PRIVATE_TARGETS", default_value_t = false, global = true)]
-    webhook_allow_private_targets: bool,
-    /// Disable a webhook endpoint whose attempts have all failed for this long.
-    #[arg(long, env = "COURSEWIRE_WEBHOOK_DISABLE_AFTER", default_value = "5d", global = true)]
-    webhook_disable_after: String,
+    // The dispatcher's flags (`coursewire-dispatcher` has the same ones).
+    #[command(flatten)]
+    dispatcher: DispatcherFlags,
     /// How long published events stay in the event log.
     #[arg(long, env = "COURSEWIRE_EVENT_RETENTION", default_value = "30d", global = true)]
     event_retention: String,
@@ -241,17 +233,6 @@ impl Common {
         )?))
     }
 
-    fn dispatcher_config(&self) -> anyhow::Result<DispatcherConfig> {
-        let mut config = DispatcherConfig::from_flags(
-            &self.webhook_retry_schedule,
-            &self.webhook_timeout,
-            self.webhook_allow_private_targets,
-        )?;
-        config.disable_after =
-            parse_duration(&self.webhook_disable_after).map_err(|e| anyhow::anyhow!("--webhook-disable-after: {e}"))?;
-        Ok(config)
-    }
-
     /// Checks every value up front so bad config fails at start, naming the flag.
     fn validate(&self) -> anyhow::Result<()> {
         self.listen
@@ -265,7 +246,6 @@ impl Common {
             http.parse::<std::net::SocketAddr>()
                 .with_context(|| format!("--http-listen {http:?} is not an address like 127.0.0.1:8080"))?;
         }
-        self.dispatcher_config()?;
         parse_duration(&self.event_retention).map_err(|e| anyhow::anyhow!("--event-retention: {e}"))?;
         parse_duration(&self.delivery_retention).map_err(|e| anyhow::anyhow!("--delivery-retention: {e}"))?;
         if self.max_streams_per_org == 0 {
@@ -469,7 +449,7 @@ async fn serve(
         Some(t) => (AmqpBus::start(t.clone()), Source::Amqp(t)),
         None => (in_process.clone(), Source::InProcess(in_process.subscribe())),
     };
-    let dispatcher = if with_dispatcher { Some((common.dispatcher_config()?, source)) } else { None };
+    let dispatcher = if with_dispatcher { Some((common.dispatcher.clone().into(), source)) } else { None };
     let retention = (
         parse_duration(&common.event_retention).map_err(anyhow::Error::msg)?,
         parse_duration(&common.delivery_retention).map_err(anyhow::Error::msg)?,

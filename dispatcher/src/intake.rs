@@ -1,23 +1,22 @@
-//! Intake: events in, first attempts out (`fanout`). From RabbitMQ, batches are taken as they
+//! Intake: events in, first attempts out (`first_attempts`). From RabbitMQ, batches are taken as they
 //! arrive (up to `BATCH`, never waiting to fill one) and handled a few at a time; each is
 //! acknowledged only after its deliveries are written, in order, so an acknowledgement never
 //! covers an unwritten batch. In the all-in-one the relay hands batches over in-process and
 //! waits for the same answer.
-use std::sync::Arc;
 use std::time::Duration;
 
 use coursewire_core::events::bus::Handoff;
 use coursewire_core::events::topology::Topology;
 use coursewire_core::trace::TraceContext;
+use coursewire_core::wire::{Envelope, headers};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
-use serde::Deserialize;
+use serde::de::IgnoredAny;
 use tokio::sync::{mpsc, watch};
 
-use crate::Inner;
-use crate::fanout::{Incoming, first_attempts};
+use crate::first_attempts::{Incoming, IntakeHandle};
 
 /// Messages taken from RabbitMQ per batch.
 const BATCH: usize = 500;
@@ -29,29 +28,19 @@ const BATCHES: usize = PREFETCH as usize;
 /// Messages RabbitMQ hands us before we acknowledge any.
 const PREFETCH: u16 = 8192;
 
-/// The fields of the §6 envelope intake needs.
-#[derive(Deserialize, Debug)]
-struct Envelope {
-    id: String,
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(rename = "organization_id")]
-    org: String,
-}
-
 /// The all-in-one: the relay hands batches over in-process and waits for our answer.
 pub(crate) async fn in_process(
-    inner: Arc<Inner>,
+    engine: IntakeHandle,
     mut handoffs: mpsc::Receiver<Handoff>,
     mut stop: watch::Receiver<bool>,
 ) {
-    inner.shared.consuming.send_replace(true);
+    engine.consuming(true);
     let mut working = FuturesOrdered::new();
     loop {
         tokio::select! {
             h = handoffs.recv(), if working.len() < BATCHES => {
                 let Some(handoff) = h else { break };
-                let inner = inner.clone();
+                let engine = engine.clone();
                 working.push_back(async move {
                     let events: Vec<Incoming> = handoff
                         .events
@@ -66,7 +55,7 @@ pub(crate) async fn in_process(
                             webhooks_version: e.webhooks_version,
                         })
                         .collect();
-                    match first_attempts(&inner, &events).await {
+                    match engine.first_attempts(&events).await {
                         Ok(_) => {
                             let _ = handoff.accepted.send(());
                         }
@@ -84,11 +73,11 @@ pub(crate) async fn in_process(
 }
 
 /// Production: consume the dispatcher queue, reconnecting with backoff.
-pub(crate) async fn amqp(inner: Arc<Inner>, topology: Topology, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn amqp(engine: IntakeHandle, topology: Topology, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let consumed = consume(&inner, &topology, stop.clone()).await;
-        inner.shared.consuming.send_replace(false);
+        let consumed = consume(&engine, &topology, stop.clone()).await;
+        engine.consuming(false);
         match consumed {
             Ok(()) => return,
             Err(e) => tracing::warn!(error = %e, "event intake lost RabbitMQ; reconnecting"),
@@ -101,7 +90,7 @@ pub(crate) async fn amqp(inner: Arc<Inner>, topology: Topology, mut stop: watch:
     }
 }
 
-async fn consume(inner: &Arc<Inner>, topology: &Topology, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn consume(engine: &IntakeHandle, topology: &Topology, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let connection = topology.connect().await?;
     let channel = connection.create_channel().await?;
     topology.declare(&channel).await?;
@@ -115,7 +104,7 @@ async fn consume(inner: &Arc<Inner>, topology: &Topology, mut stop: watch::Recei
         )
         .await?;
     tracing::info!(queue = %topology.queue, "consuming events");
-    inner.shared.consuming.send_replace(true);
+    engine.consuming(true);
     // Batches in the order they were taken: (last delivery tag, whether they were written).
     let mut working = FuturesOrdered::new();
     let result = loop {
@@ -132,11 +121,11 @@ async fn consume(inner: &Arc<Inner>, topology: &Topology, mut stop: watch::Recei
                 let last = batch.last().map(|m| m.delivery_tag).unwrap_or_default();
                 let mut events = Vec::with_capacity(batch.len());
                 for m in &batch {
-                    match serde_json::from_slice::<Envelope>(&m.data) {
+                    match serde_json::from_slice::<Envelope<IgnoredAny>>(&m.data) {
                         Ok(e) => events.push(Incoming {
-                            id: e.id,
-                            kind: e.kind,
-                            org: e.org,
+                            id: e.id.into_owned(),
+                            kind: e.kind.into_owned(),
+                            org: e.organization_id.into_owned(),
                             body: String::from_utf8_lossy(&m.data).into_owned().into(),
                             trace: traceparent(&m.properties),
                             redelivered: m.redelivered,
@@ -149,9 +138,9 @@ async fn consume(inner: &Arc<Inner>, topology: &Topology, mut stop: watch::Recei
                         }
                     }
                 }
-                let inner = inner.clone();
+                let engine = engine.clone();
                 working.push_back(async move {
-                    let written = first_attempts(&inner, &events).await;
+                    let written = engine.first_attempts(&events).await;
                     if let Err(e) = &written {
                         tracing::warn!(error = %e, "could not write deliveries; returning the events to the queue");
                     }
@@ -180,17 +169,17 @@ async fn consume(inner: &Arc<Inner>, topology: &Topology, mut stop: watch::Recei
     result
 }
 
-/// The `webhooks_version` header the relay puts on each message.
 /// The publish's span (the relay's `traceparent` header), which attempts continue.
 fn traceparent(properties: &lapin::BasicProperties) -> Option<TraceContext> {
-    match properties.headers().as_ref()?.inner().get("traceparent")? {
+    match properties.headers().as_ref()?.inner().get(headers::TRACEPARENT)? {
         lapin::types::AMQPValue::LongString(v) => TraceContext::parse(std::str::from_utf8(v.as_bytes()).ok()?),
         _ => None,
     }
 }
 
+/// The `webhooks_version` header the relay puts on each message.
 fn webhooks_version(properties: &lapin::BasicProperties) -> Option<i64> {
-    match properties.headers().as_ref()?.inner().get("webhooks_version")? {
+    match properties.headers().as_ref()?.inner().get(headers::WEBHOOKS_VERSION)? {
         lapin::types::AMQPValue::LongLongInt(v) => Some(*v),
         _ => None,
     }

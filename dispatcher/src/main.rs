@@ -1,15 +1,15 @@
 //! `coursewire-dispatcher`: the webhook dispatcher as its own process. It consumes the
 //! `coursewire.dispatcher` queue and shares the API's database; run as many as you like.
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Parser;
 use coursewire_core::clock::SystemClock;
-use coursewire_core::config::{init_logging, parse_duration};
+use coursewire_core::config::init_logging;
 use coursewire_core::events::topology::Topology;
 use coursewire_core::secrets::Keyring;
 use coursewire_core::store::Db;
-use coursewire_dispatcher::{Config, Dispatcher, Source};
+use coursewire_dispatcher::{Dispatcher, Flags, Source};
 
 #[derive(Parser)]
 #[command(
@@ -30,24 +30,15 @@ struct Cli {
     /// Prometheus metrics (`/metrics`) and gRPC health listen address; the API's default is
     /// 9464, so both run on one host with their defaults.
     #[arg(long, env = "COURSEWIRE_METRICS_LISTEN", default_value = "127.0.0.1:9465")]
-    metrics_listen: String,
+    metrics_listen: SocketAddr,
     /// The key that seals webhook secrets and header values (base64 of 32 bytes; the API's).
     #[arg(long, env = "COURSEWIRE_SECRETS_KEY", hide_env_values = true)]
     secrets_key: Option<String>,
     /// Earlier keys, still accepted for opening values during a key rotation (comma-separated).
     #[arg(long, env = "COURSEWIRE_PREVIOUS_SECRETS_KEYS", value_delimiter = ',', hide_env_values = true)]
     previous_secrets_keys: Vec<String>,
-    /// Delays between attempts after the first, each with ±20% jitter.
-    #[arg(long, env = "COURSEWIRE_WEBHOOK_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h")]
-    webhook_retry_schedule: String,
-    #[arg(long, env = "COURSEWIRE_WEBHOOK_TIMEOUT", default_value = "15s")]
-    webhook_timeout: String,
-    /// Allow loopback and private addresses (local development and tests only).
-    #[arg(long, env = "COURSEWIRE_WEBHOOK_ALLOW_PRIVATE_TARGETS", default_value_t = false)]
-    webhook_allow_private_targets: bool,
-    /// Disable an endpoint whose attempts have all failed for this long.
-    #[arg(long, env = "COURSEWIRE_WEBHOOK_DISABLE_AFTER", default_value = "5d")]
-    webhook_disable_after: String,
+    #[command(flatten)]
+    webhooks: Flags,
     #[arg(long, env = "COURSEWIRE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
     /// Export the spans of webhook attempts to this OpenTelemetry collector (OTLP over gRPC,
@@ -81,16 +72,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let Some(amqp_url) = cli.amqp_url else {
         anyhow::bail!("coursewire-dispatcher needs --amqp-url (COURSEWIRE_AMQP_URL): it consumes events from RabbitMQ");
     };
-    let mut config =
-        Config::from_flags(&cli.webhook_retry_schedule, &cli.webhook_timeout, cli.webhook_allow_private_targets)?;
-    config.disable_after =
-        parse_duration(&cli.webhook_disable_after).map_err(|e| anyhow::anyhow!("--webhook-disable-after: {e}"))?;
-    let metrics_addr =
-        cli.metrics_listen.parse().with_context(|| format!("--metrics-listen {:?}", cli.metrics_listen))?;
     let secrets =
         Arc::new(Keyring::for_database(&cli.database_url, cli.secrets_key.as_deref(), &cli.previous_secrets_keys)?);
     let db = Db::connect(&cli.database_url).await?;
-    let dispatcher = Dispatcher::new(db.clone(), Arc::new(SystemClock), secrets, config)?;
+    let dispatcher = Dispatcher::new(db.clone(), Arc::new(SystemClock), secrets, cli.webhooks.into())?;
     // The metrics address also answers gRPC health checks (`coursewire health --addr`):
     // the database, and `coursewire.broker` for the event intake.
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -98,7 +83,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let routes = tonic::service::Routes::new(health_service).into_axum_router();
     let collect = move || coursewire_dispatcher::metrics::record_pool(&db);
     let metrics = tokio::spawn(async move {
-        if let Err(e) = coursewire_core::telemetry::serve(metrics_addr, collect, routes).await {
+        if let Err(e) = coursewire_core::telemetry::serve(cli.metrics_listen, collect, routes).await {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
     });

@@ -13,14 +13,14 @@
 //!
 //! While both hold, the liveness row says "behind" a little ahead (`coursewire_core::
 //! webhooks::pressure`); once they stop holding, it lapses by itself.
-use std::sync::Arc;
+use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::{Inner, metrics};
+use crate::metrics;
 
 /// A job that waited this long in this process before its attempt started is late.
 const LATE: Duration = Duration::from_millis(100);
@@ -63,35 +63,30 @@ pub fn behind(started: u64, late: u64, mean_lateness: Duration) -> bool {
     started >= MIN_STARTED && late * 2 > started && mean_lateness >= STARVED
 }
 
-/// Probes, judges and reports, until the dispatcher stops (the task is aborted).
-pub(crate) async fn watch(inner: Arc<Inner>) {
+/// Probes, judges and reports, until the dispatcher stops (the task is aborted). `busy`
+/// says whether attempts are running; `report_behind(lasting)` writes the verdict "behind"
+/// for that long (the engine puts it on its liveness row).
+pub async fn watch<F>(starts: &Starts, busy: impl Fn() -> bool, mut report_behind: impl FnMut(Duration) -> F)
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
     loop {
-        let (started, late, lateness) = period(&inner).await;
+        let (started, late, lateness) = period(starts, &busy).await;
         let behind = behind(started, late, lateness);
         metrics::pressure(behind, started, late, lateness);
-        if behind {
-            // The report lives on our liveness row, which we may not have yet (a dispatcher
-            // whose first attempts all end within their batch holds nothing).
-            let reported = async {
-                inner.ensure_alive().await?;
-                let until = inner.shared.clock.now_ms() + BEHIND_FOR.as_millis() as i64;
-                coursewire_core::webhooks::pressure::report_behind(&inner.shared.db, &inner.me, until).await?;
-                anyhow::Ok(())
-            };
-            if let Err(e) = reported.await {
-                tracing::warn!(error = %e, "cannot report that this dispatcher is behind");
-            }
+        if behind && let Err(e) = report_behind(BEHIND_FOR).await {
+            tracing::warn!(error = %e, "cannot report that this dispatcher is behind");
         }
     }
 }
 
 /// One period: the probe ticks while attempts run (idle, it sleeps the period through).
 /// Returns the starts and the probe's mean lateness.
-async fn period(inner: &Inner) -> (u64, u64, Duration) {
+async fn period(starts: &Starts, busy: &impl Fn() -> bool) -> (u64, u64, Duration) {
     let end = Instant::now() + PERIOD;
     let (mut ticks, mut lateness) = (0u32, Duration::ZERO);
     while Instant::now() < end {
-        if inner.running.load(Relaxed) == 0 && ticks == 0 {
+        if !busy() && ticks == 0 {
             tokio::time::sleep_until(end).await;
             break;
         }
@@ -100,7 +95,7 @@ async fn period(inner: &Inner) -> (u64, u64, Duration) {
         lateness += Instant::now().saturating_duration_since(at);
         ticks += 1;
     }
-    let (started, late) = inner.starts.take();
+    let (started, late) = starts.take();
     (started, late, if ticks == 0 { Duration::ZERO } else { lateness / ticks })
 }
 

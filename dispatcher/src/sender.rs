@@ -8,9 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
 
 use crate::endpoints::Endpoint;
-use crate::guard::{self, GuardedResolver};
 use crate::schedule::{Response, parse_retry_after};
 use crate::signing::{Secret, signature_header};
+use crate::ssrf::{self, GuardedResolver};
 
 /// Response bytes kept per attempt.
 pub const KEEP_BODY: usize = 4096;
@@ -81,7 +81,7 @@ impl Sender {
         now: i64,
     ) -> Result<(Response, String), Response> {
         let url = reqwest::Url::parse(&endpoint.url).map_err(|_| Response::Error("invalid_target"))?;
-        guard::check_literal(&url, self.allow_private).map_err(|_| Response::Error("refused_target"))?;
+        ssrf::check_literal(&url, self.allow_private).map_err(|_| Response::Error("refused_target"))?;
         // The receiver compares this with its own clock, so it is wall time, not scheduling time.
         let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default();
         let mut request = self
@@ -118,7 +118,7 @@ impl Sender {
 }
 
 fn error_kind(e: &reqwest::Error) -> &'static str {
-    if guard::refused_in(e).is_some() {
+    if ssrf::refused_in(e).is_some() {
         "refused_target"
     } else if e.is_timeout() {
         "timeout"

@@ -4,11 +4,10 @@
 //! and the new secret sign, and the header carries both signatures, space-separated.
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use coursewire_core::wire::SECRET_PREFIX as PREFIX;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
-
-const PREFIX: &str = "whsec_";
 
 /// A signing secret (its raw key bytes).
 #[derive(Clone, PartialEq, Eq)]
@@ -24,7 +23,7 @@ impl Secret {
     /// Parses `whsec_<base64>`.
     pub fn parse(text: &str) -> Result<Secret, String> {
         let encoded = text.strip_prefix(PREFIX).ok_or_else(|| format!("webhook secrets start with {PREFIX}"))?;
-        let key = STANDARD.decode(encoded).map_err(|_| "the part after whsec_ is not base64".to_string())?;
+        let key = STANDARD.decode(encoded).map_err(|_| format!("the part after {PREFIX} is not base64"))?;
         if !(24..=64).contains(&key.len()) {
             return Err("webhook secrets hold 24 to 64 bytes".into());
         }

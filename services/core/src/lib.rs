@@ -1,7 +1,9 @@
 //! What the gRPC API (`coursewire-api`) and the webhook dispatcher (`coursewire-dispatcher`)
 //! both stand on: the store and its migrations, the clock, configuration parsing, ids, the
 //! one error type, sealed secrets, the outbox (event envelope, bus, RabbitMQ topology), the
-//! webhook tables, and the small Prometheus endpoint. Neither side depends on the other.
+//! webhook tables, the small Prometheus endpoint, and the contracts between the processes
+//! (`wire`: message headers, the event envelope, the signing-secret form). Neither side
+//! depends on the other.
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -17,6 +19,7 @@ pub mod telemetry;
 pub mod trace;
 pub mod validate;
 pub mod webhooks;
+pub mod wire;
 
 #[cfg(test)]
 pub(crate) mod doc_tables;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use coursewire_core::wire::headers as wire;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
@@ -94,14 +95,14 @@ impl AmqpBus {
 
     fn properties(event: &Outgoing) -> BasicProperties {
         let mut headers = FieldTable::default();
-        headers.insert("organization_id".into(), AMQPValue::LongString(event.org_id.as_str().into()));
+        headers.insert(wire::ORGANIZATION_ID.into(), AMQPValue::LongString(event.org_id.as_str().into()));
         if let Some(version) = event.webhooks_version {
-            headers.insert("webhooks_version".into(), AMQPValue::LongLongInt(version));
+            headers.insert(wire::WEBHOOKS_VERSION.into(), AMQPValue::LongLongInt(version));
         }
         // The message carries the span of the call that wrote the event (W3C Trace Context
         // over AMQP): consumers' work, and each webhook attempt, are its children.
         if let Some(call) = event.traceparent {
-            headers.insert("traceparent".into(), AMQPValue::LongString(call.to_string().into()));
+            headers.insert(wire::TRACEPARENT.into(), AMQPValue::LongString(call.to_string().into()));
         }
         BasicProperties::default()
             .with_content_type("application/json".into())

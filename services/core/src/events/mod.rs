@@ -1,5 +1,5 @@
 //! The outbox: every change writes its event row in the same transaction as the change.
-//! The stored body is the exact envelope (ARCHITECTURE §6) that is relayed to RabbitMQ
+//! The stored body is the exact envelope (`wire::Envelope`) that is relayed to RabbitMQ
 //! and posted to webhooks, so every consumer sees the same bytes.
 pub mod bus;
 pub mod topology;
@@ -11,6 +11,7 @@ use crate::clock::rfc3339;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::{kind, new_id};
 use crate::store::Backend;
+use crate::wire::Envelope;
 
 /// Every event type (ARCHITECTURE §6): webhook filters are checked against it, `record`
 /// writes nothing else, and docs/events.md's table is compared with it by a test.
@@ -52,17 +53,6 @@ pub const EVENT_TYPES: &[&str] = &[
     "webhook.test",
     "webhook.disabled",
 ];
-
-#[derive(Serialize)]
-struct Envelope<'a, T: Serialize> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    created_at: String,
-    organization_id: &'a str,
-    sequence: i64,
-    data: &'a T,
-}
 
 /// An event's place in the outbox's order: the transaction that wrote it (`txid`: Postgres'
 /// transaction id; on SQLite, which has one writer at a time, a counter), then its id. Readers
@@ -108,10 +98,10 @@ pub async fn record<T: Serialize>(conn: &mut AnyConnection, change: Change<'_, T
     }
     let id = new_id(kind::EVENT);
     let body = serde_json::to_string(&Envelope {
-        id: &id,
-        kind: change.kind,
-        created_at: rfc3339(change.now),
-        organization_id: change.org,
+        id: id.as_str().into(),
+        kind: change.kind.into(),
+        created_at: rfc3339(change.now).into(),
+        organization_id: change.org.into(),
         sequence: change.sequence,
         data: change.data,
     })

@@ -14,6 +14,7 @@ use crate::secrets::{Keyring, OpenError};
 use crate::store::Db;
 use crate::validate::Violations;
 use crate::webhooks::deliveries::PARKED;
+use crate::wire::SECRET_PREFIX;
 
 /// How long a rotated-out secret keeps signing.
 pub const ROTATION_OVERLAP_MS: i64 = 24 * 3_600_000;
@@ -25,7 +26,7 @@ pub const REDACTED: &str = "***";
 pub fn new_secret() -> String {
     let mut key = [0u8; 32];
     rand::rng().fill_bytes(&mut key);
-    format!("whsec_{}", STANDARD.encode(key))
+    format!("{SECRET_PREFIX}{}", STANDARD.encode(key))
 }
 
 /// Where a signing secret is sealed (current and previous share it, so rotation moves the
@@ -234,7 +235,7 @@ mod tests {
     #[test]
     fn secrets_look_like_standard_webhooks() {
         let s = new_secret();
-        let key = STANDARD.decode(s.strip_prefix("whsec_").unwrap()).unwrap();
+        let key = STANDARD.decode(s.strip_prefix(SECRET_PREFIX).unwrap()).unwrap();
         assert_eq!(key.len(), 32);
         assert_ne!(new_secret(), s);
     }

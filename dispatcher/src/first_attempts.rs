@@ -13,11 +13,11 @@ use coursewire_core::ids::new_id;
 use coursewire_core::trace::TraceContext;
 use tokio::sync::{oneshot, watch};
 
+use crate::engine::{Engine, Job, Report};
 use crate::lanes::Admit;
-use crate::queue::{self, Claimed, Fresh, Outcome};
 use crate::schedule::Next;
 use crate::sender::Payload;
-use crate::{Inner, Job, Report};
+use crate::store::{self, Claimed, Fresh, Outcome};
 
 /// How long a batch waits for its first attempts before it is written anyway (the rest are
 /// written as in flight and recorded when they end). Each attempt still running then costs
@@ -52,7 +52,7 @@ enum Pending {
 
 /// Sends the first attempts of `events` and writes their deliveries; returns once the batch
 /// is written (the caller then acknowledges it). Returns how many deliveries were made.
-pub async fn first_attempts(inner: &Arc<Inner>, events: &[Incoming]) -> anyhow::Result<usize> {
+pub async fn first_attempts(inner: &Arc<Engine>, events: &[Incoming]) -> anyhow::Result<usize> {
     // Test events are addressed to one endpoint when they are created (SendTestEvent).
     let events: Vec<&Incoming> = events.iter().filter(|e| e.kind != "webhook.test").collect();
     // Per organization, the newest version its events were relayed at (unknown if any is).
@@ -66,7 +66,7 @@ pub async fn first_attempts(inner: &Arc<Inner>, events: &[Incoming]) -> anyhow::
     inner.cache.refresh(&shared.db, &shared.secrets, &orgs).await?;
     let redelivered: Vec<&str> = events.iter().filter(|e| e.redelivered).map(|e| e.id.as_str()).collect();
     let written =
-        if redelivered.is_empty() { Default::default() } else { queue::existing(&shared.db, &redelivered).await? };
+        if redelivered.is_empty() { Default::default() } else { store::existing(&shared.db, &redelivered).await? };
 
     let (done, written_rx) = watch::channel(None);
     let mut pending = Vec::new();
@@ -135,7 +135,7 @@ pub async fn first_attempts(inner: &Arc<Inner>, events: &[Incoming]) -> anyhow::
         if !in_flight.is_empty() {
             inner.ensure_alive().await?;
         }
-        queue::insert_fresh(&shared.db, &inner.me, &rows, &kinds, now, inner.disable_after_ms()).await
+        store::insert_fresh(&shared.db, &inner.me, &rows, &kinds, now, inner.disable_after_ms()).await
     }
     .await;
     // Attempts that outlast the batch now report to the recorder (or, if the batch was not
@@ -158,5 +158,26 @@ pub async fn first_attempts(inner: &Arc<Inner>, events: &[Incoming]) -> anyhow::
             inner.unhold(&in_flight);
             Err(e)
         }
+    }
+}
+
+/// Intake's handle on the engine: all intake may do is hand over a batch of events (their
+/// first attempts go out and their deliveries are written) and say whether events come in.
+#[derive(Clone)]
+pub struct IntakeHandle(Arc<Engine>);
+
+impl IntakeHandle {
+    pub(crate) fn new(engine: Arc<Engine>) -> IntakeHandle {
+        IntakeHandle(engine)
+    }
+
+    /// `first_attempts` of this batch: returns once its deliveries are written.
+    pub async fn first_attempts(&self, events: &[Incoming]) -> anyhow::Result<usize> {
+        first_attempts(&self.0, events).await
+    }
+
+    /// Whether intake is consuming events (health's `coursewire.broker`).
+    pub fn consuming(&self, consuming: bool) {
+        self.0.shared.consuming.send_replace(consuming);
     }
 }
