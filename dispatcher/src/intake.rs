@@ -62,7 +62,7 @@ pub(crate) async fn in_process(
                             org: e.org_id.clone(),
                             body: e.body.clone(),
                             trace: e.traceparent,
-                            redelivered: false,
+                            redelivered: e.resent,
                             webhooks_version: e.webhooks_version,
                         })
                         .collect();
@@ -139,7 +139,7 @@ async fn consume(inner: &Arc<Inner>, topology: &Topology, mut stop: watch::Recei
                             org: e.org,
                             body: String::from_utf8_lossy(&m.data).into_owned().into(),
                             trace: traceparent(&m.properties),
-                            redelivered: m.redelivered,
+                            redelivered: m.redelivered || resent(&m.properties),
                             webhooks_version: webhooks_version(&m.properties),
                         }),
                         Err(e) => {
@@ -187,6 +187,12 @@ fn traceparent(properties: &lapin::BasicProperties) -> Option<TraceContext> {
         lapin::types::AMQPValue::LongString(v) => TraceContext::parse(std::str::from_utf8(v.as_bytes()).ok()?),
         _ => None,
     }
+}
+
+/// The relay's `resent` header: the event may have been published before.
+fn resent(properties: &lapin::BasicProperties) -> bool {
+    let header = properties.headers().as_ref().and_then(|h| h.inner().get("resent").cloned());
+    matches!(header, Some(lapin::types::AMQPValue::Boolean(true)))
 }
 
 fn webhooks_version(properties: &lapin::BasicProperties) -> Option<i64> {

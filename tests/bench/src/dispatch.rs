@@ -85,6 +85,7 @@ fn outgoing(id: &str) -> Outgoing {
         body: Arc::from(""),
         webhooks_version: None,
         traceparent: None,
+        resent: false,
     }
 }
 

@@ -103,6 +103,9 @@ impl AmqpBus {
         if let Some(call) = event.traceparent {
             headers.insert("traceparent".into(), AMQPValue::LongString(call.to_string().into()));
         }
+        if event.resent {
+            headers.insert("resent".into(), AMQPValue::Boolean(true));
+        }
         BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2) // persistent
