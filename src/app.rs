@@ -49,6 +49,7 @@ pub struct Application {
     addr: SocketAddr,
     stop_serving: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
+    relay: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     dispatcher: Option<(watch::Sender<bool>, JoinHandle<anyhow::Result<()>>)>,
     /// Tasks that hold nothing worth finishing: aborted when the application stops.
     background: Vec<JoinHandle<()>>,
@@ -74,21 +75,20 @@ impl Application {
         } = settings;
         let addr = listener.local_addr()?;
         let mut background = Vec::new();
-        if let Some(bus) = bus {
+        let relay = bus.map(|bus| {
             let relay = Relay { db: db.clone(), bus, hub: hub.clone(), clock: clock.clone() };
-            background.push(tokio::spawn(relay.run()));
-        }
+            let (stop, stopped) = watch::channel(false);
+            (stop, tokio::spawn(relay.run(stopped_when(stopped))))
+        });
         if let Some((events, deliveries)) = retention {
             let retention = Retention { db: db.clone(), clock: clock.clone(), events, deliveries };
             background.push(tokio::spawn(retention.run()));
         }
         let dispatcher = match dispatcher {
             Some((config, source)) => {
-                let (stop, mut stopped) = watch::channel(false);
+                let (stop, stopped) = watch::channel(false);
                 let dispatcher = Dispatcher::new(db.clone(), clock.clone(), secrets.clone(), config)?;
-                let task = tokio::spawn(dispatcher.run(source, async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                }));
+                let task = tokio::spawn(dispatcher.run(source, stopped_when(stopped)));
                 Some((stop, task))
             }
             None => None,
@@ -110,7 +110,7 @@ impl Application {
         let server = tokio::spawn(server::serve(state, trusted_proxies, listeners, async {
             let _ = stopped.await;
         }));
-        Ok(Application { addr, stop_serving: Some(stop_serving), server: Some(server), dispatcher, background })
+        Ok(Application { addr, stop_serving: Some(stop_serving), server: Some(server), relay, dispatcher, background })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -138,10 +138,14 @@ impl Application {
         }
     }
 
-    /// Stops in order: the server drains its calls, then the dispatcher finishes its attempts
-    /// in flight; the relay stops last (events not yet confirmed go after the next start).
+    /// Stops in order: the server drains its calls; the relay sends nothing new, waits for
+    /// the confirmations of what it sent (the in-process dispatcher's answers among them, so
+    /// the dispatcher still runs) and saves its cursor past them before another replica may
+    /// lead, so a deploy publishes nothing twice; then the dispatcher finishes its attempts
+    /// in flight.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         self.stop_server().await?;
+        self.stop_relay().await?;
         self.stop_dispatcher().await?;
         for task in self.background.drain(..) {
             task.abort();
@@ -156,6 +160,17 @@ impl Application {
         }
         match self.server.take() {
             Some(server) => server.await?,
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the relay as SIGTERM would (see `Relay::run`).
+    pub async fn stop_relay(&mut self) -> anyhow::Result<()> {
+        match self.relay.take() {
+            Some((stop, task)) => {
+                let _ = stop.send(true);
+                Ok(task.await?)
+            }
             None => Ok(()),
         }
     }
@@ -176,6 +191,9 @@ impl Application {
         if let Some(task) = self.server.take() {
             task.abort();
         }
+        if let Some((_, task)) = self.relay.take() {
+            task.abort();
+        }
         if let Some((_, task)) = self.dispatcher.take() {
             task.abort();
         }
@@ -189,4 +207,9 @@ impl Drop for Application {
     fn drop(&mut self) {
         self.abort();
     }
+}
+
+/// Completes once `stop` says so (or its sender is gone).
+async fn stopped_when(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }

@@ -4,13 +4,15 @@
 //! written in one go — finished ones with their attempt, unfinished ones leased to us, and
 //! those whose lane was full due now for a claim — and only then is the batch acknowledged.
 //! A crash before that write means the bus hands the events again and they are sent again
-//! with the same `webhook-id` (at least once); a redelivered event is first checked against
-//! the deliveries already written.
+//! with the same `webhook-id` (at least once); an event that may have come before (redelivered
+//! by the bus, or resent by the relay) is first checked against the deliveries already
+//! written, and one that comes twice at once is sent by both its intakes, each attempt
+//! recorded on the one delivery.
 use std::sync::Arc;
 use std::time::Duration;
 
-use coursewire_core::ids::new_id;
 use coursewire_core::trace::TraceContext;
+use coursewire_core::webhooks::deliveries;
 use tokio::sync::{oneshot, watch};
 
 use crate::engine::{Engine, Job, Report};
@@ -38,7 +40,8 @@ pub struct Incoming {
     pub body: Arc<str>,
     /// The span of the call that caused it, if one did.
     pub trace: Option<TraceContext>,
-    /// The bus handed it before (an earlier intake may have written its deliveries).
+    /// It may have come before (an earlier intake may have written its deliveries): the bus
+    /// handed it before, or the relay sent it again (`Outgoing::resent`).
     pub redelivered: bool,
     /// The organization's webhooks version when the event was relayed, if the relay said.
     pub webhooks_version: Option<i64>,
@@ -77,7 +80,9 @@ pub async fn first_attempts(inner: &Arc<Engine>, events: &[Incoming]) -> anyhow:
                 continue;
             }
             let delivery = Claimed {
-                id: new_id("dlv"),
+                // Named by its endpoint and event: if the event came before (or comes at
+                // once elsewhere too), this attempt is recorded on the delivery already made.
+                id: deliveries::id_for(&endpoint.id, &e.id, ""),
                 org: e.org.clone(),
                 endpoint_id: endpoint.id.clone(),
                 event_id: e.id.clone(),

@@ -51,7 +51,7 @@ pub(crate) async fn in_process(
                             org: e.org_id.clone(),
                             body: e.body.clone(),
                             trace: e.traceparent,
-                            redelivered: false,
+                            redelivered: e.resent,
                             webhooks_version: e.webhooks_version,
                         })
                         .collect();
@@ -128,7 +128,7 @@ async fn consume(engine: &IntakeHandle, topology: &Topology, mut stop: watch::Re
                             org: e.organization_id.into_owned(),
                             body: String::from_utf8_lossy(&m.data).into_owned().into(),
                             trace: traceparent(&m.properties),
-                            redelivered: m.redelivered,
+                            redelivered: m.redelivered || resent(&m.properties),
                             webhooks_version: webhooks_version(&m.properties),
                         }),
                         Err(e) => {
@@ -175,6 +175,12 @@ fn traceparent(properties: &lapin::BasicProperties) -> Option<TraceContext> {
         lapin::types::AMQPValue::LongString(v) => TraceContext::parse(std::str::from_utf8(v.as_bytes()).ok()?),
         _ => None,
     }
+}
+
+/// The relay's `resent` header: the event may have been published before.
+fn resent(properties: &lapin::BasicProperties) -> bool {
+    let header = properties.headers().as_ref().and_then(|h| h.inner().get(headers::RESENT).cloned());
+    matches!(header, Some(lapin::types::AMQPValue::Boolean(true)))
 }
 
 /// The `webhooks_version` header the relay puts on each message.

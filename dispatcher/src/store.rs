@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use coursewire_core::clock::rfc3339;
 use coursewire_core::error::ApiError;
-use coursewire_core::ids::new_id;
+use coursewire_core::ids::{kind, new_id};
 use coursewire_core::store::{Backend, Db, Tx};
 use coursewire_core::trace::TraceContext;
-use coursewire_core::webhooks::deliveries::HELD;
+use coursewire_core::webhooks::deliveries::{self, Bind, HELD, bound};
 use coursewire_core::webhooks::endpoints;
 use sqlx::Row;
 
@@ -275,75 +275,42 @@ fn after(next: &Next) -> (&'static str, i64) {
     }
 }
 
-/// `INSERT INTO webhook_deliveries … VALUES …` for `rows` (ids are the deliveries'), with
-/// the first attempt's result where there is one.
-fn insert_deliveries<'q>(rows: &'q [Fresh], kinds: &'q [&'q str], me: &'q str, now: i64) -> (String, Vec<Bind<'q>>) {
-    let mut sql = String::from(
-        "INSERT INTO webhook_deliveries (id, org_id, endpoint_id, event_id, event_type, origin, state, attempts, \
-         single_attempt, next_attempt_at, lease_owner, last_status, last_error, created_at, updated_at) VALUES ",
-    );
-    let mut binds = vec![Bind::Int(now)];
-    for (i, (row, kind)) in rows.iter().zip(kinds).enumerate() {
-        let d = row.delivery();
-        let (state, attempts, next_at, owner, status, error) = match row {
-            Fresh::Done(o) => {
-                let (state, next_at) = after(&o.next);
-                (state, 1, next_at, "", i64::from(o.status), o.error)
+/// The delivery rows of `rows` (ids are the deliveries'), with the first attempt's result
+/// where there is one, as the shared INSERT writes them.
+fn delivery_rows<'q>(
+    rows: &'q [Fresh],
+    kinds: &'q [&'q str],
+    me: &'q str,
+    now: i64,
+) -> Vec<deliveries::DeliveryRow<'q>> {
+    rows.iter()
+        .zip(kinds)
+        .map(|(row, kind)| {
+            let d = row.delivery();
+            let (state, attempts, next_attempt_at, lease_owner, last_status, last_error) = match row {
+                Fresh::Done(o) => {
+                    let (state, next_at) = after(&o.next);
+                    (state, 1, next_at, "", i64::from(o.status), o.error)
+                }
+                Fresh::InFlight(_) => ("pending", 0, HELD, me, 0, ""),
+                Fresh::Waiting(_) => ("pending", 0, now, "", 0, ""),
+            };
+            deliveries::DeliveryRow {
+                id: &d.id,
+                org: &d.org,
+                endpoint_id: &d.endpoint_id,
+                event_id: &d.event_id,
+                event_type: kind,
+                origin: "",
+                state,
+                attempts,
+                next_attempt_at,
+                lease_owner,
+                last_status,
+                last_error,
             }
-            Fresh::InFlight(_) => ("pending", 0, HELD, me, 0, ""),
-            Fresh::Waiting(_) => ("pending", 0, now, "", 0, ""),
-        };
-        let p = binds.len();
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, '', ${}, ${}, 0, ${}, ${}, ${}, ${}, $1, $1)",
-            p + 1,
-            p + 2,
-            p + 3,
-            p + 4,
-            p + 5,
-            p + 6,
-            p + 7,
-            p + 8,
-            p + 9,
-            p + 10,
-            p + 11
-        ));
-        binds.extend([
-            Bind::Text(&d.id),
-            Bind::Text(&d.org),
-            Bind::Text(&d.endpoint_id),
-            Bind::Text(&d.event_id),
-            Bind::Text(kind),
-            Bind::Text(state),
-            Bind::Int(attempts),
-            Bind::Int(next_at),
-            Bind::Text(owner),
-            Bind::Int(status),
-            Bind::Text(error),
-        ]);
-    }
-    sql.push_str(" ON CONFLICT (endpoint_id, event_id, origin) DO NOTHING");
-    (sql, binds)
-}
-
-/// A value bound to a statement built at run time.
-enum Bind<'a> {
-    Int(i64),
-    Text(&'a str),
-}
-
-fn bound<'q>(sql: String, binds: &'q [Bind<'q>]) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for b in binds {
-        q = match b {
-            Bind::Int(v) => q.bind(*v),
-            Bind::Text(v) => q.bind(*v),
-        };
-    }
-    q
+        })
+        .collect()
 }
 
 /// `SELECT $a AS c1, $b AS c2 … UNION ALL SELECT …` of the attempts of `outcomes`, numbered
@@ -386,14 +353,18 @@ pub async fn insert_fresh(
     let done: Vec<&Outcome> = rows.iter().filter_map(|r| if let Fresh::Done(o) = r { Some(o) } else { None }).collect();
     let all_delivered = done.iter().all(|o| o.next == Next::Delivered);
     if db.backend == Backend::Postgres && all_delivered && rows.len() <= CHUNK {
-        let (deliveries, mut binds) = insert_deliveries(rows, kinds, me, now);
-        let attempt_ids: Vec<String> = done.iter().map(|_| new_id("att")).collect();
+        let delivery_rows = delivery_rows(rows, kinds, me, now);
+        let mut binds = Vec::new();
+        let deliveries = deliveries::insert_sql(&delivery_rows, now, &mut binds);
+        let attempt_ids: Vec<String> = done.iter().map(|_| new_id(kind::ATTEMPT)).collect();
         let mut sql = format!("WITH d AS ({deliveries} RETURNING id)");
         if !done.is_empty() {
+            // Every attempt made is recorded, also one whose delivery was there already (the
+            // event came again): its id names that row (`deliveries::id_for`).
             let values = attempt_rows(&done, binds.len() + 1, &mut binds, &attempt_ids);
             sql.push_str(&format!(
                 ", a AS (INSERT INTO webhook_attempts (id, delivery_id, attempted_at, duration_ms, status, error, \
-                 response_body) SELECT v.* FROM ({values}) v WHERE v.delivery_id IN (SELECT id FROM d))"
+                 response_body) SELECT v.* FROM ({values}) v)"
             ));
             let endpoints: HashSet<&str> = done.iter().map(|o| o.delivery.endpoint_id.as_str()).collect();
             let first = binds.len() + 1;
@@ -410,9 +381,11 @@ pub async fn insert_fresh(
     }
     let mut tx = db.begin_quiet().await.map_err(db_err)?;
     for (chunk, kinds) in rows.chunks(CHUNK).zip(kinds.chunks(CHUNK)) {
-        let (sql, binds) = insert_deliveries(chunk, kinds, me, now);
+        let mut binds = Vec::new();
+        let sql = deliveries::insert_sql(&delivery_rows(chunk, kinds, me, now), now, &mut binds);
         bound(sql, &binds).execute(&mut *tx).await?;
     }
+    // After the deliveries, so an attempt whose delivery was there already is recorded on it.
     insert_attempts(&mut tx, &done).await?;
     let disabled = consequences(&mut tx, &done, now, disable_after_ms).await?;
     tx.commit().await.map_err(db_err)?;
@@ -458,7 +431,7 @@ pub async fn record(db: &Db, me: &str, outcomes: &[Outcome], now: i64, disable_a
 
 /// The attempt rows (only for deliveries that exist: an endpoint may have been deleted).
 async fn insert_attempts(tx: &mut Tx, outcomes: &[&Outcome]) -> Result<()> {
-    let ids: Vec<String> = outcomes.iter().map(|_| new_id("att")).collect();
+    let ids: Vec<String> = outcomes.iter().map(|_| new_id(kind::ATTEMPT)).collect();
     for (chunk, ids) in outcomes.chunks(CHUNK).zip(ids.chunks(CHUNK)) {
         let mut binds = Vec::new();
         let values = attempt_rows(chunk, 1, &mut binds, ids);

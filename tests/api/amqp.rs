@@ -39,9 +39,9 @@ fn through(proxy: &Proxy, t: &Topology) -> Topology {
     Topology { url, ..t.clone() }
 }
 
-struct Received {
-    body: String,
-    message_id: String,
+pub(crate) struct Received {
+    pub(crate) body: String,
+    pub(crate) message_id: String,
     kind: String,
     content_type: String,
     delivery_mode: u8,
@@ -50,7 +50,7 @@ struct Received {
 }
 
 /// A consumer on its own queue bound to `pattern`, collecting everything it receives.
-async fn consume(url: &str, t: &Topology, pattern: &str) -> (Connection, Arc<Mutex<Vec<Received>>>) {
+pub(crate) async fn consume(url: &str, t: &Topology, pattern: &str) -> (Connection, Arc<Mutex<Vec<Received>>>) {
     let conn = Connection::connect(url, ConnectionProperties::default()).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
     t.declare(&ch).await.unwrap();
@@ -378,7 +378,7 @@ async fn two_relays_on_one_postgres_share_the_work_without_loss() {
         hub: Arc::new(Hub::default()),
         clock: h.clock.clone(),
     };
-    let second = tokio::spawn(second.run());
+    let second = tokio::spawn(second.run(std::future::pending()));
     let mut c = h.clients();
     let w = world(&mut c).await;
     for i in 0..100 {

@@ -11,6 +11,7 @@ mod batch_export;
 mod cookbook;
 mod deadlines;
 mod delegation;
+mod deploys;
 mod events;
 mod fanout_crash;
 mod flow;

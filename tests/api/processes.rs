@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 use crate::harness::{Clients, Process, WithKey, free_port, service_url};
 use crate::receiver::{Receiver, Reply};
 
-fn dispatcher_bin() -> PathBuf {
+pub(crate) fn dispatcher_bin() -> PathBuf {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_coursewire")).with_file_name("coursewire-dispatcher");
     assert!(bin.exists(), "{} is built by `cargo test --workspace`", bin.display());
     bin

@@ -15,6 +15,10 @@ pub mod headers {
     pub const WEBHOOKS_VERSION: &str = "webhooks_version";
     /// The span of the call that wrote the event, W3C Trace Context (a long string).
     pub const TRACEPARENT: &str = "traceparent";
+    /// Set (a boolean, true) when the event may have been published before (a relay that
+    /// took over, or retried after a failed confirm): dispatchers check it against the
+    /// deliveries already written instead of sending it as new.
+    pub const RESENT: &str = "resent";
 }
 
 /// The event envelope (ARCHITECTURE §6): the body of every message and of every webhook POST,

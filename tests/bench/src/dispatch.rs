@@ -86,6 +86,7 @@ fn outgoing(id: &str) -> Outgoing {
         body: Arc::from(""),
         webhooks_version: None,
         traceparent: None,
+        resent: false,
     }
 }
 

@@ -87,7 +87,7 @@ async fn measure(url: &str, topology: &Topology) -> anyhow::Result<()> {
     let hub = Arc::new(Hub::default());
     let relay = Relay { db: db.clone(), bus: AmqpBus::start(topology.clone()), hub, clock: Arc::new(SystemClock) };
     let start = Instant::now();
-    let task = tokio::spawn(relay.run());
+    let task = tokio::spawn(relay.run(std::future::pending()));
     while unpublished(&db).await? > 0 {
         anyhow::ensure!(start.elapsed() < Duration::from_secs(120), "relay did not drain the backlog in 120 s");
         tokio::time::sleep(Duration::from_millis(20)).await;

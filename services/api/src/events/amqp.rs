@@ -104,6 +104,9 @@ impl AmqpBus {
         if let Some(call) = event.traceparent {
             headers.insert(wire::TRACEPARENT.into(), AMQPValue::LongString(call.to_string().into()));
         }
+        if event.resent {
+            headers.insert(wire::RESENT.into(), AMQPValue::Boolean(true));
+        }
         BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2) // persistent

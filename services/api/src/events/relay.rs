@@ -2,7 +2,10 @@
 //! transactions no running one precedes, so nothing that commits later can sort before what
 //! was read), sends them in that order through the bus, and moves its cursor past them only
 //! once the bus confirmed them. It never writes to the events themselves. A crash between
-//! send and cursor sends again: at least once.
+//! send and cursor sends again: at least once. What may go again is marked `resent`, so
+//! consumers know to look for work already done. Asked to stop (SIGTERM), it sends nothing
+//! new, waits for the confirmations of what it sent, moves its cursor past them and only then
+//! lets go of the lead: a deploy sends nothing twice.
 //!
 //! It is woken, not polling: by the commit of a transaction that wrote events, in this process
 //! directly and from other replicas through Postgres `LISTEN/NOTIFY` (a slow fallback timer
@@ -11,16 +14,19 @@
 //!
 //! On Postgres one replica leads (a session advisory lock held on its own connection) and
 //! every statement of the relay runs on that connection, so a replica that lost the lock
-//! cannot write; the others wait for the lock inside Postgres (no polling) and take over as
-//! soon as the leader's connection goes. SQLite is single-process: the relay leads.
+//! cannot write. The others stand by without holding a statement open: a leader that lets go
+//! says so (`NOTIFY`), and they take over at once; one that died frees the lock as its
+//! connection ends, and they find it within `STANDBY_POLL`. SQLite is single-process: the
+//! relay leads.
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use sqlx::postgres::PgListener;
-use sqlx::{AnyConnection, Row};
+use sqlx::{AnyConnection, Connection, Row};
 use tokio::sync::watch;
 
 use crate::clock::SharedClock;
@@ -32,6 +38,16 @@ use coursewire_core::trace::TraceContext;
 
 /// Any fixed number; identifies the relay's advisory lock.
 const LEADER_LOCK: i64 = 0x636f_7572_7365;
+/// Where a leader that lets go tells the standbys.
+const LEADER_CHANNEL: &str = "coursewire_relay_leader";
+/// How often a standby tries to take the lead (`pg_try_advisory_lock`, answered at once): the
+/// longest a dead leader's events wait for a successor, once Postgres saw its connection end.
+const STANDBY_POLL: Duration = Duration::from_millis(500);
+/// How long a stopping relay waits for the confirmations of what it sent. RabbitMQ confirms
+/// within milliseconds; in-process a confirmation waits for the dispatcher's first attempts
+/// (up to its 2 s `FIRST_WAIT`). What is still unconfirmed then is sent again, marked
+/// `resent`, by the next leader.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Events per batch.
 const BATCH: i64 = 500;
 /// Batches, and events, sent and not yet confirmed. In-process a confirmation waits for the
@@ -91,7 +107,7 @@ struct Sent {
     started: Instant,
 }
 
-/// Why the relay loop stopped.
+/// Why the relay loop stopped, when it was not asked to.
 enum Stop {
     /// The database failed: lead again from scratch.
     Db(anyhow::Error),
@@ -110,50 +126,116 @@ impl From<coursewire_core::error::ApiError> for Stop {
 }
 
 impl Relay {
-    /// Runs until the task is dropped. Errors are logged and retried with backoff.
-    pub async fn run(self) {
-        tokio::spawn(follow_bus(self.bus.connected(), self.hub.clone()));
-        loop {
-            let lead = self.lead().await;
-            self.db.signals().set_relay_here(true);
-            let Err(Stop::Db(e)) = self.work(lead).await;
-            self.db.signals().set_relay_here(false);
-            tracing::warn!(error = %e, "relay lost its database connection; retrying");
-            tokio::time::sleep(Duration::from_secs(1)).await;
+    /// Runs until `shutdown` completes, then stops in order: no new batch, the confirmations
+    /// of what was sent awaited (up to `STOP_GRACE`) and the cursor moved past them, then the
+    /// lead let go. Database errors are logged and retried with backoff.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        let follow = tokio::spawn(follow_bus(self.bus.connected(), self.hub.clone()));
+        let (stopping, mut stop) = watch::channel(false);
+        let relay = async {
+            while let Some(lead) = self.lead(&mut stop).await {
+                self.db.signals().set_relay_here(true);
+                let worked = self.work(lead, &mut stop).await;
+                self.db.signals().set_relay_here(false);
+                let Err(Stop::Db(e)) = worked else { return };
+                tracing::warn!(error = %e, "relay lost its database connection; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stopped(&mut stop) => return,
+                }
+            }
+        };
+        let signal = async {
+            shutdown.await;
+            let _ = stopping.send(true);
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = relay => {}
+            _ = signal => {}
         }
+        follow.abort();
     }
 
-    /// Waits until this replica leads: Postgres queues us on the advisory lock.
-    async fn lead(&self) -> Lead {
+    /// Waits until this replica leads (`None`: asked to stop first).
+    async fn lead(&self, stop: &mut watch::Receiver<bool>) -> Option<Lead> {
         if self.db.backend == Backend::Sqlite {
-            return Lead(None);
+            return Some(Lead(None));
         }
+        let mut listener: Option<PgListener> = None;
+        let mut standing_by = false;
         loop {
-            match self.db.pool().acquire().await {
-                Ok(mut conn) => {
-                    let won = sqlx::query("SELECT pg_advisory_lock($1)").bind(LEADER_LOCK).execute(&mut *conn).await;
-                    match won {
-                        Ok(_) => {
-                            tracing::info!("this replica now relays events");
-                            return Lead(Some(conn.detach()));
-                        }
-                        Err(e) => tracing::warn!(error = %e, "relay cannot take the leader lock"),
+            if listener.is_none() {
+                // Without it (the database is unreachable) polling still finds the lock free.
+                listener = self.listen(LEADER_CHANNEL).await.ok();
+            }
+            let wait = match self.try_lead().await {
+                Ok(Some(conn)) => {
+                    tracing::info!("this replica now relays events");
+                    return Some(Lead(Some(conn)));
+                }
+                Ok(None) => {
+                    if !standing_by {
+                        tracing::info!("another replica relays events; this one stands by to take over");
+                        standing_by = true;
+                    }
+                    STANDBY_POLL
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay cannot reach the database to take the lead");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                _ = stopped(stop) => return None,
+                _ = tokio::time::sleep(wait) => {}
+                // The leader let go (or the listener lost its connection: it is made again).
+                heard = async { listener.as_mut().expect("guarded").try_recv().await }, if listener.is_some() => {
+                    if heard.is_err() {
+                        listener = None;
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "relay cannot reach the database"),
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
-    async fn work(&self, mut lead: Lead) -> Result<std::convert::Infallible, Stop> {
+    /// One attempt at the leader lock, on a connection that becomes the leader's if it wins.
+    async fn try_lead(&self) -> Result<Option<AnyConnection>, sqlx::Error> {
+        let mut conn = self.db.pool().acquire().await?;
+        let won: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LEADER_LOCK).fetch_one(&mut *conn).await?;
+        Ok(won.then(|| conn.detach()))
+    }
+
+    async fn listen(&self, channel: &str) -> Result<PgListener, sqlx::Error> {
+        let mut l = PgListener::connect(self.db.url()).await?;
+        l.listen(channel).await?;
+        Ok(l)
+    }
+
+    /// Lets go of the lead and tells the standbys, so one takes over at once.
+    async fn let_go(&self, lead: Lead) {
+        if let Some(mut conn) = lead.0 {
+            let unlocked = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT pg_advisory_unlock($1), pg_notify('{LEADER_CHANNEL}', '')"
+            )))
+            .bind(LEADER_LOCK)
+            .execute(&mut conn)
+            .await;
+            if let Err(e) = unlocked {
+                tracing::warn!(error = %e, "relay cannot let go of the lead; it goes as its connection closes");
+            }
+            let _ = conn.close().await;
+        }
+        tracing::info!("this replica no longer relays events");
+    }
+
+    /// Relays until asked to stop (`Ok`: what it sent is confirmed or the grace period is
+    /// over, the cursor is saved and the lead let go) or until the database fails.
+    async fn work(&self, mut lead: Lead, stop: &mut watch::Receiver<bool>) -> Result<(), Stop> {
         // Other replicas' commits reach us as notifications; ours wake us in-process.
         let mut listener = match self.db.backend {
-            Backend::Postgres => {
-                let mut l = PgListener::connect(self.db.url()).await?;
-                l.listen(OUTBOX_CHANNEL).await?;
-                Some(l)
-            }
+            Backend::Postgres => Some(self.listen(OUTBOX_CHANNEL).await?),
             Backend::Sqlite => None,
         };
         let mut connected = self.bus.connected();
@@ -163,6 +245,12 @@ impl Relay {
                 .await?;
         let mut confirmed = Mark { txid, id };
         let mut sent_upto = confirmed.clone();
+        // Up to the newest event committed now, events may have been sent already (by the
+        // replica that led before, or by this one before its connection failed); events that
+        // commit later cannot have been.
+        let mut resent_upto = self.newest(&mut lead).await?;
+        // Once asked to stop: until when the confirmations of what was sent are awaited.
+        let mut stopping = stop.borrow().then(|| tokio::time::Instant::now() + STOP_GRACE);
         let mut in_flight: VecDeque<Sent> = VecDeque::new();
         let mut confirms: FuturesOrdered<Confirm> = FuturesOrdered::new();
         let mut backoff = Duration::from_millis(100);
@@ -173,8 +261,11 @@ impl Relay {
         let mut retry = HELD_BACK_RETRY;
         loop {
             // Fill the pipeline while a wake-up (or a full batch) says there may be more.
-            while dirty && room(&in_flight) && *connected.borrow() {
-                let (rows, waiting) = self.read_after(&mut lead, &sent_upto).await?;
+            while stopping.is_none() && dirty && room(&in_flight) && *connected.borrow() {
+                let (mut rows, waiting) = self.read_after(&mut lead, &sent_upto).await?;
+                for row in &mut rows {
+                    row.resent = row.mark <= resent_upto;
+                }
                 held_back = waiting;
                 retry = if waiting && rows.is_empty() { (retry * 2).min(HELD_BACK_MAX) } else { HELD_BACK_RETRY };
                 dirty = rows.len() as i64 == BATCH;
@@ -194,7 +285,10 @@ impl Relay {
                 in_flight.push_back(batch);
             }
             self.report_lag(&in_flight);
-            let room = room(&in_flight);
+            if stopping.is_some() && in_flight.is_empty() {
+                break;
+            }
+            let room = stopping.is_none() && room(&in_flight);
             tokio::select! {
                 Some(done) = confirms.next() => {
                     // Take every confirmation that is already in, then move the cursor once.
@@ -205,13 +299,17 @@ impl Relay {
                         if let Err(e) = result {
                             metrics::publish_failed();
                             tracing::warn!(error = %e, "publishing failed; the events wait in the outbox and go again");
-                            // Everything after the cursor goes again, in order.
+                            // Everything after the cursor goes again, in order (unless stopping:
+                            // then the next leader sends it), marked as perhaps sent before.
                             in_flight.clear();
                             confirms = FuturesOrdered::new();
+                            resent_upto = resent_upto.max(sent_upto);
                             sent_upto = confirmed.clone();
                             dirty = true;
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            if stopping.is_none() {
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(Duration::from_secs(5));
+                            }
                             break;
                         }
                         metrics::published(sent.events, sent.started.elapsed());
@@ -230,11 +328,31 @@ impl Relay {
                     notified?;
                     dirty = true;
                 }
-                _ = connected.changed() => dirty = true,
+                _ = connected.changed(), if stopping.is_none() => dirty = true,
                 _ = tokio::time::sleep(retry), if held_back && room => dirty = true,
                 _ = tokio::time::sleep(FALLBACK), if confirms.is_empty() => dirty = true,
+                // Asked to stop: send nothing new, wait for what was sent.
+                _ = stopped(stop), if stopping.is_none() => {
+                    stopping = Some(tokio::time::Instant::now() + STOP_GRACE);
+                }
+                _ = tokio::time::sleep_until(stopping.unwrap_or_else(tokio::time::Instant::now)), if stopping.is_some() => {
+                    let events: u64 = in_flight.iter().map(|s| s.events).sum();
+                    tracing::warn!(events, "stopping before the bus confirmed every event sent; the next leader sends them again");
+                    break;
+                }
             }
         }
+        self.let_go(lead).await;
+        Ok(())
+    }
+
+    /// The newest event committed (before every event when there is none).
+    async fn newest(&self, lead: &mut Lead) -> Result<Mark, Stop> {
+        let newest: Option<(i64, String)> =
+            sqlx::query_as("SELECT txid, id FROM events ORDER BY txid DESC, id DESC LIMIT 1")
+                .fetch_optional(&mut *self.conn(lead).await?)
+                .await?;
+        Ok(newest.map_or_else(Mark::start, |(txid, id)| Mark { txid, id }))
     }
 
     /// The connection reads run on: the leader's, or one from the pool (SQLite).
@@ -328,7 +446,13 @@ fn outgoing(r: &sqlx::any::AnyRow) -> Result<Outgoing, sqlx::Error> {
         body: r.try_get::<String, _>("body")?.into(),
         webhooks_version: r.try_get("webhooks_version")?,
         traceparent: r.try_get::<Option<String>, _>("traceparent")?.as_deref().and_then(TraceContext::parse),
+        resent: false,
     })
+}
+
+/// Completes once the relay is asked to stop.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Whether another batch may go out.

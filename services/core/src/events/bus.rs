@@ -25,6 +25,10 @@ pub struct Outgoing {
     pub webhooks_version: Option<i64>,
     /// The span of the call that wrote the event (none for events no call caused).
     pub traceparent: Option<crate::trace::TraceContext>,
+    /// It may have been sent before: by a relay that led before this one took over, or by
+    /// this one before a confirmation failed. Consumers look for work already done for it
+    /// (the dispatcher: deliveries already written); for the others they need not.
+    pub resent: bool,
 }
 
 /// Resolves once every event of a sent batch is durably accepted (RabbitMQ: confirmed).
