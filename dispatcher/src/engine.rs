@@ -124,7 +124,11 @@ impl Engine {
             shared,
             config,
             // Which process holds a lease, for operators (and the kill test): pid, then unique.
-            me: format!("{}-{}", std::process::id(), coursewire_core::ids::new_id(coursewire_core::ids::kind::DISPATCHER)),
+            me: format!(
+                "{}-{}",
+                std::process::id(),
+                coursewire_core::ids::new_id(coursewire_core::ids::kind::DISPATCHER)
+            ),
             sender,
             lanes,
             cache: Cache::default(),
