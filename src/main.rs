@@ -1,4 +1,4 @@
-//! The `coursewire` command: parses the CLI (ARCHITECTURE §2) and starts the chosen role.
+//! The `coursewire` command: parses the CLI (docs/architecture.md §4) and starts the chosen role.
 //! No business logic lives here.
 use clap::Parser;
 use coursewire::cli;

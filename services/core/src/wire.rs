@@ -21,7 +21,7 @@ pub mod headers {
     pub const RESENT: &str = "resent";
 }
 
-/// The event envelope (ARCHITECTURE §6): the body of every message and of every webhook POST,
+/// The event envelope (docs/architecture.md §4): the body of every message and of every webhook POST,
 /// stored in the event log exactly as written (`events::record`), so every consumer sees the
 /// same bytes. Its fields are written in this order. `D` is the event's data: the resource
 /// as a `&T: Serialize` when writing, `serde::de::IgnoredAny` when only the head is read.

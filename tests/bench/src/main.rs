@@ -1,4 +1,4 @@
-//! Coursewire benchmarks (ARCHITECTURE §10). Each scenario prints one JSON line per figure,
+//! Coursewire benchmarks (docs/benchmarks.md). Each scenario prints one JSON line per figure,
 //! with a baseline measured in the same run, so ratios hold across machines:
 //!
 //! - `ping`: authenticated Ping through the real server vs a bare tonic server with the same

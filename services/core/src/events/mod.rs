@@ -13,7 +13,7 @@ use crate::ids::{kind, new_id};
 use crate::store::Backend;
 use crate::wire::Envelope;
 
-/// Every event type (ARCHITECTURE §6): webhook filters are checked against it, `record`
+/// Every event type (docs/architecture.md §4): webhook filters are checked against it, `record`
 /// writes nothing else, and docs/events.md's table is compared with it by a test.
 pub const EVENT_TYPES: &[&str] = &[
     "domain.created",
