@@ -18,7 +18,7 @@ use coursewire_proto::v1::enrollment_service_client::EnrollmentServiceClient;
 use coursewire_proto::v1::user_service_client::UserServiceClient;
 
 use crate::harness::{Authed, Clients, Process, TestDatabase, TestTopology, WithKey, free_port, service_url};
-use crate::processes::{dispatcher_bin, secrets_key};
+use crate::processes::{acme_key, dispatcher_bin, secrets_key};
 use crate::receiver::Receiver;
 
 /// The load: new learners enrolled a second (a CreateUser and a CreateEnrollment each), over both replicas (the machine's 2 cores run
@@ -107,12 +107,7 @@ impl Deployment {
         let (pg, amqp) = (service_url("COURSEWIRE_TEST_DATABASE_URL"), service_url("COURSEWIRE_TEST_AMQP_URL"));
         let db = TestDatabase::create(&pg).await;
         let topology = TestTopology::new(&amqp, "cwdeploy");
-        let bin = env!("CARGO_BIN_EXE_coursewire");
-        let out = Command::new(bin).args(["orgs", "create", "acme", "--database-url", &db.url]).output().unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let out =
-            Command::new(bin).args(["keys", "create", "--org", "acme", "--database-url", &db.url]).output().unwrap();
-        let key = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string();
+        let key = acme_key(&db.url);
         let secrets_key = secrets_key();
         let common = [
             "--database-url",

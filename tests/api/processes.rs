@@ -141,6 +141,17 @@ pub(crate) struct Cluster {
     _topology: crate::harness::TestTopology,
 }
 
+/// Creates organization `acme` in the database at `database_url` with the real CLI, and
+/// returns the key `coursewire keys create` printed for it.
+pub(crate) fn acme_key(database_url: &str) -> String {
+    let bin = env!("CARGO_BIN_EXE_coursewire");
+    let out = Command::new(bin).args(["orgs", "create", "acme", "--database-url", database_url]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out =
+        Command::new(bin).args(["keys", "create", "--org", "acme", "--database-url", database_url]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string()
+}
+
 impl Cluster {
     pub async fn start(retry_schedule: &str) -> Cluster {
         let (pg, amqp) = (service_url("COURSEWIRE_TEST_DATABASE_URL"), service_url("COURSEWIRE_TEST_AMQP_URL"));
@@ -157,11 +168,7 @@ impl Cluster {
                 .args(["--webhook-retry-schedule", retry_schedule]);
         };
         let bin = env!("CARGO_BIN_EXE_coursewire");
-        let out = Command::new(bin).args(["orgs", "create", "acme", "--database-url", &db.url]).output().unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let out =
-            Command::new(bin).args(["keys", "create", "--org", "acme", "--database-url", &db.url]).output().unwrap();
-        let key = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string();
+        let key = acme_key(&db.url);
         let args: Vec<String> = {
             let mut probe = Command::new(bin);
             common(&mut probe);
