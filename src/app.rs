@@ -42,6 +42,8 @@ pub struct Settings {
     pub dispatcher: Option<(DispatcherConfig, Source)>,
     /// Pruning of old events and deliveries: (event retention, delivery retention).
     pub retention: Option<(Duration, Duration)>,
+    /// The web console; an empty `base_url` means this server's HTTP/JSON listener.
+    pub console: coursewire_api::console::Config,
 }
 
 /// A running application: the gRPC server on `addr`, and its background tasks.
@@ -72,8 +74,13 @@ impl Application {
             bus,
             dispatcher,
             retention,
+            mut console,
         } = settings;
         let addr = listener.local_addr()?;
+        if console.base_url.is_empty() {
+            let http = http_listener.as_ref().map_or(Ok(addr), |l| l.local_addr())?;
+            console.base_url = format!("http://{http}");
+        }
         let mut background = Vec::new();
         let relay = bus.map(|bus| {
             let relay = Relay { db: db.clone(), bus, hub: hub.clone(), clock: clock.clone() };
@@ -93,7 +100,9 @@ impl Application {
             }
             None => None,
         };
-        let state = Arc::new(AppState::new(db.clone(), clock.clone(), limiter, hub, secrets, max_streams_per_org));
+        let mut state = AppState::new(db.clone(), clock.clone(), limiter, hub, secrets, max_streams_per_org);
+        state.console = console;
+        let state = Arc::new(state);
         // Every replica runs the deadline scheduler: each deadline is claimed by one of them.
         let deadlines = Deadlines { db, clock, wake: state.deadlines.clone() };
         background.push(tokio::spawn(deadlines.run()));

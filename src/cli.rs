@@ -67,6 +67,17 @@ pub struct Common {
     /// When the limiter's backend (Redis) fails: `open` admits calls, `closed` refuses them.
     #[arg(long, env = "COURSEWIRE_RATE_LIMIT_ON_BACKEND_ERROR", default_value = "open", value_parser = ["open", "closed"], global = true)]
     rate_limit_on_backend_error: String,
+    /// The origin the web console's sign-in links point at, e.g. `https://lms.example.com`
+    /// (behind a proxy). Unset: `http://` and the HTTP/JSON listen address.
+    #[arg(long, env = "COURSEWIRE_CONSOLE_BASE_URL", global = true)]
+    console_base_url: Option<String>,
+    /// Origins that may show the console in a frame (an embedded partner portal), e.g.
+    /// `https://partners.example.com`; comma-separated. Unset: none may.
+    #[arg(long, env = "COURSEWIRE_CONSOLE_FRAME_ANCESTORS", value_delimiter = ',', global = true)]
+    console_frame_ancestors: Vec<String>,
+    /// Mark the console's session cookie `Secure` even on plain HTTP (a proxy in front ends TLS).
+    #[arg(long, env = "COURSEWIRE_CONSOLE_SECURE_COOKIES", global = true)]
+    console_secure_cookies: bool,
     /// Proxies whose `x-forwarded-for` names the client, as CIDRs (comma-separated).
     #[arg(long, env = "COURSEWIRE_TRUSTED_PROXIES", value_delimiter = ',', global = true)]
     trusted_proxies: Vec<String>,
@@ -122,6 +133,9 @@ enum Command {
     /// Manage the key that seals secrets at rest.
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// The web console (docs/console.md).
+    #[command(subcommand)]
+    Console(ConsoleCommand),
     /// Ask a running server's gRPC health service; exits non-zero unless it is SERVING (for
     /// container probes). Needs no database.
     Health {
@@ -139,6 +153,21 @@ enum SecretsCommand {
     /// Re-seal every webhook secret and header value with --secrets-key. Run it after every
     /// process has the new key as --secrets-key and the old one in --previous-secrets-keys.
     RotateKey,
+}
+
+#[derive(Subcommand)]
+enum ConsoleCommand {
+    /// Print a single-use sign-in link to the console for an organization.
+    Link {
+        #[arg(long)]
+        org: String,
+        /// How long the link can be opened (1m to 24h).
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        /// What the session may do: `*` or RESOURCE:read|write, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "*")]
+        scopes: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -210,19 +239,31 @@ impl Common {
             .collect()
     }
 
-    /// Origins as browsers send them: a scheme, a host and maybe a port; nothing else.
     fn cors_origins(&self) -> anyhow::Result<Vec<String>> {
-        self.cors_allowed_origins
-            .iter()
-            .map(|o| o.trim().trim_end_matches('/').to_string())
-            .map(|o| {
-                let rest = o.strip_prefix("https://").or_else(|| o.strip_prefix("http://"));
-                let host = rest.filter(|r| !r.is_empty() && !r.contains(['/', '?', '#', '@', '*', ' ']));
-                host.map(|_| o.clone()).ok_or_else(|| {
-                    anyhow::anyhow!("--cors-allowed-origins: {o:?} is not an origin like https://portal.example.com")
-                })
-            })
-            .collect()
+        origins("--cors-allowed-origins", &self.cors_allowed_origins)
+    }
+
+    /// The console's settings, checked.
+    fn console(&self) -> anyhow::Result<coursewire_api::console::Config> {
+        let base_url = match &self.console_base_url {
+            Some(url) => origins("--console-base-url", std::slice::from_ref(url))?.remove(0),
+            None => String::new(),
+        };
+        Ok(coursewire_api::console::Config {
+            base_url,
+            frame_ancestors: origins("--console-frame-ancestors", &self.console_frame_ancestors)?,
+            secure_cookies: self.console_secure_cookies,
+        })
+    }
+
+    /// Where sign-in links point: `--console-base-url`, else the HTTP/JSON listen address.
+    fn console_base_url(&self) -> anyhow::Result<String> {
+        let config = self.console()?;
+        Ok(if config.base_url.is_empty() {
+            format!("http://{}", self.http_listen.as_deref().unwrap_or(&self.listen))
+        } else {
+            config.base_url
+        })
     }
 
     fn keyring(&self) -> anyhow::Result<Arc<Keyring>> {
@@ -242,6 +283,7 @@ impl Common {
             .parse::<std::net::SocketAddr>()
             .with_context(|| format!("--metrics-listen {:?} is not an address", self.metrics_listen))?;
         self.cors_origins()?;
+        self.console()?;
         if let Some(http) = &self.http_listen {
             http.parse::<std::net::SocketAddr>()
                 .with_context(|| format!("--http-listen {http:?} is not an address like 127.0.0.1:8080"))?;
@@ -311,6 +353,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => keys(cmd, &db, clock.now_ms()).await,
+        Command::Console(ConsoleCommand::Link { org, ttl, scopes }) => {
+            console_link(&db, &common.console_base_url()?, &org, &ttl, &scopes, clock.now_ms()).await
+        }
         Command::Secrets(SecretsCommand::RotateKey) => {
             let keyring = secrets.expect("checked above");
             let n = webhooks::endpoint::reseal(&db, &keyring, false).await?;
@@ -415,6 +460,33 @@ async fn bootstrap(db: &Db, now: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Origins as browsers send them: a scheme, a host and maybe a port; nothing else.
+fn origins(flag: &str, values: &[String]) -> anyhow::Result<Vec<String>> {
+    values
+        .iter()
+        .map(|o| o.trim().trim_end_matches('/').to_string())
+        .map(|o| {
+            let rest = o.strip_prefix("https://").or_else(|| o.strip_prefix("http://"));
+            let host = rest.filter(|r| !r.is_empty() && !r.contains(['/', '?', '#', '@', '*', ' ', ';', ',']));
+            host.map(|_| o.clone())
+                .ok_or_else(|| anyhow::anyhow!("{flag}: {o:?} is not an origin like https://portal.example.com"))
+        })
+        .collect()
+}
+
+/// Prints a sign-in link for `org` (the operator's: any scopes the organization may hold).
+async fn console_link(db: &Db, base: &str, org: &str, ttl: &str, scopes: &[String], now: i64) -> anyhow::Result<()> {
+    use coursewire_api::layers::auth::Scopes;
+    use coursewire_api::layers::auth::sessions::{self, Grant};
+    organizations::get_org(db, org).await.map_err(api_error)?;
+    let ttl = parse_duration(ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+    let scopes = Scopes::parse(scopes).map_err(|e| anyhow::anyhow!("--scopes: {e}"))?;
+    let grant = Grant { org_id: org.to_string(), scopes, key_id: None };
+    let (token, _) = sessions::create_link(db, &grant, ttl.as_millis() as i64, now).await.map_err(api_error)?;
+    println!("{base}/console/signin?token={token}");
+    Ok(())
+}
+
 /// The API and relay, plus the dispatcher when `with_dispatcher` (the all-in-one).
 async fn serve(
     common: Common,
@@ -477,6 +549,7 @@ async fn serve(
         bus: Some(bus),
         dispatcher,
         retention: Some(retention),
+        console: common.console()?,
     })
     .await?;
     let served = app.run_until(server::shutdown_signal()).await;

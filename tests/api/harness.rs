@@ -291,6 +291,7 @@ impl Harness {
             dispatcher: dispatch,
             // Tests prune explicitly, at the harness clock's time (`prune`).
             retention: None,
+            console: Default::default(),
         })
         .await
         .unwrap();
@@ -315,6 +316,7 @@ impl Harness {
             bus: None,
             dispatcher: None,
             retention: None,
+            console: Default::default(),
         })
         .await
         .unwrap();
@@ -471,6 +473,10 @@ pub struct Replica {
 }
 
 impl Replica {
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self._app.addr()
+    }
+
     pub fn clients_with(&self, key: &str) -> Clients {
         Clients::new(self.channel.clone(), WithKey(format!("Bearer {key}").parse().unwrap()))
     }

@@ -8,6 +8,7 @@ mod auth;
 mod backpressure;
 mod bad_input;
 mod batch_export;
+mod console;
 mod cookbook;
 mod deadlines;
 mod delegation;

@@ -49,6 +49,13 @@ pub(crate) struct AllInOne {
     _dir: tempfile::TempDir,
 }
 
+impl AllInOne {
+    /// Its working directory (its SQLite database is in there), for CLI commands on it.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+}
+
 pub(crate) fn all_in_one(extra: &[&str]) -> AllInOne {
     let dir = tempfile::tempdir().unwrap();
     let (port, metrics_port) = (free_port(), free_port());

@@ -1,13 +1,19 @@
-//! AccountService: an authenticated ping and a description of the calling key.
+//! AccountService: an authenticated ping, a description of the calling key, and sign-in
+//! links to the web console within the key's authority.
 use std::sync::Arc;
 
 use coursewire_proto::v1::account_service_server::AccountService;
-use coursewire_proto::v1::{PingRequest, WhoAmIRequest, WhoAmIResponse};
+use coursewire_proto::v1::{ConsoleLink, CreateConsoleLinkRequest, PingRequest, WhoAmIRequest, WhoAmIResponse};
 use pbjson_types::Empty;
 use tonic::{Request, Response, Status};
 
 use crate::AppState;
-use crate::layers::auth::caller;
+use crate::clock::to_timestamp;
+use crate::layers::auth::delegation::{self, Authority};
+use crate::layers::auth::sessions::{self, Grant, LINK_TTL_MS};
+use crate::layers::auth::{Scopes, caller};
+use coursewire_core::error::ApiError;
+use coursewire_core::ids::kind;
 
 pub struct AccountApi(pub Arc<AppState>);
 
@@ -30,6 +36,43 @@ impl AccountService for AccountApi {
             scopes: key.scopes.0.clone(),
             platform: key.platform,
             limits,
+        }))
+    }
+
+    async fn create_console_link(
+        &self,
+        req: Request<CreateConsoleLinkRequest>,
+    ) -> Result<Response<ConsoleLink>, Status> {
+        let who = caller(&req)?;
+        let r = req.get_ref();
+        let key = &who.key;
+        let scopes = if r.scopes.is_empty() {
+            key.scopes.clone()
+        } else {
+            Scopes::parse(&r.scopes).map_err(|m| ApiError::field("scopes", m))?
+        };
+        // The session it opens holds no more than this key: its scopes, allowlist, expiry and
+        // limit (the session is checked against the key's allowlist and ends with the key).
+        let wanted = Authority {
+            scopes: &scopes,
+            cidrs: &key.allowed_cidrs,
+            expires_at: key.expires_at,
+            limit: key.key_limit.as_deref(),
+        };
+        delegation::check(key, &wanted)?;
+        let ttl_ms = match &r.ttl {
+            None => LINK_TTL_MS,
+            Some(d) if d.seconds < 0 || d.nanos < 0 => return Err(ApiError::field("ttl", "must be positive").into()),
+            Some(d) => d.seconds.saturating_mul(1000) + i64::from(d.nanos) / 1_000_000,
+        };
+        // A session opened by a sign-in link of the operator's has no key behind it.
+        let key_id = key.id.starts_with(&format!("{}_", kind::API_KEY)).then(|| key.id.clone());
+        let grant = Grant { org_id: key.org_id.clone(), scopes, key_id };
+        let (token, expires_at) = sessions::create_link(&self.0.db, &grant, ttl_ms, self.0.clock.now_ms()).await?;
+        Ok(Response::new(ConsoleLink {
+            url: format!("{}/console/signin?token={token}", self.0.console.base_url.trim_end_matches('/')),
+            expire_time: Some(to_timestamp(expires_at)),
+            scopes: grant.scopes.0,
         }))
     }
 }

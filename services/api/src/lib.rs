@@ -5,6 +5,7 @@
 pub mod account;
 pub mod api_keys;
 pub mod clock;
+pub mod console;
 pub mod courses;
 pub mod domain_access;
 pub mod domain_users;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub deadlines: Arc<tokio::sync::Notify>,
     /// Wakes this replica's fan-out worker after a call started an operation.
     pub fanout: Arc<tokio::sync::Notify>,
+    /// How the web console is served; `base_url` is where sign-in links point.
+    pub console: console::Config,
 }
 
 impl AppState {
@@ -76,6 +79,7 @@ impl AppState {
             streams: streams::Streams::new(streams_per_org),
             deadlines: Arc::default(),
             fanout: Arc::default(),
+            console: console::Config::default(),
         }
     }
 }

@@ -24,6 +24,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::AppState;
 use crate::account::AccountApi;
 use crate::api_keys::ApiKeyApi;
+use crate::console::{ConsoleLayer, Site};
 use crate::courses::CourseApi;
 use crate::domain_users::DomainUserApi;
 use crate::domains::DomainApi;
@@ -110,9 +111,16 @@ pub async fn serve(
 
     let auth = Authenticator::new(state.db.clone(), state.clock.clone(), trusted_proxies);
     let gateway = HttpJsonLayer::new()?;
+    let console = ConsoleLayer::new(Arc::new(Site {
+        config: state.console.clone(),
+        auth: auth.clone(),
+        db: state.db.clone(),
+        clock: state.clock.clone(),
+    }));
     let cors = cors(&listeners.cors_allowed_origins)?;
     // Outermost first (see `layers`): name the call (request id), so every answer carries
-    // one; count the answers no method gives; answer CORS preflights; translate HTTP/JSON
+    // one; count the answers no method gives; serve the web console (`/console`, a client of
+    // everything below); answer CORS preflights; translate HTTP/JSON
     // and gRPC-Web (browsers, over HTTP/1.1 or HTTP/2) into gRPC, so everything below sees
     // one protocol; measure the call by method, authenticate, count it against its
     // organization's limits, then (a write, while the webhook dispatchers are behind) wait
@@ -121,6 +129,7 @@ pub async fn serve(
         tower::ServiceBuilder::new()
             .layer(RequestIdLayer)
             .layer(UnmatchedLayer)
+            .layer(console.clone().enabled(http_json))
             .option_layer(cors.clone())
             .layer(gateway.clone().enabled(http_json))
             .layer(tonic_web::GrpcWebLayer::new())

@@ -99,6 +99,7 @@ pub async fn start_server(db: coursewire_core::store::Db) -> anyhow::Result<cour
         bus: None,
         dispatcher: None,
         retention: None,
+        console: Default::default(),
     })
     .await
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use coursewire_core::store::Db;
 use coursewire_proto::v1::account_service_client::AccountServiceClient;
 use coursewire_proto::v1::account_service_server::{AccountService, AccountServiceServer};
-use coursewire_proto::v1::{PingRequest, WhoAmIRequest, WhoAmIResponse};
+use coursewire_proto::v1::{ConsoleLink, CreateConsoleLinkRequest, PingRequest, WhoAmIRequest, WhoAmIResponse};
 use serde_json::json;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Channel, Server};
@@ -24,6 +24,9 @@ impl AccountService for Bare {
     }
     async fn who_am_i(&self, _: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
         Ok(Response::new(WhoAmIResponse::default()))
+    }
+    async fn create_console_link(&self, _: Request<CreateConsoleLinkRequest>) -> Result<Response<ConsoleLink>, Status> {
+        Err(Status::unimplemented("the baseline server mints no links"))
     }
 }
 

@@ -2,6 +2,7 @@
 //! in-process bus), EventService (the log, WatchEvents). Writing events (the outbox itself),
 //! the envelope and the bus contract live in the shared core.
 pub mod amqp;
+pub mod catalogue;
 mod log;
 pub mod relay;
 mod service;

@@ -2,7 +2,10 @@
 use std::sync::Arc;
 
 use coursewire_proto::v1::event_service_server::EventService;
-use coursewire_proto::v1::{Event, GetEventRequest, ListEventsRequest, ListEventsResponse, WatchEventsRequest};
+use coursewire_proto::v1::{
+    Event, EventType, GetEventRequest, ListEventTypesRequest, ListEventTypesResponse, ListEventsRequest,
+    ListEventsResponse, WatchEventsRequest,
+};
 use sqlx::Row;
 use tonic::{Request, Response, Status};
 
@@ -77,6 +80,26 @@ impl EventService for EventApi {
         let mut events = rows.iter().map(event_from_row).collect::<ApiResult<Vec<_>>>()?;
         let next_page_token = page.finish(&mut events, |e| &e.id);
         Ok(Response::new(ListEventsResponse { events, next_page_token }))
+    }
+
+    async fn list_event_types(
+        &self,
+        _req: Request<ListEventTypesRequest>,
+    ) -> Result<Response<ListEventTypesResponse>, Status> {
+        let as_struct = |v: &serde_json::Value| serde_json::from_value(v.clone()).map_err(ApiError::internal);
+        let event_types = super::catalogue::catalogue()
+            .iter()
+            .map(|t| {
+                Ok(EventType {
+                    name: t.name.clone(),
+                    description: t.when.clone(),
+                    payload: t.payload.clone(),
+                    data_schema: Some(as_struct(&t.data_schema)?),
+                    example: Some(as_struct(&t.example)?),
+                })
+            })
+            .collect::<ApiResult<Vec<_>>>()?;
+        Ok(Response::new(ListEventTypesResponse { event_types }))
     }
 
     async fn get_event(&self, req: Request<GetEventRequest>) -> Result<Response<Event>, Status> {

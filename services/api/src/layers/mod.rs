@@ -4,6 +4,7 @@
 //! ```text
 //!   request_id      x-request-id and trace context, on every answer the process gives
 //!    └─ metrics (UnmatchedLayer)  counts answers no method gave, as `unmatched`
+//!        └─ (crate::console: /console pages, which call everything below as a client)
 //!        └─ CORS (tower-http; only with --cors-allowed-origins)
 //!            └─ gateway       HTTP/JSON → gRPC (routes, bodies, /openapi.json, /docs)
 //!                └─ gRPC-Web  (tonic-web) → gRPC

@@ -60,6 +60,8 @@ use Need::*;
 const TABLE: &[(&str, Need, CallClass, Charge)] = &[
     ("/coursewire.v1.AccountService/Ping", AnyKey, Read, PerCall),
     ("/coursewire.v1.AccountService/WhoAmI", AnyKey, Read, PerCall),
+    // Any key may hand on what it holds (delegation bounds the scopes).
+    ("/coursewire.v1.AccountService/CreateConsoleLink", AnyKey, Modify, PerCall),
     ("/coursewire.v1.DomainService/CreateDomain", Writes("domains"), Modify, PerCall),
     ("/coursewire.v1.DomainService/GetDomain", Reads("domains"), Read, PerCall),
     ("/coursewire.v1.DomainService/ListDomains", Reads("domains"), Read, PerCall),
@@ -129,6 +131,8 @@ const TABLE: &[(&str, Need, CallClass, Charge)] = &[
     ("/coursewire.v1.EventService/ListEvents", Reads("events"), Read, PerCall),
     ("/coursewire.v1.EventService/GetEvent", Reads("events"), Read, PerCall),
     ("/coursewire.v1.EventService/WatchEvents", Reads("events"), Read, PerCall),
+    // The catalogue describes; it holds no organization's data.
+    ("/coursewire.v1.EventService/ListEventTypes", AnyKey, Read, PerCall),
     ("/coursewire.v1.WebhookService/CreateWebhook", Writes("webhooks"), Modify, PerCall),
     ("/coursewire.v1.WebhookService/GetWebhook", Reads("webhooks"), Read, PerCall),
     ("/coursewire.v1.WebhookService/ListWebhooks", Reads("webhooks"), Read, PerCall),

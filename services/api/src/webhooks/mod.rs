@@ -393,11 +393,26 @@ impl WebhookService for WebhookApi {
         v.optional_text("event_type", &r.event_type, 100);
         let after = opt_time(&mut v, "created_after", r.created_after.as_ref());
         let before = opt_time(&mut v, "created_before", r.created_before.as_ref());
+        let newest_first = match r.order_by.trim() {
+            "" | "create_time" => false,
+            "create_time desc" => true,
+            _ => {
+                v.add("order_by", "must be `create_time` or `create_time desc`");
+                false
+            }
+        };
         v.finish()?;
-        let scope =
-            format!("deliveries|{}|{}|{:?}|{}|{after:?}|{before:?}", who.org(), r.webhook_id, state, r.event_type);
+        let scope = format!(
+            "deliveries|{}|{}|{:?}|{}|{after:?}|{before:?}|{newest_first}",
+            who.org(),
+            r.webhook_id,
+            state,
+            r.event_type
+        );
         let page = Page::new(&self.0.tokens, r.page_size, &r.page_token, &scope)?;
-        let mut sql = format!("SELECT {} WHERE org_id = $1 AND id > $2", deliveries::COLUMNS);
+        // Ids sort by creation time: keyset paging on the id, either way.
+        let (past, order) = if newest_first { ("($2 = '' OR id < $2)", "DESC") } else { ("id > $2", "") };
+        let mut sql = format!("SELECT {} WHERE org_id = $1 AND {past}", deliveries::COLUMNS);
         let mut n = 3;
         let mut filter = |column: &str, op: &str| {
             sql.push_str(&format!(" AND {column} {op} ${n}"));
@@ -420,7 +435,7 @@ impl WebhookService for WebhookApi {
         if before.is_some() {
             filter("created_at", "<");
         }
-        sql.push_str(&format!(" ORDER BY id LIMIT ${n}"));
+        sql.push_str(&format!(" ORDER BY id {order} LIMIT ${n}"));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(who.org()).bind(&page.after);
         for (_, value) in &texts {
             q = q.bind(*value);

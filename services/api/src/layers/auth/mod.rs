@@ -2,10 +2,12 @@
 //! must carry a valid key whose scopes cover the method (see `crate::policy`). The layer
 //! puts the resulting `Caller` into the request extensions for the layers below and the
 //! handlers. The keys themselves: `keys` (secrets), `record` (a key as read), `store`
-//! (their rows), `delegation` (what a key may grant).
+//! (their rows), `delegation` (what a key may grant), `sessions` (the web console's sign-in
+//! links and sessions, which the console passes down as a `SessionGrant`).
 pub mod delegation;
 pub mod keys;
 mod record;
+pub mod sessions;
 mod store;
 
 use std::collections::HashMap;
@@ -73,16 +75,40 @@ impl Authenticator {
 
     pub async fn authenticate(&self, headers: &http::HeaderMap, path: &str, peer: Option<IpAddr>) -> ApiResult<Caller> {
         let secret = keys::from_headers(headers)?;
-        let hash = keys::hash(&secret);
-        let key = self
-            .lookup(&hash)
-            .await?
-            .ok_or_else(|| ApiError::unauthenticated(Reason::KeyUnknown, "the API key is not known"))?;
+        let key = self.key(&secret, false).await?;
+        let caller = self.admit(key.clone(), path, headers, peer)?;
+        let now = self.clock.now_ms();
+        if key.touch_due(now, LAST_USED_EVERY_MS) {
+            let db = self.db.clone();
+            let id = key.id.clone();
+            tokio::spawn(async move { store::touch_last_used(&db, &id, now).await });
+        }
+        Ok(caller)
+    }
+
+    /// The key whose secret this is, valid or not (`fresh`: read now, not from the cache).
+    async fn key(&self, secret: &str, fresh: bool) -> ApiResult<Arc<KeyRecord>> {
+        let hash = keys::hash(secret);
+        let found =
+            if fresh { store::find_key(&self.db, &hash).await?.map(Arc::new) } else { self.lookup(&hash).await? };
+        let key = found.ok_or_else(|| ApiError::unauthenticated(Reason::KeyUnknown, "the API key is not known"))?;
         // The lookup is by hash; compare in constant time anyway so no code path branches
         // on a partial match.
         if !bool::from(key.secret_hash.as_bytes().ct_eq(hash.as_bytes())) {
             return Err(ApiError::unauthenticated(Reason::KeyUnknown, "the API key is not known"));
         }
+        Ok(key)
+    }
+
+    /// Whether `key` (a key, or a console session's authority) may call `path` now, from
+    /// this client: the one check every call passes, whatever its credentials.
+    pub fn admit(
+        &self,
+        key: Arc<KeyRecord>,
+        path: &str,
+        headers: &http::HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> ApiResult<Caller> {
         let now = self.clock.now_ms();
         if key.revoked_at.is_some() {
             return Err(ApiError::unauthenticated(Reason::KeyRevoked, "the API key was revoked"));
@@ -104,12 +130,26 @@ impl Authenticator {
         if let Some(p) = policy {
             authorize(&key, p.need)?;
         }
-        if key.touch_due(now, LAST_USED_EVERY_MS) {
-            let db = self.db.clone();
-            let id = key.id.clone();
-            tokio::spawn(async move { store::touch_last_used(&db, &id, now).await });
-        }
         Ok(Caller { key, policy })
+    }
+
+    /// Signs in to the console with a key's secret: the key, if it may be used from here
+    /// (as any call would be checked; signing in needs no scope). Read fresh: a session
+    /// outlives the cache, so a key revoked a moment ago must not open one.
+    pub async fn sign_in(&self, secret: &str, headers: &http::HeaderMap, peer: Option<IpAddr>) -> ApiResult<Caller> {
+        let key = self.key(secret.trim(), true).await?;
+        if key.platform {
+            return Err(ApiError::new(
+                Reason::OrganizationKeyRequired,
+                "platform keys manage organizations; sign in with an organization's key",
+            ));
+        }
+        self.admit(key, "/coursewire.v1.AccountService/WhoAmI", headers, peer)
+    }
+
+    /// The live console session whose cookie is `token`.
+    pub async fn session(&self, token: &str) -> ApiResult<sessions::Session> {
+        sessions::find_session(&self.db, token, self.clock.now_ms()).await
     }
 
     async fn lookup(&self, hash: &str) -> ApiResult<Option<Arc<KeyRecord>>> {
@@ -196,7 +236,12 @@ impl Rule for Authenticate {
             return next.run(req).await;
         }
         let peer = req.extensions().get::<TcpConnectInfo>().and_then(|i| i.remote_addr()).map(|a| a.ip());
-        match self.0.authenticate(req.headers(), req.uri().path(), peer).await {
+        // A call the console makes for a session carries the session's authority instead of a key.
+        let authenticated = match req.extensions().get::<sessions::SessionGrant>() {
+            Some(grant) => self.0.admit(grant.0.clone(), req.uri().path(), req.headers(), peer),
+            None => self.0.authenticate(req.headers(), req.uri().path(), peer).await,
+        };
+        match authenticated {
             Ok(caller) => {
                 if coursewire_core::trace::exporting() {
                     let span = tracing::Span::current();

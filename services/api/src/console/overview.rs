@@ -1,0 +1,124 @@
+//! `/console`: the organization at a glance — what is left of each rate-limit window,
+//! deliveries of the last 24 hours by outcome, and the endpoints that need attention.
+use http::Response;
+use maud::{Markup, html};
+use serde_json::Value;
+use tonic::body::Body;
+
+use super::api::{Api, enc};
+use super::view::{self, Flash};
+use crate::layers::auth::sessions::Session;
+use coursewire_core::clock::rfc3339;
+
+const DAY_MS: i64 = 24 * 3_600_000;
+
+pub async fn page(api: &mut Api, session: &Session, now: i64) -> Response<Body> {
+    let who = match api.get("/v1/whoami").await {
+        Ok(who) => who,
+        Err(f) => return view::failure_page(session, &f),
+    };
+    let may_read_webhooks = session.key.scopes.allows("webhooks", false);
+    let (deliveries, attention) = if may_read_webhooks {
+        let since = enc(&rfc3339(now - DAY_MS));
+        let deliveries = api.get(&format!("/v1/deliveries?page_size=1000&created_after={since}")).await;
+        let webhooks = api.get("/v1/webhooks?page_size=1000").await;
+        (deliveries.ok(), webhooks.ok())
+    } else {
+        (None, None)
+    };
+    let body = html! {
+        section aria-labelledby="org-h" {
+            h2 #org-h { "Organization" }
+            dl.facts {
+                dt { "Name" } dd { (view::text(&who["organization_name"])) }
+                dt { "Id" } dd { code { (view::text(&who["organization_id"])) } }
+                dt { "This session may" } dd { (session.key.scopes.0.join(", ")) }
+            }
+        }
+        section aria-labelledby="limits-h" {
+            h2 #limits-h { "Rate limits left now" }
+            p.hint { "Per call class, for the whole organization: what remains of each window." }
+            (limits(&who["limits"]))
+        }
+        @if let Some(deliveries) = &deliveries {
+            section aria-labelledby="dlv-h" {
+                h2 #dlv-h { "Deliveries in the last 24 hours" }
+                (outcomes(deliveries))
+            }
+        }
+        @if let Some(webhooks) = &attention {
+            section aria-labelledby="att-h" {
+                h2 #att-h { "Endpoints that need attention" }
+                (needs_attention(webhooks))
+            }
+        }
+    };
+    view::ok(view::page(session, "/console", "Overview", &Flash::None, body))
+}
+
+/// Each window as a meter: remaining of limit.
+fn limits(limits: &Value) -> Markup {
+    let rows = limits.as_array().cloned().unwrap_or_default();
+    html! {
+        ul.meters {
+            @for l in &rows {
+                @let limit = l["limit"].as_str().and_then(|s| s.parse::<i64>().ok()).or(l["limit"].as_i64()).unwrap_or(0);
+                @let left = l["remaining"].as_str().and_then(|s| s.parse::<i64>().ok()).or(l["remaining"].as_i64()).unwrap_or(0);
+                li {
+                    span.label { (view::text(&l["call_class"])) " · per " (view::text(&l["window"])) }
+                    meter min="0" max=(limit) value=(left) aria-label={ (l["call_class"].as_str().unwrap_or("")) " calls left per " (l["window"].as_str().unwrap_or("")) } {}
+                    span.figure { (left) " of " (limit) " left" }
+                }
+            }
+        }
+    }
+}
+
+/// Deliveries by state, as a bar chart (SVG attributes only: the CSP allows no inline style).
+fn outcomes(page: &Value) -> Markup {
+    let list = page["deliveries"].as_array().cloned().unwrap_or_default();
+    let count = |state: &str| list.iter().filter(|d| d["state"] == state).count();
+    let bars = [
+        ("Succeeded", count("SUCCEEDED"), "ok"),
+        ("Pending", count("PENDING"), "wait"),
+        ("Failed", count("FAILED"), "bad"),
+    ];
+    let max = bars.iter().map(|b| b.1).max().unwrap_or(0).max(1);
+    let more = !page["next_page_token"].as_str().unwrap_or_default().is_empty();
+    html! {
+        figure.chart {
+            svg viewBox="0 0 320 96" role="img" aria-labelledby="dlv-cap" {
+                @for (i, (label, n, class)) in bars.iter().enumerate() {
+                    @let y = 8 + i * 30;
+                    text x="0" y=(y + 14) { (label) }
+                    rect class=(class) x="90" y=(y) height="20" width=(1 + n * 180 / max) {}
+                    text x=(96 + n * 180 / max) y=(y + 14) { (n) }
+                }
+            }
+            figcaption #dlv-cap {
+                (bars[0].1) " succeeded, " (bars[1].1) " pending, " (bars[2].1) " failed"
+                @if more { " (the latest 1,000)" }
+                ". " a href="/console/deliveries" { "See deliveries" }
+            }
+        }
+    }
+}
+
+fn needs_attention(page: &Value) -> Markup {
+    let list = page["webhooks"].as_array().cloned().unwrap_or_default();
+    let disabled: Vec<&Value> = list.iter().filter(|w| w["disabled"] == true).collect();
+    html! {
+        @if disabled.is_empty() {
+            p { "Every endpoint is enabled. " a href="/console/webhooks" { "See webhooks" } }
+        } @else {
+            ul {
+                @for w in disabled {
+                    li {
+                        a href={ "/console/webhooks/" (w["id"].as_str().unwrap_or("")) } { (view::text(&w["url"])) }
+                        " — disabled: " (view::text(&w["disabled_reason"]))
+                    }
+                }
+            }
+        }
+    }
+}
