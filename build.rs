@@ -6,7 +6,7 @@
 //! `COURSEWIRE_REQUIRE_SERVICES=1` (what `.ci/run` sets) turns every one on, so a missing
 //! service fails its tests instead of skipping them. Services are named by their
 //! environment variables; tools are looked for on `PATH` (and the browser at `$CHROMIUM` or
-//! `/usr/bin/chromium` with `playwright-core` under `$COURSEWIRE_NODE_PATH`) — after
+//! `/usr/bin/chromium` with `playwright-core` and `axe-core` under `$COURSEWIRE_NODE_PATH`) — after
 //! installing a tool, touch this file or change `PATH` so the tests are built again.
 use std::path::Path;
 
@@ -26,7 +26,8 @@ fn main() {
     println!("cargo::rerun-if-env-changed=CHROMIUM");
     let browser = Path::new(&chromium).is_file()
         && env("COURSEWIRE_NODE_PATH")
-        && std::env::var_os("COURSEWIRE_NODE_PATH").is_some_and(|m| Path::new(&m).join("playwright-core").is_dir());
+        && std::env::var_os("COURSEWIRE_NODE_PATH")
+            .is_some_and(|m| ["playwright-core", "axe-core"].iter().all(|p| Path::new(&m).join(p).is_dir()));
     let reachable = [
         ("cw_postgres", env("COURSEWIRE_TEST_DATABASE_URL")),
         ("cw_amqp", env("COURSEWIRE_TEST_AMQP_URL")),

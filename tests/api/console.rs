@@ -213,11 +213,12 @@ async fn cross_site_posts_are_refused_and_write_nothing() {
     let csrf = v.get("/console").await.csrf();
     let before = key_count(&h).await;
     let fields = [("csrf", csrf.as_str()), ("label", "x"), ("scopes", "users:read")];
-    let attempts: [(&str, &[(&str, &str)]); 4] = [
+    let attempts: [(&str, &[(&str, &str)]); 5] = [
         ("another site's form, with the cookie and even the token", &[("origin", "https://evil.example")]),
         ("a cross-site fetch without Origin", &[("sec-fetch-site", "cross-site")]),
         ("a look-alike origin", &[("origin", "http://127.0.0.1.evil.example")]),
-        ("Origin null (a sandboxed frame)", &[("origin", "null")]),
+        ("Origin null from a sandboxed frame", &[("origin", "null"), ("sec-fetch-site", "cross-site")]),
+        ("Origin null with no word on the site", &[("origin", "null")]),
     ];
     for (what, headers) in attempts {
         let page = v.post_as("/console/keys", &fields, headers).await;
@@ -237,6 +238,17 @@ async fn cross_site_posts_are_refused_and_write_nothing() {
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
     assert!(ok.body.contains("will not be shown again"));
     assert_eq!(key_count(&h).await, before + 1);
+    // As the console's own pages post it: no referrer policy makes the browser send
+    // `Origin: null`, and it says the request is same-origin.
+    let csrf = v.get("/console").await.csrf();
+    let same = v
+        .post_as(
+            "/console/keys",
+            &[("csrf", csrf.as_str()), ("label", "same origin"), ("scopes", "users:read")],
+            &[("origin", "null"), ("sec-fetch-site", "same-origin")],
+        )
+        .await;
+    assert_eq!(same.status, StatusCode::OK, "{}", same.body);
     // A sign-in form posted from elsewhere (login CSRF) opens no session.
     let mut stranger = Visitor::new(&v.base);
     let page =

@@ -9,6 +9,7 @@ mod backpressure;
 mod bad_input;
 mod batch_export;
 mod console;
+mod console_browser;
 mod cookbook;
 mod deadlines;
 mod delegation;

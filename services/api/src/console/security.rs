@@ -91,19 +91,24 @@ pub fn see_other(to: &str) -> Response<Body> {
     response
 }
 
-/// Whether the request came from a page of this very origin: its `Origin` names our host
-/// (or the configured base URL). Browsers send `Origin` with every form post; without one,
-/// `Sec-Fetch-Site` (sent by every current browser) must say `same-origin`; a client that
-/// sends neither is not a browser a cross-site page could drive.
+/// Whether the request came from a page of this very origin. A browser names the page's
+/// origin in `Origin`, which must then be ours (the `Host` it asked, or the configured base
+/// URL). Our pages send no referrer (`no-referrer`), and under that policy browsers send
+/// `Origin: null` even for the console's own forms; then `Sec-Fetch-Site` (sent by every
+/// current browser, and not settable by a page) must say `same-origin`. A client that sends
+/// neither header is not a browser a cross-site page could drive; the form's token still
+/// has to match.
 pub fn same_origin(headers: &HeaderMap, config: &Config) -> bool {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let fetch_site = headers.get("sec-fetch-site").and_then(|s| s.to_str().ok());
     match headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        Some("null") => fetch_site == Some("same-origin"),
         Some(origin) => {
             let authority = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
             authority.is_some_and(|a| !host.is_empty() && a.eq_ignore_ascii_case(host))
                 || (!config.base_url.is_empty() && origin.eq_ignore_ascii_case(config.base_url.trim_end_matches('/')))
         }
-        None => headers.get("sec-fetch-site").is_none_or(|s| s == "same-origin"),
+        None => fetch_site.is_none_or(|s| s == "same-origin"),
     }
 }
 

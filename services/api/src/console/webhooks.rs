@@ -265,7 +265,7 @@ fn page(
                     input #since name="since" type="datetime-local" required;
                     label.check { input type="checkbox" name="only_failed" value="true"; " Only events whose delivery failed" }
                     button type="submit" { "Replay" }
-                    p.hint { "Each event is delivered again with its own webhook-id, so receivers can tell it is a repeat." }
+                    p.hint { "Each event is delivered again with the same webhook-id (its event id), so receivers that deduplicate by it recognise the repeat." }
                 }
             }
             section aria-labelledby="edit-h" {
