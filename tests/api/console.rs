@@ -137,6 +137,7 @@ async fn a_link_signs_in_once_with_a_strict_http_only_cookie_and_hardened_pages(
     let overview = v.get("/console").await;
     assert_eq!(overview.status, StatusCode::OK);
     assert!(overview.body.contains("Acme") && overview.body.contains("webhooks:write"), "{}", overview.body);
+    assert!(overview.body.contains("Calls in the last 24 hours"), "the usage chart: {}", overview.body);
     let csp = overview.headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
     assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
@@ -467,4 +468,74 @@ async fn sessions_live_in_the_database_on_postgres() {
     let mut other = Visitor::new(&format!("http://{}", replica.addr()));
     other.cookie = v.cookie.clone();
     assert_eq!(other.get("/console/keys").await.status, StatusCode::OK, "every replica honours the session");
+}
+
+/// Who changed keys and webhooks is recorded with the change: a console session, a key; each
+/// reader sees the entries its scopes cover (`ListActivity`, `/console/activity`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_activity_log_names_who_changed_keys_and_webhooks() {
+    let h = Harness::start(Backend::Sqlite).await;
+    let base = format!("http://{}", h.addr());
+    let http = reqwest::Client::new();
+    let mut v = signed_in(&h, &h.key, &["*"]).await;
+    let made = v.post("/console/keys", &[("label", "made in the console"), ("scopes", "users:read")]).await;
+    assert_eq!(made.status, StatusCode::OK, "{}", made.body);
+    let keys: Value =
+        http.get(format!("{base}/v1/apiKeys")).bearer_auth(&h.key).send().await.unwrap().json().await.unwrap();
+    let made_id =
+        keys["api_keys"].as_array().unwrap().iter().find(|k| k["label"] == "made in the console").unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let revoked = http
+        .post(format!("{base}/v1/apiKeys/{made_id}:revoke"))
+        .bearer_auth(&h.key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::OK);
+    let hooks = h.scoped_key(&["webhooks:write"]).await;
+    let hook = http
+        .post(format!("{base}/v1/webhooks"))
+        .bearer_auth(&hooks)
+        .json(&json!({"url": "https://example.com/hook", "headers": {"x-token": "s3cr3t-header"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hook.status(), StatusCode::OK);
+
+    let read = |key: String| {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            let page: Value =
+                http.get(format!("{base}/v1/activity")).bearer_auth(key).send().await.unwrap().json().await.unwrap();
+            page["entries"].as_array().unwrap().clone()
+        }
+    };
+    let all = read(h.key.clone()).await;
+    let said: Vec<(&str, &str)> =
+        all.iter().map(|e| (e["action"].as_str().unwrap(), e["actor"].as_str().unwrap())).collect();
+    let acme = format!("key sk_{}…", &h.key[3..11]);
+    let webhook_key = format!("key sk_{}…", &hooks[3..11]);
+    assert_eq!(
+        said[..4],
+        [
+            ("webhook.created", webhook_key.as_str()),
+            ("api_key.created", "operator (CLI)"), // the harness's scoped key
+            ("api_key.revoked", acme.as_str()),
+            ("api_key.created", "sign-in link in the console"),
+        ],
+        "newest first: {all:#?}"
+    );
+    assert!(!serde_json::to_string(&all).unwrap().contains("s3cr3t-header"), "no header value in the log");
+    // Each reader sees what its scopes cover.
+    let only_hooks = read(h.scoped_key(&["webhooks:read"]).await).await;
+    assert!(only_hooks.iter().all(|e| e["action"].as_str().unwrap().starts_with("webhook.")) && !only_hooks.is_empty());
+    assert!(read(h.scoped_key(&["users:read"]).await).await.is_empty());
+    // And the console shows it.
+    let page = v.get("/console/activity").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("sign-in link in the console") && page.body.contains(&acme), "{}", page.body);
 }

@@ -193,6 +193,51 @@ async fn org_overrides_and_key_limits(l: Limits) {
     assert!(who.limits.iter().any(|l| l.call_class == "modify" && l.remaining == 599));
 }
 
+/// The organization's calls by class and outcome, as `GetUsage` reports them.
+async fn usage(h: &Harness, key: &str) -> Vec<(String, String, i64)> {
+    let u = h.clients_with(key).account.get_usage(GetUsageRequest {}).await.unwrap().into_inner();
+    let hour = 3_600_000;
+    let start = coursewire_api::clock::from_timestamp(u.start_time.as_ref().unwrap()).unwrap();
+    assert_eq!(start, (h.clock.now_ms() / hour - 23) * hour, "this hour and the 23 before");
+    u.calls.into_iter().map(|c| (c.call_class, c.outcome, c.count)).collect()
+}
+
+fn count(usage: &[(String, String, i64)], class: &str, outcome: &str) -> i64 {
+    usage.iter().find(|u| u.0 == class && u.1 == outcome).unwrap_or_else(|| panic!("{class} {outcome} in {usage:?}")).2
+}
+
+async fn calls_are_counted_by_class_and_outcome(l: Limits) {
+    let h = harness(l, "5/1m").await;
+    let mut c = h.clients();
+    assert!(pings(&h, 3).await.iter().all(|r| r.is_ok()));
+    let missing = c.domains.get_domain(GetDomainRequest { id: "dom_01jd3k2m4n5p6q7r8s9t0v1w2x".into() }).await;
+    assert_eq!(missing.unwrap_err().code(), Code::NotFound);
+    c.account.ping(PingRequest {}).await.unwrap();
+    rejected(&c.account.ping(PingRequest {}).await.unwrap_err(), Duration::from_secs(60));
+    domain(&mut c, "counted.example.com").await;
+    // Past the window (GetUsage is a read too).
+    h.clock.advance(61_000);
+    c.account.ping(PingRequest {}).await.unwrap();
+    let seen = usage(&h, &h.key).await;
+    assert_eq!(seen.len(), 12, "every class with every outcome: {seen:?}");
+    assert_eq!(count(&seen, "read", "succeeded"), 5, "{seen:?}");
+    assert_eq!(count(&seen, "read", "refused"), 1);
+    assert_eq!(count(&seen, "read", "rate_limited"), 1);
+    assert_eq!(count(&seen, "modify", "succeeded"), 1);
+    assert_eq!(seen.iter().filter(|u| u.0 == "remove").map(|u| u.2).sum::<i64>(), 0);
+    // Each GetUsage counts too, once, whether its counts went to the backend or not yet.
+    h.clock.advance(2_000);
+    assert_eq!(count(&usage(&h, &h.key).await, "read", "succeeded"), 6);
+    assert_eq!(count(&usage(&h, &h.key).await, "read", "succeeded"), 7);
+    // Another organization's calls are its own; a day later these are gone.
+    let other = h.other_org("globex").await;
+    let theirs = usage(&h, &other).await;
+    assert!(theirs.iter().all(|u| u.2 == 0), "{theirs:?}");
+    h.clock.advance(24 * 3_600_000);
+    let later = usage(&h, &h.key).await;
+    assert!(later.iter().all(|u| u.2 == 0), "{later:?}");
+}
+
 macro_rules! limiter_tests {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -222,6 +267,7 @@ limiter_tests!(
     a_batch_counts_its_items_all_or_nothing,
     a_daily_window_resets_at_midnight_utc,
     org_overrides_and_key_limits,
+    calls_are_counted_by_class_and_outcome,
 );
 
 #[cfg_attr(not(cw_redis), ignore = "skipped: COURSEWIRE_TEST_REDIS_URL is not set")]

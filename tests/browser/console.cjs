@@ -83,6 +83,7 @@ async function goto(page, url) {
     await goto(page, link);
     check(new URL(page.url()).pathname === "/console", `after the link: ${page.url()}`);
     check((await page.locator("h1").innerText()) === "Overview", "the overview");
+    check(/read: \d+/.test(await page.locator("#calls-cap").innerText()), "the calls chart, in words too");
     await axe(page, "overview");
     await shot(page, "overview");
 
@@ -183,6 +184,13 @@ async function goto(page, url) {
     await goto(page, `${base}/console/events`);
     await axe(page, "event catalogue");
     await shot(page, "events");
+
+    // The activity log names who did each of the above.
+    await goto(page, `${base}/console/activity`);
+    await axe(page, "activity");
+    check((await page.locator("tr", { hasText: "api_key.revoked" }).innerText()).includes("in the console"), "who revoked the key");
+    check((await page.locator("tr", { hasText: "webhook.created" }).count()) === 1, "the endpoint's creation");
+    await shot(page, "activity");
 
     // A phone-sized screen: nothing wider than the screen, same checks.
     const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });

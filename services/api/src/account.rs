@@ -1,9 +1,12 @@
-//! AccountService: an authenticated ping, a description of the calling key, and sign-in
-//! links to the web console within the key's authority.
+//! AccountService: an authenticated ping, a description of the calling key, sign-in links to
+//! the web console within the key's authority, the activity log and the calls of the last day.
 use std::sync::Arc;
 
 use coursewire_proto::v1::account_service_server::AccountService;
-use coursewire_proto::v1::{ConsoleLink, CreateConsoleLinkRequest, PingRequest, WhoAmIRequest, WhoAmIResponse};
+use coursewire_proto::v1::{
+    ActivityEntry, CallCount, ConsoleLink, CreateConsoleLinkRequest, GetUsageRequest, ListActivityRequest,
+    ListActivityResponse, PingRequest, Usage, WhoAmIRequest, WhoAmIResponse,
+};
 use pbjson_types::Empty;
 use tonic::{Request, Response, Status};
 
@@ -12,6 +15,8 @@ use crate::clock::to_timestamp;
 use crate::layers::auth::delegation::{self, Authority};
 use crate::layers::auth::sessions::{self, Grant, LINK_TTL_MS};
 use crate::layers::auth::{Scopes, caller};
+use crate::page::Page;
+use coursewire_core::activity;
 use coursewire_core::error::ApiError;
 use coursewire_core::ids::kind;
 
@@ -74,5 +79,42 @@ impl AccountService for AccountApi {
             expire_time: Some(to_timestamp(expires_at)),
             scopes: grant.scopes.0,
         }))
+    }
+
+    async fn list_activity(&self, req: Request<ListActivityRequest>) -> Result<Response<ListActivityResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.get_ref();
+        let (keys, webhooks) = (who.key.scopes.allows("keys", false), who.key.scopes.allows("webhooks", false));
+        let scope = format!("activity|{}|{keys}|{webhooks}", who.org());
+        let page = Page::new(&self.0.tokens, r.page_size, &r.page_token, &scope)?;
+        let mut conn = self.0.db.pool().acquire().await.map_err(ApiError::from)?;
+        let found = activity::list(&mut conn, who.org(), &page.after, page.limit(), keys, webhooks).await?;
+        let mut entries: Vec<ActivityEntry> = found
+            .into_iter()
+            .map(|e| ActivityEntry {
+                id: e.id,
+                time: Some(to_timestamp(e.at)),
+                actor: e.actor,
+                action: e.action,
+                target_id: e.target_id,
+                summary: e.summary,
+            })
+            .collect();
+        let next_page_token = page.finish(&mut entries, |e| &e.id);
+        Ok(Response::new(ListActivityResponse { entries, next_page_token }))
+    }
+
+    async fn get_usage(&self, req: Request<GetUsageRequest>) -> Result<Response<Usage>, Status> {
+        let who = caller(&req)?;
+        let (counts, start) = self.0.limiter.calls(who.org()).await?;
+        let calls = counts
+            .into_iter()
+            .map(|(class, outcome, n)| CallCount {
+                call_class: class.as_str().into(),
+                outcome: outcome.as_str().into(),
+                count: n as i64,
+            })
+            .collect();
+        Ok(Response::new(Usage { start_time: Some(to_timestamp(start)), calls }))
     }
 }

@@ -100,7 +100,7 @@ impl ApiKeyService for ApiKeyApi {
                 _ => k.rate_limit = patch.rate_limit.clone(),
             }
         }
-        Ok(Response::new(to_proto(&auth::update_key(&self.0.db, &current, &k, &who.key).await?)))
+        Ok(Response::new(to_proto(&auth::update_key(&self.0.db, &current, &k, &who.key, self.0.clock.now_ms()).await?)))
     }
 
     async fn revoke_api_key(&self, req: Request<RevokeApiKeyRequest>) -> Result<Response<ApiKey>, Status> {

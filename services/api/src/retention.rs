@@ -2,7 +2,8 @@
 //! per transaction, so no prune holds locks for long):
 //! - published events older than `--event-retention`,
 //! - webhook deliveries older than `--delivery-retention`, with their attempts,
-//! - idempotency records past their 24 hours.
+//! - idempotency records past their 24 hours,
+//! - activity log entries (who changed keys and webhooks) older than `--event-retention`.
 //!
 //! Every API replica runs it; on Postgres a transaction-scoped advisory lock lets one replica
 //! prune at a time, so replicas never delete the same rows against each other.
@@ -44,7 +45,7 @@ impl Retention {
         let idempotency_cutoff = now - IDEMPOTENCY_MS;
         let mut total = 0;
         // (statements run together in one transaction, the cutoff they bind)
-        let prunes: [(&[&str], i64); 3] = [
+        let prunes: [(&[&str], i64); 4] = [
             (
                 &["DELETE FROM events WHERE id IN (SELECT id FROM events \
                    WHERE created_at < $1 ORDER BY created_at LIMIT 1000) \
@@ -65,6 +66,10 @@ impl Retention {
                 &["DELETE FROM idempotency WHERE (org_id, request_id) IN \
                    (SELECT org_id, request_id FROM idempotency WHERE created_at < $1 LIMIT 1000)"],
                 idempotency_cutoff,
+            ),
+            (
+                &["DELETE FROM activity WHERE id IN (SELECT id FROM activity WHERE at < $1 ORDER BY id LIMIT 1000)"],
+                events_cutoff,
             ),
         ];
         for (statements, cutoff) in prunes {

@@ -18,7 +18,7 @@ CREATE TABLE console_sessions (
     org_id       TEXT NOT NULL REFERENCES organizations (id),
     key_id       TEXT REFERENCES api_keys (id),
     scopes       TEXT NOT NULL,
-    -- Who signed in, as the console shows it: `key sk_1a2b3c4d…` or `sign-in link`.
+    -- Who signed in, as the console shows it: the prefix of the key, or that a link was used.
     actor        TEXT NOT NULL,
     created_at   BIGINT NOT NULL,
     last_seen_at BIGINT NOT NULL,
@@ -27,3 +27,16 @@ CREATE TABLE console_sessions (
 );
 CREATE INDEX console_sessions_expiry ON console_sessions (expires_at);
 CREATE INDEX console_links_expiry ON console_links (expires_at);
+
+-- Who created, changed or revoked an organization's keys and webhooks (the console's
+-- Activity page, `ListActivity`): events carry no actor, these rows do.
+CREATE TABLE activity (
+    id        TEXT PRIMARY KEY,
+    org_id    TEXT NOT NULL REFERENCES organizations (id),
+    at        BIGINT NOT NULL,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    target_id TEXT NOT NULL,
+    summary   TEXT NOT NULL
+);
+CREATE INDEX activity_org ON activity (org_id, id);

@@ -31,6 +31,8 @@ pub mod kind {
     pub const ATTEMPT: &str = "att";
     /// The origin of a ReplayEvents request (its deliveries name it).
     pub const REPLAY: &str = "rpl";
+    /// An entry of the activity log (who changed keys and webhooks).
+    pub const ACTIVITY: &str = "act";
     /// A web console session (its token is separate and secret).
     pub const CONSOLE_SESSION: &str = "ses";
     /// A dispatcher process's name for its claims.

@@ -4,6 +4,7 @@
 //! webhook tables, the small Prometheus endpoint, and the contracts between the processes
 //! (`wire`: message headers, the event envelope, the signing-secret form). Neither side
 //! depends on the other.
+pub mod activity;
 pub mod clock;
 pub mod config;
 pub mod error;

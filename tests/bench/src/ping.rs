@@ -6,7 +6,10 @@ use std::time::Instant;
 use coursewire_core::store::Db;
 use coursewire_proto::v1::account_service_client::AccountServiceClient;
 use coursewire_proto::v1::account_service_server::{AccountService, AccountServiceServer};
-use coursewire_proto::v1::{ConsoleLink, CreateConsoleLinkRequest, PingRequest, WhoAmIRequest, WhoAmIResponse};
+use coursewire_proto::v1::{
+    ConsoleLink, CreateConsoleLinkRequest, GetUsageRequest, ListActivityRequest, ListActivityResponse, PingRequest,
+    Usage, WhoAmIRequest, WhoAmIResponse,
+};
 use serde_json::json;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Channel, Server};
@@ -27,6 +30,12 @@ impl AccountService for Bare {
     }
     async fn create_console_link(&self, _: Request<CreateConsoleLinkRequest>) -> Result<Response<ConsoleLink>, Status> {
         Err(Status::unimplemented("the baseline server mints no links"))
+    }
+    async fn list_activity(&self, _: Request<ListActivityRequest>) -> Result<Response<ListActivityResponse>, Status> {
+        Err(Status::unimplemented("the baseline server keeps no activity"))
+    }
+    async fn get_usage(&self, _: Request<GetUsageRequest>) -> Result<Response<Usage>, Status> {
+        Err(Status::unimplemented("the baseline server counts no calls"))
     }
 }
 

@@ -1,15 +1,18 @@
 //! The console's client of the API: HTTP/JSON calls sent into the rest of the pipeline with
 //! the session's authority (`SessionGrant`) instead of a key. Whatever a key's call goes
 //! through — routes, auth and scopes, limits, idempotency, events — these go through too.
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tonic::body::Body;
 use tonic::transport::server::TcpConnectInfo;
-use tower::{Service, ServiceExt};
+use tower::util::BoxCloneService;
+use tower::{BoxError, Service, ServiceExt};
 
-use super::Pipeline;
 use crate::layers::auth::sessions::{Session, SessionGrant};
+
+/// The rest of the pipeline, as the console calls it.
+pub type Pipeline = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
 
 pub struct Api {
     pipeline: Pipeline,

@@ -16,6 +16,7 @@
 //!
 //! Pages are server-rendered HTML (maud: compile-checked, escaped by default) with one small
 //! script (copy buttons, live delivery updates); every asset is compiled into the binary.
+mod activity;
 mod api;
 mod catalogue;
 mod deliveries;
@@ -23,6 +24,7 @@ mod keys;
 mod overview;
 mod security;
 mod signin;
+mod site;
 mod view;
 mod webhooks;
 
@@ -35,35 +37,11 @@ use tonic::body::Body;
 use tower::util::BoxCloneService;
 use tower::{BoxError, ServiceExt};
 
-use crate::clock::SharedClock;
-use crate::layers::auth::Authenticator;
 use crate::layers::auth::sessions::Session;
-use api::Api;
-use coursewire_core::store::Db;
+use api::{Api, Pipeline};
 use security::Form;
+pub use site::{Config, Site};
 pub use view::Flash;
-
-/// How the console is served (`--console-base-url`, `--console-frame-ancestors`,
-/// `--console-secure-cookies`).
-#[derive(Clone, Debug, Default)]
-pub struct Config {
-    /// The origin sign-in links point at, e.g. `https://lms.example.com`; empty: this
-    /// server's HTTP/JSON listener.
-    pub base_url: String,
-    /// Origins that may frame the console (an embedded partner portal); empty: none.
-    pub frame_ancestors: Vec<String>,
-    /// Mark the session cookie `Secure` even when the request did not arrive over TLS (behind
-    /// a proxy that ends TLS).
-    pub secure_cookies: bool,
-}
-
-/// What every console request shares.
-pub struct Site {
-    pub config: Config,
-    pub auth: Arc<Authenticator>,
-    pub db: Db,
-    pub clock: SharedClock,
-}
 
 #[derive(Clone)]
 pub struct ConsoleLayer {
@@ -93,9 +71,6 @@ pub struct Console<S> {
     site: Option<Arc<Site>>,
     inner: S,
 }
-
-/// The rest of the pipeline, as the console calls it.
-type Pipeline = BoxCloneService<Request<Body>, Response<Body>, BoxError>;
 
 impl<S> tower::Service<Request<Body>> for Console<S>
 where
@@ -179,6 +154,7 @@ async fn answer(site: &Arc<Site>, pipeline: Pipeline, req: &http::request::Parts
         ["deliveries"] => deliveries::list(&mut api, &session, &query).await,
         ["deliveries", id] => deliveries::show(&mut api, &session, id, Flash::None).await,
         ["events"] => catalogue::page(&session),
+        ["activity"] => activity::page(&mut api, &session, &query).await,
         _ => view::status_page(&session, StatusCode::NOT_FOUND, "There is no such page in the console."),
     }
 }

@@ -1,5 +1,5 @@
-//! `/console`: the organization at a glance — what is left of each rate-limit window,
-//! deliveries of the last 24 hours by outcome, and the endpoints that need attention.
+//! `/console`: the organization at a glance — what is left of each rate-limit window, calls
+//! and deliveries of the last 24 hours by outcome, and the endpoints that need attention.
 use http::Response;
 use maud::{Markup, html};
 use serde_json::Value;
@@ -17,6 +17,7 @@ pub async fn page(api: &mut Api, session: &Session, now: i64) -> Response<Body> 
         Ok(who) => who,
         Err(f) => return view::failure_page(session, &f),
     };
+    let usage = api.get("/v1/usage").await.ok();
     let may_read_webhooks = session.key.scopes.allows("webhooks", false);
     let (deliveries, attention) = if may_read_webhooks {
         let since = enc(&rfc3339(now - DAY_MS));
@@ -39,6 +40,12 @@ pub async fn page(api: &mut Api, session: &Session, now: i64) -> Response<Body> 
             h2 #limits-h { "Rate limits left now" }
             p.hint { "Per call class, for the whole organization: what remains of each window." }
             (limits(&who["limits"]))
+        }
+        @if let Some(usage) = &usage {
+            section aria-labelledby="calls-h" {
+                h2 #calls-h { "Calls in the last 24 hours" }
+                (calls(usage))
+            }
         }
         @if let Some(deliveries) = &deliveries {
             section aria-labelledby="dlv-h" {
@@ -99,6 +106,71 @@ fn outcomes(page: &Value) -> Markup {
                 (bars[0].1) " succeeded, " (bars[1].1) " pending, " (bars[2].1) " failed"
                 @if more { " (the latest 1,000)" }
                 ". " a href="/console/deliveries" { "See deliveries" }
+            }
+        }
+    }
+}
+
+/// The outcomes of a call, in the order the chart stacks them: (API name, words, CSS class).
+const CALL_OUTCOMES: [(&str, &str, &str); 4] = [
+    ("succeeded", "succeeded", "ok"),
+    ("refused", "refused", "wait"),
+    ("rate_limited", "rate-limited", "limit"),
+    ("failed", "failed", "bad"),
+];
+
+/// A piece of a stacked bar: x, width, CSS class.
+type Segment = (u64, u64, &'static str);
+
+/// Calls by class, each a bar stacked by outcome, with the figures in words beneath.
+fn calls(usage: &Value) -> Markup {
+    let list = usage["calls"].as_array().cloned().unwrap_or_default();
+    let count = |class: &str, outcome: &str| -> u64 {
+        let found = list.iter().find(|c| c["call_class"] == class && c["outcome"] == outcome);
+        found.and_then(|c| c["count"].as_str().and_then(|s| s.parse().ok()).or(c["count"].as_u64())).unwrap_or(0)
+    };
+    let classes = ["read", "modify", "remove"];
+    let totals: Vec<u64> = classes.iter().map(|c| CALL_OUTCOMES.iter().map(|o| count(c, o.0)).sum()).collect();
+    let max = totals.iter().copied().max().unwrap_or(0).max(1);
+    // Per class, its outcomes' segments laid end to end from x = 70, and where they end.
+    let bars: Vec<(Vec<Segment>, u64)> = classes
+        .iter()
+        .map(|class| {
+            let mut x = 70;
+            let segments = CALL_OUTCOMES
+                .iter()
+                .map(|(outcome, _, css)| {
+                    let w = count(class, outcome) * 200 / max;
+                    x += w;
+                    (x - w, w, *css)
+                })
+                .filter(|s| s.1 > 0)
+                .collect();
+            (segments, x)
+        })
+        .collect();
+    html! {
+        figure.chart {
+            svg viewBox="0 0 320 96" role="img" aria-labelledby="calls-cap" {
+                @for (i, (segments, end)) in bars.iter().enumerate() {
+                    @let y = 8 + i * 30;
+                    text x="0" y=(y + 14) { (classes[i]) }
+                    @for (x, w, css) in segments {
+                        rect class=(css) x=(x) y=(y) height="20" width=(w) {}
+                    }
+                    text x=(end + 6) y=(y + 14) { (totals[i]) }
+                }
+            }
+            figcaption #calls-cap {
+                @for (i, class) in classes.iter().enumerate() {
+                    span.line {
+                        strong { (class) } ": " (totals[i]) " — "
+                        @for (j, (outcome, words, css)) in CALL_OUTCOMES.iter().enumerate() {
+                            @if j > 0 { ", " }
+                            span.swatch.(css) {} (count(class, outcome)) " " (words)
+                        }
+                    }
+                }
             }
         }
     }

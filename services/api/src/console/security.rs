@@ -6,7 +6,8 @@ use http_body_util::BodyExt;
 use subtle::ConstantTimeEq;
 use tonic::body::Body;
 
-use super::{Config, Site, view};
+use super::site::{Config, Site};
+use super::view;
 use crate::layers::auth::sessions::Session;
 use coursewire_core::error::ApiError;
 

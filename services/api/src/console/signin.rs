@@ -8,7 +8,8 @@ use tonic::body::Body;
 use tonic::transport::server::TcpConnectInfo;
 
 use super::security::{self, Form, Query, see_other, session_cookie};
-use super::{Site, view};
+use super::site::Site;
+use super::view;
 use crate::layers::auth::sessions::{self, Grant, Session};
 use coursewire_core::error::ApiError;
 

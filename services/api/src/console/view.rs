@@ -26,6 +26,7 @@ const NAV: &[(&str, &str, Option<&str>)] = &[
     ("/console/webhooks", "Webhooks", Some("webhooks")),
     ("/console/deliveries", "Deliveries", Some("webhooks")),
     ("/console/events", "Event catalogue", None),
+    ("/console/activity", "Activity", None),
 ];
 
 /// A whole page: `current` is the navigation entry it belongs to.

@@ -7,7 +7,6 @@
 //! Label values come from closed sets: our methods (from the policy table), `unknown` for
 //! any other gRPC path, `unmatched`, and gRPC's codes.
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::{Context, Poll};
@@ -16,6 +15,7 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 use metrics::{Counter, Histogram, counter, histogram};
 
+use super::grpc_status;
 use crate::policy;
 
 /// gRPC's canonical code names, by code number.
@@ -38,8 +38,6 @@ const CODE_NAMES: [&str; 17] = [
     "DATA_LOSS",
     "UNAUTHENTICATED",
 ];
-const CANCELLED: usize = 1;
-const UNKNOWN: usize = 2;
 
 /// The series of one method: its duration histogram and a counter per status code, each
 /// registered on first use.
@@ -86,12 +84,6 @@ fn series_of(path: &str) -> &'static MethodSeries {
     KNOWN.get(path).unwrap_or(&UNKNOWN_METHOD)
 }
 
-/// The code in a `grpc-status` header or trailer.
-fn status_code(headers: &http::HeaderMap) -> Option<usize> {
-    let value = headers.get("grpc-status")?.to_str().ok()?;
-    Some(value.parse().unwrap_or(UNKNOWN))
-}
-
 /// Counts every call by method and code, and times it to its last byte. Errors answered
 /// at once carry their code in the headers; other responses in the trailers at the end
 /// of the body, which is watched for them.
@@ -132,66 +124,8 @@ where
         let response = self.inner.call(req);
         Box::pin(async move {
             let response = response.await?;
-            if let Some(code) = status_code(response.headers()) {
-                series.finish(code, started);
-                return Ok(response);
-            }
-            Ok(response.map(|body| tonic::body::Body::new(Watched { body, series, started, done: false })))
+            Ok(grpc_status::on_code(response, move |code| series.finish(code, started)))
         })
-    }
-}
-
-/// A response body that records its call when the trailers pass (or when it is dropped
-/// before them: the caller went away).
-struct Watched {
-    body: tonic::body::Body,
-    series: &'static MethodSeries,
-    started: Instant,
-    done: bool,
-}
-
-impl Watched {
-    fn finish(&mut self, code: usize) {
-        if !std::mem::replace(&mut self.done, true) {
-            self.series.finish(code, self.started);
-        }
-    }
-}
-
-impl http_body::Body for Watched {
-    type Data = <tonic::body::Body as http_body::Body>::Data;
-    type Error = <tonic::body::Body as http_body::Body>::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(code) = frame.trailers_ref().and_then(status_code) {
-                    self.finish(code);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => self.finish(UNKNOWN),
-            Poll::Ready(None) => self.finish(UNKNOWN),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        self.finish(CANCELLED);
     }
 }
 
@@ -240,7 +174,7 @@ where
         Box::pin(async move {
             let response = response.await?;
             if !reached.0.load(Ordering::Relaxed) {
-                let code = status_code(response.headers()).unwrap_or_else(|| code_of_http(response.status()));
+                let code = grpc_status::code(response.headers()).unwrap_or_else(|| code_of_http(response.status()));
                 UNMATCHED.finish(code, started);
             }
             Ok(response)
@@ -260,9 +194,9 @@ fn code_of_http(status: http::StatusCode) -> usize {
         405 | 501 => 12,
         409 => 6,
         413 | 429 => 8,
-        499 => CANCELLED,
+        499 => grpc_status::CANCELLED,
         503 => 14,
         504 => 4,
-        _ => UNKNOWN,
+        _ => grpc_status::UNKNOWN,
     }
 }

@@ -23,6 +23,7 @@ pub mod admission;
 pub mod around;
 pub mod auth;
 pub mod gateway;
+pub mod grpc_status;
 pub mod limits;
 pub mod metrics;
 pub mod request_id;

@@ -62,6 +62,9 @@ const TABLE: &[(&str, Need, CallClass, Charge)] = &[
     ("/coursewire.v1.AccountService/WhoAmI", AnyKey, Read, PerCall),
     // Any key may hand on what it holds (delegation bounds the scopes).
     ("/coursewire.v1.AccountService/CreateConsoleLink", AnyKey, Modify, PerCall),
+    // Each entry is shown only with the read scope of what it is about (keys, webhooks).
+    ("/coursewire.v1.AccountService/ListActivity", AnyKey, Read, PerCall),
+    ("/coursewire.v1.AccountService/GetUsage", AnyKey, Read, PerCall),
     ("/coursewire.v1.DomainService/CreateDomain", Writes("domains"), Modify, PerCall),
     ("/coursewire.v1.DomainService/GetDomain", Reads("domains"), Read, PerCall),
     ("/coursewire.v1.DomainService/ListDomains", Reads("domains"), Read, PerCall),

@@ -15,9 +15,10 @@ use tonic::{Request, Response, Status};
 use crate::AppState;
 use crate::clock::{opt_timestamp, to_timestamp};
 use crate::idempotency::Idempotency;
-use crate::layers::auth::caller;
+use crate::layers::auth::{Caller, caller};
 use crate::page::Page;
 use crate::resource::{check_etag, etag, mask_paths, opt_time};
+use coursewire_core::activity::{self, action};
 use coursewire_core::error::{ApiError, ApiResult, Reason};
 use coursewire_core::events::{self, Change};
 use coursewire_core::ids::{kind, new_id};
@@ -110,6 +111,11 @@ async fn enable(tx: &mut Tx, org: &str, id: &str, now: i64) -> ApiResult<()> {
     endpoint::changed(tx, org).await
 }
 
+/// Records who changed an endpoint (the activity log), in the change's transaction.
+async fn log(tx: &mut Tx, who: &Caller, what: &str, id: &str, summary: &str, now: i64) -> ApiResult<()> {
+    activity::record(tx, who.org(), &who.key.actor(), what, id, summary, now).await
+}
+
 #[tonic::async_trait]
 impl WebhookService for WebhookApi {
     async fn create_webhook(
@@ -157,6 +163,7 @@ impl WebhookService for WebhookApi {
             .await
             .map_err(ApiError::from)?;
         endpoint::changed(&mut tx, who.org()).await?;
+        log(&mut tx, &who, action::WEBHOOK_CREATED, &w.id, &w.url, now).await?;
         let out = CreateWebhookResponse { webhook: Some(w), secret };
         let stored = CreateWebhookResponse { secret: String::new(), ..out.clone() };
         Idempotency::save(&idem, &mut tx, &stored, now).await?;
@@ -238,6 +245,7 @@ impl WebhookService for WebhookApi {
             return Err(ApiError::etag_mismatch("webhook").into());
         }
         endpoint::changed(&mut tx, who.org()).await?;
+        log(&mut tx, &who, action::WEBHOOK_UPDATED, &w.id, &w.url, now).await?;
         tx.commit().await?;
         w.etag = etag(seq + 1);
         w.updated_at = Some(to_timestamp(now));
@@ -249,7 +257,7 @@ impl WebhookService for WebhookApi {
         let r = req.get_ref();
         check("id", &r.id)?;
         let mut tx = self.0.db.begin().await?;
-        let (_, seq) = fetch(&mut tx, who.org(), &r.id).await?;
+        let (gone, seq) = fetch(&mut tx, who.org(), &r.id).await?;
         check_etag(&r.etag, seq, "webhook")?;
         for sql in [
             "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM webhook_deliveries WHERE endpoint_id = $1)",
@@ -259,6 +267,7 @@ impl WebhookService for WebhookApi {
             sqlx::query(sql).bind(&r.id).execute(&mut *tx).await.map_err(ApiError::from)?;
         }
         endpoint::changed(&mut tx, who.org()).await?;
+        log(&mut tx, &who, action::WEBHOOK_DELETED, &r.id, &gone.url, self.0.clock.now_ms()).await?;
         tx.commit().await?;
         Ok(Response::new(Empty {}))
     }
@@ -298,6 +307,7 @@ impl WebhookService for WebhookApi {
         .await
         .map_err(ApiError::from)?;
         endpoint::changed(&mut tx, who.org()).await?;
+        log(&mut tx, &who, action::WEBHOOK_SECRET_ROTATED, id, "signing secret rotated", now).await?;
         let shown = self.secrets(&mut tx, who.org(), id, now).await?;
         tx.commit().await?;
         Ok(Response::new(shown))
@@ -312,6 +322,7 @@ impl WebhookService for WebhookApi {
         tx.wake_dispatchers();
         fetch(&mut tx, who.org(), id).await?;
         enable(&mut tx, who.org(), id, now).await?;
+        log(&mut tx, &who, action::WEBHOOK_ENABLED, id, "enabled", now).await?;
         let (w, _) = fetch(&mut tx, who.org(), id).await?;
         tx.commit().await?;
         Ok(Response::new(w))
@@ -329,6 +340,7 @@ impl WebhookService for WebhookApi {
         let mut tx = self.0.db.begin().await?;
         fetch(&mut tx, who.org(), &r.id).await?;
         endpoint::disable(&mut tx, who.org(), &r.id, reason, now).await?;
+        log(&mut tx, &who, action::WEBHOOK_DISABLED, &r.id, reason, now).await?;
         let (w, _) = fetch(&mut tx, who.org(), &r.id).await?;
         tx.commit().await?;
         Ok(Response::new(w))

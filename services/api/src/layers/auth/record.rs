@@ -68,6 +68,17 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
+    /// True for a web console session's authority (`sessions::find_session`): it has no
+    /// secret of its own, and its label says who signed in.
+    pub fn is_session(&self) -> bool {
+        self.secret_hash.is_empty()
+    }
+
+    /// Who acts with this key, as the activity log shows it.
+    pub fn actor(&self) -> String {
+        if self.is_session() { format!("{} in the console", self.label) } else { format!("key sk_{}…", self.prefix) }
+    }
+
     pub fn last_used_at(&self) -> Option<i64> {
         Some(self.last_used_at.load(Ordering::Relaxed)).filter(|&t| t > 0)
     }

@@ -6,6 +6,7 @@ use super::delegation::{self, Authority};
 use super::keys;
 use super::record::{KeyRecord, Scopes};
 use crate::policy::windows::{Window, parse_windows};
+use coursewire_core::activity::{self, OPERATOR, action};
 use coursewire_core::error::{ApiError, ApiResult, Reason};
 use coursewire_core::ids::{kind, new_id};
 use coursewire_core::store::Db;
@@ -147,6 +148,10 @@ pub async fn create_key(db: &Db, new: NewKey, now: i64, grantor: Option<&KeyReco
     let sql = format!("SELECT {KEY_COLUMNS} WHERE k.id = $1");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&id).fetch_one(&mut *tx).await?;
     let record = KeyRecord::from_row(&row)?;
+    if let Some(org) = &new.org_id {
+        let summary = format!("sk_{}… {:?} with {}", record.prefix, record.label, record.scopes.0.join(","));
+        activity::record(&mut tx, org, &actor(grantor), action::KEY_CREATED, &id, &summary, now).await?;
+    }
     tx.commit().await?;
     Ok((record, secret.secret))
 }
@@ -181,7 +186,13 @@ pub async fn get_key(db: &Db, org_id: &str, key_id: &str) -> ApiResult<KeyRecord
 /// Changes a key's label, scopes, allowed CIDRs and own rate limit to `fields` (revoked keys
 /// stay revoked). The caller's key may only change keys within its authority into keys within
 /// it, and never its own scopes or allowlist.
-pub async fn update_key(db: &Db, current: &KeyRecord, fields: &NewKey, caller: &KeyRecord) -> ApiResult<KeyRecord> {
+pub async fn update_key(
+    db: &Db,
+    current: &KeyRecord,
+    fields: &NewKey,
+    caller: &KeyRecord,
+    now: i64,
+) -> ApiResult<KeyRecord> {
     let (org_id, key_id) = (current.org_id.as_str(), current.id.as_str());
     let mut v = Violations::default();
     let checked = validate_fields(&mut v, fields, false);
@@ -192,6 +203,7 @@ pub async fn update_key(db: &Db, current: &KeyRecord, fields: &NewKey, caller: &
         delegation::check(caller, &Authority::of(current))?;
     }
     delegation::check(caller, &checked.authority(current.expires_at))?;
+    let mut tx = db.begin_quiet().await?;
     let done = sqlx::query("UPDATE api_keys SET label = $1, scopes = $2, allowed_cidrs = $3, rate_limit = $4 WHERE id = $5 AND org_id = $6 AND revoked_at IS NULL")
         .bind(&fields.label)
         .bind(checked.scopes.0.join(","))
@@ -199,11 +211,14 @@ pub async fn update_key(db: &Db, current: &KeyRecord, fields: &NewKey, caller: &
         .bind(&fields.rate_limit)
         .bind(key_id)
         .bind(org_id)
-        .execute(db.pool())
+        .execute(&mut *tx)
         .await?;
     if done.rows_affected() == 0 {
         return Err(ApiError::new(Reason::KeyAlreadyRevoked, "revoked keys cannot be changed"));
     }
+    let summary = format!("sk_{}…: {:?} with {}", current.prefix, fields.label, checked.scopes.0.join(","));
+    activity::record(&mut tx, org_id, &caller.actor(), action::KEY_UPDATED, key_id, &summary, now).await?;
+    tx.commit().await?;
     get_key(db, org_id, key_id).await
 }
 
@@ -213,14 +228,25 @@ pub async fn revoke_key(db: &Db, org_id: &str, key_id: &str, now: i64, caller: O
     if let Some(caller) = caller.filter(|c| c.id != key_id) {
         delegation::check(caller, &Authority::of(&get_key(db, org_id, key_id).await?))?;
     }
-    let done = sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 AND org_id = $3")
+    let mut tx = db.begin_quiet().await?;
+    let done = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND org_id = $3 AND revoked_at IS NULL")
         .bind(now)
         .bind(key_id)
         .bind(org_id)
-        .execute(db.pool())
+        .execute(&mut *tx)
         .await?;
     if done.rows_affected() == 0 {
-        return Err(ApiError::not_found("API key", key_id));
+        // Unknown (404), or revoked already (harmless, and nothing to record).
+        drop(tx);
+        get_key(db, org_id, key_id).await?;
+        return Ok(());
     }
+    activity::record(&mut tx, org_id, &actor(caller), action::KEY_REVOKED, key_id, "revoked", now).await?;
+    tx.commit().await?;
     Ok(())
+}
+
+/// The activity log's name for who acted: a key (or console session), or the operator.
+fn actor(key: Option<&KeyRecord>) -> String {
+    key.map_or_else(|| OPERATOR.to_string(), KeyRecord::actor)
 }

@@ -1,10 +1,13 @@
 //! In-memory limiter for a single process: per subject, a log of admissions with running
 //! totals, so counting a window is two binary searches however full it is.
 use std::collections::{HashMap, VecDeque};
+use std::ops::RangeInclusive;
 
 use parking_lot::Mutex;
 
 use super::backend::{Backend, Subject};
+use super::usage::{Counter, HOUR_MS, KEEP_MS, Outcome};
+use crate::policy::CallClass;
 use crate::policy::windows::{DAY_MS, Span, Window, WindowState, day_start, longest_sliding};
 
 #[derive(Default)]
@@ -72,6 +75,7 @@ impl Log {
 #[derive(Default)]
 pub struct MemoryBackend {
     logs: Mutex<HashMap<String, Log>>,
+    calls: Mutex<HashMap<Counter, u64>>,
 }
 
 #[tonic::async_trait]
@@ -97,5 +101,24 @@ impl Backend for MemoryBackend {
             }
         }
         Ok(states)
+    }
+
+    async fn add_calls(&self, counts: &[(Counter, u64)], now: i64) -> anyhow::Result<()> {
+        let mut calls = self.calls.lock();
+        for (counter, n) in counts {
+            *calls.entry(counter.clone()).or_default() += n;
+        }
+        let oldest_kept = (now - KEEP_MS).div_euclid(HOUR_MS);
+        calls.retain(|c, _| c.hour >= oldest_kept);
+        Ok(())
+    }
+
+    async fn calls(&self, org: &str, hours: RangeInclusive<i64>) -> anyhow::Result<Vec<(CallClass, Outcome, u64)>> {
+        let calls = self.calls.lock();
+        Ok(calls
+            .iter()
+            .filter(|(c, _)| c.org == org && hours.contains(&c.hour))
+            .map(|(c, n)| (c.class, c.outcome, *n))
+            .collect())
     }
 }

@@ -2,11 +2,13 @@
 //! from the instant it is admitted until exactly one window later; rejected calls are not
 //! counted; a batch counts its items and is admitted or rejected whole. Calendar windows
 //! (`N/day`) reset at 00:00 UTC. Two backends share one trait: in-memory (one process) and
-//! Redis (all replicas, one atomic Lua script per decision).
+//! Redis (all replicas, one atomic Lua script per decision). The limiter also counts every
+//! call of an organization by class and outcome (`usage`), for the console's overview.
 pub mod backend;
 pub mod layer;
 mod memory;
 mod redis;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use crate::policy::windows::{self, ClassLimits, Span, Window, WindowState};
 use backend::{Backend, Subject};
 pub use memory::MemoryBackend;
 pub use redis::RedisBackend;
+use usage::{Counter, HOUR_MS, Outcome, Pending};
 
 use crate::clock::SharedClock;
 use crate::layers::auth::Caller;
@@ -50,6 +53,10 @@ pub struct Limiter {
     defaults: ClassLimits,
     on_error: OnError,
     clock: SharedClock,
+    /// Call counts not yet added to the backend.
+    usage: Pending,
+    /// Held while pending counts go to the backend, so a reader waits for them.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 /// The limiter for `--rate-limits` on Redis (`redis_url`) or in memory.
@@ -72,7 +79,55 @@ pub async fn build(
 
 impl Limiter {
     pub fn new(backend: Arc<dyn Backend>, defaults: ClassLimits, on_error: OnError, clock: SharedClock) -> Self {
-        Limiter { backend, defaults, on_error, clock }
+        Limiter { backend, defaults, on_error, clock, usage: Pending::default(), flushing: Default::default() }
+    }
+
+    /// Counts a call of `org` in `class` that ended with gRPC code `code`, for `calls`.
+    pub fn count_call(self: &Arc<Self>, org: &str, class: CallClass, code: usize) {
+        if org.is_empty() {
+            return; // a platform key's call: no organization to show it to
+        }
+        let now = self.clock.now_ms();
+        let counter =
+            Counter { org: org.to_string(), hour: now.div_euclid(HOUR_MS), class, outcome: Outcome::of(code) };
+        if self.usage.count(counter, now) {
+            let limiter = Arc::clone(self);
+            tokio::spawn(async move { limiter.flush_calls().await });
+        }
+    }
+
+    /// Adds the pending call counts to the backend.
+    async fn flush_calls(&self) {
+        let _one_at_a_time = self.flushing.lock().await;
+        let batch = self.usage.take();
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.backend.add_calls(&batch, self.clock.now_ms()).await {
+            tracing::warn!(error = %e, "could not add call counts to the rate limit backend; the console's chart misses them");
+        }
+    }
+
+    /// The organization's calls in the last 24 hours (this hour and the 23 before), by class
+    /// and outcome, every pair present; and the start of the oldest hour.
+    pub async fn calls(&self, org: &str) -> Result<(Vec<(CallClass, Outcome, u64)>, i64), ApiError> {
+        // This replica's own latest calls first, so it shows them at once.
+        self.flush_calls().await;
+        let hours = usage::last_day(self.clock.now_ms());
+        let found = self.backend.calls(org, hours.clone()).await.map_err(|e| {
+            tracing::warn!(error = %e, "could not read call counts from the rate limit backend");
+            ApiError::unavailable("call counts are unavailable: the rate limit backend did not answer")
+        })?;
+        let mut totals: Vec<(CallClass, Outcome, u64)> = [CallClass::Read, CallClass::Modify, CallClass::Remove]
+            .into_iter()
+            .flat_map(|class| Outcome::ALL.map(|outcome| (class, outcome, 0)))
+            .collect();
+        for (class, outcome, n) in found {
+            if let Some(total) = totals.iter_mut().find(|t| t.0 == class && t.1 == outcome) {
+                total.2 += n;
+            }
+        }
+        Ok((totals, hours.start() * HOUR_MS))
     }
 
     /// The windows of `class` for the caller's organization (its overrides, or the defaults).

@@ -1,9 +1,14 @@
 //! Redis limiter shared by every replica: one Lua script makes each decision atomically.
 //! A sorted set per subject holds one member per admitted unit (scored by admission time);
 //! calendar windows use a counter per subject and UTC day.
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
+
 use redis::aio::ConnectionManager;
 
 use super::backend::{Backend, Subject};
+use super::usage::{self, Counter, KEEP_MS, Outcome};
+use crate::policy::CallClass;
 use crate::policy::windows::{DAY_MS, Span, WindowState, day_start, longest_sliding};
 
 /// KEYS: per subject, its sorted set then its day counter.
@@ -95,6 +100,19 @@ impl RedisBackend {
         let conn = ConnectionManager::new(client).await?;
         Ok(RedisBackend { conn, script: redis::Script::new(SCRIPT), prefix: prefix.to_string() })
     }
+
+    fn calls_key(&self, org: &str, hour: i64) -> String {
+        format!("{}calls:{org}:{hour}", self.prefix)
+    }
+}
+
+/// A slow or unreachable Redis must not stall API calls: give up after `DECISION_TIMEOUT`
+/// (and let the --rate-limit-on-backend-error policy decide).
+async fn within<T>(request: impl std::future::Future<Output = redis::RedisResult<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(DECISION_TIMEOUT, request)
+        .await
+        .map_err(|_| anyhow::anyhow!("Redis did not answer within {DECISION_TIMEOUT:?}"))?
+        .map_err(Into::into)
 }
 
 #[tonic::async_trait]
@@ -116,11 +134,7 @@ impl Backend for RedisBackend {
             }
         }
         let mut conn = self.conn.clone();
-        // A slow or unreachable Redis must not stall API calls: give up and let the
-        // --rate-limit-on-backend-error policy decide.
-        let raw: Vec<i64> = tokio::time::timeout(DECISION_TIMEOUT, invocation.invoke_async(&mut conn))
-            .await
-            .map_err(|_| anyhow::anyhow!("Redis did not answer within {DECISION_TIMEOUT:?}"))??;
+        let raw: Vec<i64> = within(invocation.invoke_async(&mut conn)).await?;
         let mut values = raw.chunks_exact(3);
         Ok(subjects
             .iter()
@@ -133,6 +147,31 @@ impl Backend for RedisBackend {
                     })
                     .collect()
             })
+            .collect())
+    }
+
+    async fn add_calls(&self, counts: &[(Counter, u64)], _now: i64) -> anyhow::Result<()> {
+        // One hash per organization and hour, a field per class and outcome.
+        let mut pipe = redis::pipe();
+        for (c, n) in counts {
+            let key = self.calls_key(&c.org, c.hour);
+            pipe.hincr(&key, c.field(), *n).ignore().pexpire(&key, KEEP_MS).ignore();
+        }
+        let mut conn = self.conn.clone();
+        within(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    async fn calls(&self, org: &str, hours: RangeInclusive<i64>) -> anyhow::Result<Vec<(CallClass, Outcome, u64)>> {
+        let mut pipe = redis::pipe();
+        for hour in hours {
+            pipe.hgetall(self.calls_key(org, hour));
+        }
+        let mut conn = self.conn.clone();
+        let found: Vec<HashMap<String, u64>> = within(pipe.query_async(&mut conn)).await?;
+        Ok(found
+            .iter()
+            .flatten()
+            .filter_map(|(field, n)| usage::parse_field(field).map(|(class, outcome)| (class, outcome, *n)))
             .collect())
     }
 }
