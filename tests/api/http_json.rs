@@ -181,6 +181,21 @@ async fn bad_input_and_other_organizations_are_refused(h: &Harness) {
     let a = call(h, k, Method::PUT, "/v1/users/usr_1", None).await;
     assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(a.headers["allow"], "GET, PATCH, DELETE");
+    // A custom method's path is matched with its verb: never read as a Get of `enr_…:complete`.
+    for verb in [Method::GET, Method::OPTIONS, Method::DELETE] {
+        let a = call(h, k, verb.clone(), "/v1/enrollments/enr_01jd3k2m4n5p6q7r8s9t0v1w2x:complete", None).await;
+        assert_eq!(
+            (a.status, &a.headers["allow"]),
+            (StatusCode::METHOD_NOT_ALLOWED, &"POST".parse().unwrap()),
+            "{verb}"
+        );
+        assert!(a.headers.contains_key("x-request-id"), "the gateway's own answers carry a request id");
+    }
+    let a = call(h, k, Method::OPTIONS, "/v1/users", None).await;
+    assert_eq!((a.status, &a.headers["allow"]), (StatusCode::METHOD_NOT_ALLOWED, &"POST, GET".parse().unwrap()));
+    let a = call(h, k, Method::GET, "/v1/enrollments/enr_01jd3k2m4n5p6q7r8s9t0v1w2x:nonsense", None).await;
+    assert_eq!((a.status, a.reason()), (StatusCode::NOT_FOUND, "NOT_FOUND"));
+    assert!(a.headers.contains_key("x-request-id"));
 
     // Another organization's user is 404 to us, as over gRPC.
     let theirs = h.other_org("globex").await;
@@ -196,6 +211,25 @@ async fn bad_input_and_other_organizations_are_refused(h: &Harness) {
     }
     let a = call(h, &theirs, Method::GET, &format!("/v1/users/{id}"), None).await;
     assert_eq!(a.json["first_name"], "", "untouched");
+
+    // Every error links to its reason in the error reference this server serves.
+    let a = call(h, k, Method::GET, &format!("/v1/users/{id}"), None).await;
+    let help = a.json["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.Help")
+        .unwrap_or_else(|| panic!("a Help detail: {}", a.json))
+        .clone();
+    let link = help["links"][0]["url"].as_str().unwrap();
+    assert_eq!(link, format!("http://{}/docs/errors#NOT_FOUND", h.addr()), "absolute: {help}");
+    let page = http().get(link).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+    let page = page.text().await.unwrap();
+    for reason in coursewire_core::error::Reason::ALL {
+        assert!(page.contains(&format!("id=\"{}\"", reason.as_str())), "{reason:?} has its anchor");
+    }
 }
 
 async fn an_enrollment_runs_to_completion_and_exports_as_ndjson(h: &Harness) {
@@ -329,6 +363,19 @@ async fn the_openapi_document_validates_and_its_operations_answer() {
         }
     }
     assert_eq!(operations.len(), coursewire_methods().len(), "one operation per method");
+    // Each operation describes its errors and headers, with real examples.
+    for item in doc["paths"].as_object().unwrap().values() {
+        for (verb, op) in item.as_object().unwrap() {
+            let responses = &op["responses"];
+            for status in ["400", "401", "403", "429", "503"] {
+                assert!(responses[status]["$ref"].is_string(), "{verb} {}: {status}", op["operationId"]);
+            }
+            assert!(responses["200"]["headers"]["x-request-id"].is_object());
+        }
+    }
+    let limited = &doc["components"]["responses"]["RateLimited"];
+    assert_eq!(limited["content"]["application/json"]["example"]["error"]["code"], 429);
+    assert!(limited["headers"]["retry-after"].is_object());
 
     let verb = |id: &str| Method::from_bytes(operations[id].0.as_bytes()).unwrap();
     let a = call(&h, &h.key, verb("Ping"), &operations["Ping"].1, None).await;

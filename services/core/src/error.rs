@@ -8,9 +8,20 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub const ERROR_DOMAIN: &str = "coursewire";
-/// Where the reason table lives; sent in `Help` links.
-#[cfg(feature = "grpc")]
-const DOCS: &str = "docs/api.md#error-reasons";
+/// The address people reach the API by (`--console-base-url`, else the HTTP/JSON listener),
+/// set at start: every error's `Help` link is `<it>/docs/errors#REASON`, the entry of its
+/// reason in the error reference the gateway serves.
+static PUBLIC_URL: std::sync::RwLock<String> = std::sync::RwLock::new(String::new());
+
+pub fn set_public_url(url: &str) {
+    *PUBLIC_URL.write().unwrap_or_else(|p| p.into_inner()) = url.trim_end_matches('/').to_string();
+}
+
+/// The error reference's entry for `reason`.
+pub fn reference_url(reason: Reason) -> String {
+    let base = PUBLIC_URL.read().unwrap_or_else(|p| p.into_inner());
+    format!("{base}/docs/errors#{}", reason.as_str())
+}
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -269,9 +280,9 @@ impl From<ApiError> for tonic::Status {
         for (field, description) in violations {
             details.add_bad_request_violation(field, description);
         }
-        if let Some(hint) = help {
-            details.add_help_link(hint, DOCS);
-        }
+        // Every error links to its reason's entry; the hint, where there is one, says what to do.
+        let hint = help.unwrap_or_else(|| e.reason.meaning().to_string());
+        details.add_help_link(hint, reference_url(e.reason));
         if let Some(delay) = retry_after {
             details.set_retry_info(Some(delay));
         }

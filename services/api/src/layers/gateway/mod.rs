@@ -4,8 +4,10 @@
 //!
 //! gRPC and gRPC-Web requests (`content-type: application/grpc…`) pass through untouched;
 //! everything else is HTTP/JSON, or the OpenAPI document (`/openapi.json`) and the
-//! interactive reference built on it (`/docs`).
+//! interactive reference built on it (`/docs`), and the error reference every error links to
+//! (`/docs/errors`).
 mod docs;
+mod error_reference;
 pub mod openapi;
 mod request;
 pub mod response;
@@ -92,7 +94,7 @@ where
                     let headers = http::HeaderMap::new();
                     return Ok(response::json_response(StatusCode::OK, gateway.openapi.clone(), headers));
                 }
-                if let Some(page) = docs::file(req.uri().path()) {
+                if let Some(page) = docs::file(req.uri().path()).or_else(|| error_reference::file(req.uri().path())) {
                     return Ok(page);
                 }
             }

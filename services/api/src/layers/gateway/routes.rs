@@ -90,7 +90,9 @@ impl Routes {
                 if route.verb == verb {
                     return Matched::Route(route, bindings);
                 }
-                verbs.push(route.verb.clone());
+                if !verbs.contains(&route.verb) {
+                    verbs.push(route.verb.clone());
+                }
             }
         }
         if verbs.is_empty() { Matched::None } else { Matched::WrongVerb(verbs) }
@@ -140,8 +142,11 @@ impl Route {
             return None;
         }
         let (last, head) = parts.split_last()?;
+        // The verb is part of the template: `enr_1:complete` fits `/v1/enrollments/{id}:complete`
+        // and never `/v1/enrollments/{id}` (a `:` in an id is sent encoded, as `%3A`).
         let last = match &self.custom_verb {
             Some(verb) => last.strip_suffix(verb.as_str())?.strip_suffix(':')?,
+            None if last.contains(':') => return None,
             None => last,
         };
         let mut bindings = Vec::new();
@@ -263,5 +268,37 @@ mod tests {
         );
         assert!(find(http::Method::GET, "/v1/users/").is_none());
         assert!(matches!(routes.find(&http::Method::PUT, "/v1/users/u1"), Matched::WrongVerb(v) if v.len() == 3));
+        // A custom method's path is its own: never a Get, Update or Delete of `enr_1:complete`.
+        let verbs = |verb: http::Method, path: &str| match routes.find(&verb, path) {
+            Matched::WrongVerb(v) => v,
+            _ => vec![],
+        };
+        assert_eq!(verbs(http::Method::GET, "/v1/enrollments/enr_1:complete"), [http::Method::POST]);
+        assert_eq!(verbs(http::Method::OPTIONS, "/v1/apiKeys/key_1:revoke"), [http::Method::POST]);
+        assert!(matches!(routes.find(&http::Method::GET, "/v1/enrollments/enr_1:nonsense"), Matched::None));
+        assert_eq!(
+            find(http::Method::GET, "/v1/enrollments/enr%3A1").unwrap().1,
+            vec![("id".to_string(), "enr:1".to_string())],
+            "an encoded colon is part of the id"
+        );
+    }
+
+    #[test]
+    fn every_path_template_answers_each_verb_once() {
+        let routes = Routes::from_pool(&super::pool()).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for route in routes.iter() {
+            // Variables' names do not tell paths apart: `/v1/users/{id}` is `/v1/users/{user.id}`.
+            let shape: Vec<&str> = route
+                .segments
+                .iter()
+                .map(|s| match s {
+                    Segment::Literal(l) => l.as_str(),
+                    Segment::Variable(_) => "*",
+                })
+                .collect();
+            let key = (route.verb.clone(), shape, route.custom_verb.clone());
+            assert!(seen.insert(key), "two routes for {} {}", route.verb, route.template);
+        }
     }
 }

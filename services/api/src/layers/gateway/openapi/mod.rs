@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
+mod errors;
+
 use super::request::settable_from_query;
 use super::routes::{Route, Routes, field_path};
 
@@ -19,6 +21,7 @@ pub fn document(routes: &Routes) -> Value {
     }
     let mut components = schemas.0;
     components.insert("Error".into(), error_schema());
+    let (responses, headers) = errors::components();
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -40,6 +43,8 @@ pub fn document(routes: &Routes) -> Value {
                 "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
             },
             "schemas": components,
+            "responses": responses,
+            "headers": headers,
         },
     })
 }
@@ -101,7 +106,7 @@ fn operation(route: &Route, schemas: &mut Schemas) -> (String, Value) {
         op.insert("requestBody".into(), json!({"required": true, "content": {"application/json": {"schema": schema}}}));
     }
     let output = schemas.reference(&route.method.output());
-    let ok = if route.server_streaming() {
+    let mut ok = if route.server_streaming() {
         json!({
             "description": "A stream of newline-delimited JSON objects, one per message; a failure after the first \
                 line ends the stream with one `{\"error\": …}` line.",
@@ -110,16 +115,8 @@ fn operation(route: &Route, schemas: &mut Schemas) -> (String, Value) {
     } else {
         json!({"description": "OK", "content": {"application/json": {"schema": output}}})
     };
-    op.insert(
-        "responses".into(),
-        json!({
-            "200": ok,
-            "default": {
-                "description": "An error: the HTTP status, and the gRPC status with its ErrorInfo reason.",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            },
-        }),
-    );
+    ok["headers"] = errors::success_headers();
+    op.insert("responses".into(), errors::responses(route, ok));
     (path, Value::Object(op))
 }
 
