@@ -81,8 +81,6 @@ impl Application {
             let http = http_listener.as_ref().map_or(Ok(addr), |l| l.local_addr())?;
             console.base_url = format!("http://{http}");
         }
-        // Every error's Help link leads to this server's error reference.
-        coursewire_core::error::set_public_url(&console.base_url);
         let mut background = Vec::new();
         let relay = bus.map(|bus| {
             let relay = Relay { db: db.clone(), bus, hub: hub.clone(), clock: clock.clone() };

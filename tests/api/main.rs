@@ -11,6 +11,7 @@ mod batch_export;
 mod console;
 mod console_browser;
 mod cookbook;
+mod csv;
 mod deadlines;
 mod delegation;
 mod deploys;

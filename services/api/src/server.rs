@@ -127,7 +127,7 @@ pub async fn serve(
     // for its turn.
     let layers = |http_json: bool| {
         tower::ServiceBuilder::new()
-            .layer(RequestIdLayer)
+            .layer(RequestIdLayer::new(&state.console.base_url))
             .layer(UnmatchedLayer)
             .layer(console.clone().enabled(http_json))
             .option_layer(cors.clone())

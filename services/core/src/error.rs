@@ -8,19 +8,22 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub const ERROR_DOMAIN: &str = "coursewire";
-/// The address people reach the API by (`--console-base-url`, else the HTTP/JSON listener),
-/// set at start: every error's `Help` link is `<it>/docs/errors#REASON`, the entry of its
-/// reason in the error reference the gateway serves.
-static PUBLIC_URL: std::sync::RwLock<String> = std::sync::RwLock::new(String::new());
-
-pub fn set_public_url(url: &str) {
-    *PUBLIC_URL.write().unwrap_or_else(|p| p.into_inner()) = url.trim_end_matches('/').to_string();
+tokio::task_local! {
+    /// The address people reach the serving API by (`--console-base-url`, else its HTTP/JSON
+    /// listener), for the call being served: every error's `Help` link is
+    /// `<it>/docs/errors#REASON`, the reason's entry in the reference the gateway serves.
+    static PUBLIC_URL: std::sync::Arc<str>;
 }
 
-/// The error reference's entry for `reason`.
+/// Runs `call` for a server reached at `url`: the errors made inside link to its reference.
+pub async fn linking_to<F: std::future::Future>(url: std::sync::Arc<str>, call: F) -> F::Output {
+    PUBLIC_URL.scope(url, call).await
+}
+
+/// The error reference's entry for `reason` (a path only, outside a call).
 pub fn reference_url(reason: Reason) -> String {
-    let base = PUBLIC_URL.read().unwrap_or_else(|p| p.into_inner());
-    format!("{base}/docs/errors#{}", reason.as_str())
+    let base = PUBLIC_URL.try_with(|url| url.clone()).unwrap_or_else(|_| "".into());
+    format!("{}/docs/errors#{}", base.trim_end_matches('/'), reason.as_str())
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;

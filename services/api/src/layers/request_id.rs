@@ -7,16 +7,18 @@
 //! A `tracing` span per call is made only when spans are exported (`--otlp-endpoint`): on
 //! the Ping benchmark a span per call cost several percent of the throughput. It is named
 //! by the path; the gateway renames it after the gRPC method an HTTP/JSON call becomes.
-use std::sync::LazyLock;
+//! Errors made while serving the call link to this server's error reference
+//! (`core::error::linking_to`).
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use http::HeaderValue;
 use tracing::Instrument;
 
-use coursewire_core::request_id;
 use coursewire_core::trace::{self, TraceContext};
+use coursewire_core::{error, request_id};
 
 pub const HEADER: &str = "x-request-id";
 
@@ -28,19 +30,29 @@ fn new_request_id() -> String {
     format!("req_{:016x}{:08x}", *PREFIX, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-#[derive(Clone, Copy, Default)]
-pub struct RequestIdLayer;
+#[derive(Clone)]
+pub struct RequestIdLayer {
+    /// Where the server is reached: the errors of its calls link to `<it>/docs/errors`.
+    public_url: Arc<str>,
+}
+
+impl RequestIdLayer {
+    pub fn new(public_url: &str) -> Self {
+        RequestIdLayer { public_url: public_url.into() }
+    }
+}
 
 impl<S> tower::Layer<S> for RequestIdLayer {
     type Service = RequestIdService<S>;
     fn layer(&self, inner: S) -> RequestIdService<S> {
-        RequestIdService { inner }
+        RequestIdService { inner, public_url: self.public_url.clone() }
     }
 }
 
 #[derive(Clone)]
 pub struct RequestIdService<S> {
     inner: S,
+    public_url: Arc<str>,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for RequestIdService<S>
@@ -87,11 +99,14 @@ where
         let response = self.inner.call(req);
         let call = request_id::scope(
             id,
-            trace::scope(context, async move {
-                let mut response = response.await?;
-                response.headers_mut().insert(HEADER, header);
-                Ok(response)
-            }),
+            trace::scope(
+                context,
+                error::linking_to(self.public_url.clone(), async move {
+                    let mut response = response.await?;
+                    response.headers_mut().insert(HEADER, header);
+                    Ok(response)
+                }),
+            ),
         );
         match span {
             None => Box::pin(call),

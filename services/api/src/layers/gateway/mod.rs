@@ -6,6 +6,7 @@
 //! everything else is HTTP/JSON, or the OpenAPI document (`/openapi.json`) and the
 //! interactive reference built on it (`/docs`), and the error reference every error links to
 //! (`/docs/errors`).
+mod csv;
 mod docs;
 mod error_reference;
 pub mod openapi;
@@ -72,6 +73,7 @@ impl<S> tower::Service<http::Request<Body>> for HttpJson<S>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Into<tower::BoxError>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -119,7 +121,11 @@ where
                     )));
                 }
             };
-            let message = match request::encode(route, bindings, parts.uri.query(), &body) {
+            let (csv, query) = match csv::asked(&parts.headers, parts.uri.query()) {
+                Ok(asked) => asked,
+                Err(e) => return Ok(error(e)),
+            };
+            let message = match request::encode(route, bindings, query.as_deref(), &body) {
                 Ok(message) => message,
                 Err(e) => return Ok(error(e)),
             };
@@ -136,6 +142,10 @@ where
             parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
             parts.headers.remove(header::CONTENT_LENGTH);
             parts.headers.remove(header::ACCEPT_ENCODING);
+            if let Some(options) = csv {
+                let call = csv::Call { uri: parts.uri, headers: parts.headers, extensions: parts.extensions };
+                return Ok(csv::respond(inner, route, call, message, options).await);
+            }
             let response = inner.call(http::Request::from_parts(parts, response::grpc_body(message))).await?;
             let output = route.method.output();
             Ok(if route.server_streaming() {

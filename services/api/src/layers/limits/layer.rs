@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tonic::Status;
 
-use super::Limiter;
+use super::{Limiter, Prepaid};
 use crate::layers::around::{Inner, Next, Response, Rule};
 use crate::layers::auth::Caller;
 use crate::layers::grpc_status;
@@ -28,6 +28,9 @@ impl Rule for RateLimit {
         let Some((caller, policy)) = caller.and_then(|c| c.policy.map(|p| (c, p))) else {
             return next.run(req).await;
         };
+        if req.extensions().get::<Prepaid>().is_some() {
+            return next.run(req).await;
+        }
         let limiter = Arc::clone(&self.0);
         let org = caller.org().to_string();
         let count = move |response: Response| {

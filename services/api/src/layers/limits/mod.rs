@@ -26,6 +26,12 @@ use crate::layers::auth::Caller;
 use crate::policy::{CallClass, Charge, Policy};
 use coursewire_core::error::{ApiError, Reason};
 
+/// Marks a call already paid for: the pages after the first of one CSV download, which is
+/// charged as one call. Only the gateway inserts it (a request extension, which no client
+/// can send).
+#[derive(Clone, Copy, Debug)]
+pub struct Prepaid;
+
 /// What to do when the backend cannot answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnError {

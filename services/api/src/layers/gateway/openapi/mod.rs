@@ -87,6 +87,9 @@ fn operation(route: &Route, schemas: &mut Schemas) -> (String, Value) {
             parameters.push(parameter(name, "query", &field, schemas, false));
         }
     }
+    if super::csv::serves(route) {
+        parameters.extend(csv_parameters());
+    }
     let mut op = Map::new();
     op.insert("operationId".into(), json!(route.method.name()));
     op.insert("tags".into(), json!([route.method.parent_service().name()]));
@@ -115,9 +118,27 @@ fn operation(route: &Route, schemas: &mut Schemas) -> (String, Value) {
     } else {
         json!({"description": "OK", "content": {"application/json": {"schema": output}}})
     };
+    if super::csv::serves(route) {
+        ok["content"]["text/csv"] = json!({
+            "schema": {"type": "string", "description": "Every row, with a header row of the item's field names \
+                (docs/api.md, \"CSV\")."},
+        });
+    }
     ok["headers"] = errors::success_headers();
     op.insert("responses".into(), errors::responses(route, ok));
     (path, Value::Object(op))
+}
+
+/// `alt` and `excel`: CSV for tools that cannot send `Accept: text/csv`.
+fn csv_parameters() -> [Value; 2] {
+    [
+        json!({"name": "alt", "in": "query", "required": false,
+            "description": "`csv`: answer every row as CSV (as `Accept: text/csv` does).",
+            "schema": {"type": "string", "enum": ["json", "csv"], "default": "json"}}),
+        json!({"name": "excel", "in": "query", "required": false,
+            "description": "With CSV: start with the UTF-8 byte-order mark Excel needs.",
+            "schema": {"type": "boolean", "default": false}}),
+    ]
 }
 
 fn summary(route: &Route) -> String {
