@@ -392,7 +392,8 @@ async fn the_openapi_document_validates_and_its_operations_answer() {
 }
 
 /// `/docs` in headless Chromium: a person authorizes with a key as the Basic user name and
-/// runs Ping from the page (tests/browser/docs.cjs drives it with playwright-core).
+/// runs Ping from the page, then opens the error reference (tests/browser/docs.cjs drives it
+/// with playwright-core and checks it with axe-core).
 #[cfg_attr(not(cw_browser), ignore = "skipped: Chromium or playwright-core (COURSEWIRE_NODE_PATH) is not installed")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_docs_page_authorizes_with_a_key_and_runs_ping() {
@@ -422,6 +423,8 @@ async fn the_docs_page_authorizes_with_a_key_and_runs_ping() {
     assert!(stdout.contains("status 200"), "{stdout}");
     let basic = STANDARD.encode(format!("{}:", h.key));
     assert!(stdout.contains(&format!("Authorization: Basic {basic}")), "the key as the user name: {stdout}");
+    assert!(stdout.contains("errors row 404"), "the error reference shows NOT_FOUND's status: {stdout}");
+    assert!(stdout.contains("errors axe serious 0 "), "{stdout}");
 }
 
 /// `--http-listen` moves HTTP/JSON (and the reference) to an address of its own; the gRPC

@@ -4,7 +4,9 @@
 //
 //   node tests/browser/docs.cjs http://127.0.0.1:PORT sk_...
 // (playwright-core found through NODE_PATH; Chromium at /usr/bin/chromium or $CHROMIUM.)
+const fs = require("fs");
 const { chromium } = require("playwright-core");
+const axeSource = fs.readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 
 const [base, key] = process.argv.slice(2);
 
@@ -37,6 +39,17 @@ const [base, key] = process.argv.slice(2);
     console.log(`status ${(await status.innerText()).trim()}`);
     // What the page sent: the curl line Swagger UI shows for the call.
     console.log(`curl ${(await ping.locator(".curl-command").first().innerText()).replace(/\s+/g, " ")}`);
+
+    // The error reference every error's Help link leads to: the reason's row, and no serious
+    // accessibility violation (axe-core, evaluated through the DevTools protocol).
+    await page.goto(`${base}/docs/errors#NOT_FOUND`);
+    console.log(`errors row ${(await page.locator("tr#NOT_FOUND td").nth(2).innerText()).trim()}`);
+    await page.evaluate(axeSource);
+    const violations = await page.evaluate(async () => {
+      const r = await window.axe.run(document, { resultTypes: ["violations"] });
+      return r.violations.filter((v) => v.impact === "serious" || v.impact === "critical").map((v) => v.id);
+    });
+    console.log(`errors axe serious ${violations.length} ${violations.join(",")}`);
   } finally {
     await browser.close();
   }

@@ -35,13 +35,7 @@ pub fn page(session: &Session, current: &str, title: &str, flash: &Flash, body: 
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Coursewire Console" }
-                link rel="stylesheet" href="/console/assets/console.css";
-                script src="/console/assets/console.js" defer {}
-            }
+            (head(title, true))
             body {
                 a.skip href="#main" { "Skip to content" }
                 header.top {
@@ -84,17 +78,25 @@ pub fn page(session: &Session, current: &str, title: &str, flash: &Flash, body: 
     }
 }
 
+/// Every page's head: its title, the stylesheet, and (signed in) the script.
+fn head(title: &str, script: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · Coursewire Console" }
+            link rel="stylesheet" href="/console/assets/console.css";
+            @if script { script src="/console/assets/console.js" defer {} }
+        }
+    }
+}
+
 /// A page with no session (sign-in, its errors).
 pub fn bare(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Coursewire Console" }
-                link rel="stylesheet" href="/console/assets/console.css";
-            }
+            (head(title, false))
             body.bare {
                 main #main {
                     div.brand { "Coursewire " span { "Console" } }

@@ -20,15 +20,18 @@ const FILES: &[(&str, &str, &[u8])] = &[
 pub fn file(path: &str) -> Option<http::Response<Body>> {
     let path = if path == "/docs/" { "/docs" } else { path };
     let (_, content_type, bytes) = FILES.iter().find(|(p, _, _)| *p == path)?;
-    let mut response = http::Response::new(Body::new(http_body_util::Full::new(Bytes::from_static(bytes))));
+    // The page runs no script but Swagger UI's own, and is never framed (clickjacking).
+    let csp = "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'";
+    Some(served(content_type, Bytes::from_static(bytes), csp))
+}
+
+/// A reference page or asset: 200 with its type, its Content-Security-Policy and nosniff.
+pub fn served(content_type: &'static str, bytes: Bytes, csp: &'static str) -> http::Response<Body> {
+    let mut response = http::Response::new(Body::new(http_body_util::Full::new(bytes)));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    // The page runs no script but Swagger UI's own, and is never framed (clickjacking).
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"),
-    );
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    Some(response)
+    response
 }

@@ -4,7 +4,6 @@
 use std::sync::LazyLock;
 
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode, header};
 use maud::{DOCTYPE, html};
 use tonic::body::Body;
 
@@ -65,14 +64,7 @@ pub fn file(path: &str) -> Option<http::Response<Body>> {
         "/docs/errors.css" => ("text/css; charset=utf-8", Bytes::from_static(STYLE.as_bytes())),
         _ => return None,
     };
-    let mut response = http::Response::new(Body::new(http_body_util::Full::new(bytes)));
-    *response.status_mut() = StatusCode::OK;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'self'; frame-ancestors 'none'; base-uri 'none'"),
-    );
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    Some(response)
+    // No script at all, never framed.
+    let csp = "default-src 'none'; style-src 'self'; frame-ancestors 'none'; base-uri 'none'";
+    Some(super::docs::served(content_type, bytes, csp))
 }
