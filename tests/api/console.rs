@@ -539,3 +539,24 @@ async fn the_activity_log_names_who_changed_keys_and_webhooks() {
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.body.contains("sign-in link in the console") && page.body.contains(&acme), "{}", page.body);
 }
+
+/// Links and sessions do not pile up: retention deletes them a day past their end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_links_and_sessions_are_deleted_a_day_later() {
+    let h = Harness::start(Backend::Sqlite).await;
+    let base = format!("http://{}", h.addr());
+    let _signed_in = signed_in(&h, &h.key, &["*"]).await;
+    let (status, _unused) = mint(&base, &h.key, json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((h.count("console_links").await, h.count("console_sessions").await), (2, 1));
+    h.clock.advance(12 * 3_600_000 + 23 * 3_600_000);
+    h.prune().await;
+    assert_eq!(
+        (h.count("console_links").await, h.count("console_sessions").await),
+        (0, 1),
+        "a link ends after 15 minutes"
+    );
+    h.clock.advance(2 * 3_600_000);
+    h.prune().await;
+    assert_eq!(h.count("console_sessions").await, 0, "a session ends 12 hours after sign-in at the latest");
+}

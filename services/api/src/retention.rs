@@ -3,7 +3,8 @@
 //! - published events older than `--event-retention`,
 //! - webhook deliveries older than `--delivery-retention`, with their attempts,
 //! - idempotency records past their 24 hours,
-//! - activity log entries (who changed keys and webhooks) older than `--event-retention`.
+//! - activity log entries (who changed keys and webhooks) older than `--event-retention`,
+//! - console sign-in links and sessions a day past their end.
 //!
 //! Every API replica runs it; on Postgres a transaction-scoped advisory lock lets one replica
 //! prune at a time, so replicas never delete the same rows against each other.
@@ -16,6 +17,9 @@ use coursewire_core::store::{Backend, Db, Tx};
 const PRUNE_LOCK: i64 = 0x7265_7465_6e74;
 const BATCH: i64 = 1000;
 const EVERY: Duration = Duration::from_secs(60);
+/// How long console links and sessions are kept past their end (a day: enough to tell a
+/// person why their link no longer works, nothing to sign in with).
+const CONSOLE_KEPT_MS: i64 = 24 * 3_600_000;
 /// How long a `request_id` is remembered (AIP-155).
 pub const IDEMPOTENCY_MS: i64 = 24 * 3_600_000;
 
@@ -43,9 +47,10 @@ impl Retention {
         let events_cutoff = now - self.events.as_millis() as i64;
         let deliveries_cutoff = now - self.deliveries.as_millis() as i64;
         let idempotency_cutoff = now - IDEMPOTENCY_MS;
+        let console_cutoff = now - CONSOLE_KEPT_MS;
         let mut total = 0;
         // (statements run together in one transaction, the cutoff they bind)
-        let prunes: [(&[&str], i64); 4] = [
+        let prunes: [(&[&str], i64); 6] = [
             (
                 &["DELETE FROM events WHERE id IN (SELECT id FROM events \
                    WHERE created_at < $1 ORDER BY created_at LIMIT 1000) \
@@ -70,6 +75,16 @@ impl Retention {
             (
                 &["DELETE FROM activity WHERE id IN (SELECT id FROM activity WHERE at < $1 ORDER BY id LIMIT 1000)"],
                 events_cutoff,
+            ),
+            (
+                &["DELETE FROM console_links WHERE token_hash IN \
+                   (SELECT token_hash FROM console_links WHERE expires_at < $1 LIMIT 1000)"],
+                console_cutoff,
+            ),
+            (
+                &["DELETE FROM console_sessions WHERE token_hash IN \
+                   (SELECT token_hash FROM console_sessions WHERE expires_at < $1 LIMIT 1000)"],
+                console_cutoff,
             ),
         ];
         for (statements, cutoff) in prunes {

@@ -136,7 +136,6 @@ pub async fn start_session(db: &Db, grant: &Grant, actor: &str, now: i64) -> Api
     .bind(now + LIFETIME_MS)
     .execute(db.pool())
     .await?;
-    prune(db, now).await;
     Ok(token)
 }
 
@@ -148,17 +147,6 @@ pub async fn end_session(db: &Db, id: &str, now: i64) -> ApiResult<()> {
         .execute(db.pool())
         .await?;
     Ok(())
-}
-
-/// Links and sessions a day past their end are of no use to anyone: delete them.
-async fn prune(db: &Db, now: i64) {
-    let before = now - 24 * 3_600_000;
-    for sql in ["DELETE FROM console_links WHERE expires_at < $1", "DELETE FROM console_sessions WHERE expires_at < $1"]
-    {
-        if let Err(e) = sqlx::query(sql).bind(before).execute(db.pool()).await {
-            tracing::warn!(error = %e, "could not prune old console links or sessions");
-        }
-    }
 }
 
 /// The live session whose token is `token`. Every way a session ends is
