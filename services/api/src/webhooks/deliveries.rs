@@ -66,3 +66,55 @@ pub(crate) async fn fetch(conn: &mut AnyConnection, org: &str, id: &str) -> ApiR
         .ok_or_else(|| ApiError::not_found("delivery", id))?;
     Ok(from_row(&row)?)
 }
+
+/// What `ListDeliveries` narrows to, checked; empty texts and `None` match everything.
+pub struct Filter<'a> {
+    pub webhook_id: &'a str,
+    pub state: Option<&'static str>,
+    pub event_type: &'a str,
+    pub after: Option<i64>,
+    pub before: Option<i64>,
+    pub newest_first: bool,
+}
+
+/// Up to `limit` of an organization's deliveries matching `f`, past id `past` in the order
+/// asked for (ids sort by creation time: keyset paging on the id, either way).
+pub(crate) async fn list(
+    conn: &mut AnyConnection,
+    org: &str,
+    f: &Filter<'_>,
+    past: &str,
+    limit: i64,
+) -> ApiResult<Vec<Delivery>> {
+    let (beyond, order) = if f.newest_first { ("($2 = '' OR id < $2)", "DESC") } else { ("id > $2", "") };
+    let mut sql = format!("SELECT {COLUMNS} WHERE org_id = $1 AND {beyond}");
+    let mut n = 3;
+    let mut filter = |column: &str, op: &str| {
+        sql.push_str(&format!(" AND {column} {op} ${n}"));
+        n += 1;
+    };
+    let texts: Vec<(&str, &str)> =
+        [("endpoint_id", f.webhook_id), ("state", f.state.unwrap_or("")), ("event_type", f.event_type)]
+            .into_iter()
+            .filter(|(_, value)| !value.is_empty())
+            .collect();
+    for (column, _) in &texts {
+        filter(column, "=");
+    }
+    if f.after.is_some() {
+        filter("created_at", ">=");
+    }
+    if f.before.is_some() {
+        filter("created_at", "<");
+    }
+    sql.push_str(&format!(" ORDER BY id {order} LIMIT ${n}"));
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(org).bind(past);
+    for (_, value) in &texts {
+        q = q.bind(*value);
+    }
+    for t in [f.after, f.before].into_iter().flatten() {
+        q = q.bind(t);
+    }
+    let rows = q.bind(limit).fetch_all(conn).await?;
+    Ok(rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?)
+}

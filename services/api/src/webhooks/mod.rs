@@ -422,41 +422,16 @@ impl WebhookService for WebhookApi {
             r.event_type
         );
         let page = Page::new(&self.0.tokens, r.page_size, &r.page_token, &scope)?;
-        // Ids sort by creation time: keyset paging on the id, either way.
-        let (past, order) = if newest_first { ("($2 = '' OR id < $2)", "DESC") } else { ("id > $2", "") };
-        let mut sql = format!("SELECT {} WHERE org_id = $1 AND {past}", deliveries::COLUMNS);
-        let mut n = 3;
-        let mut filter = |column: &str, op: &str| {
-            sql.push_str(&format!(" AND {column} {op} ${n}"));
-            n += 1;
+        let filter = deliveries::Filter {
+            webhook_id: &r.webhook_id,
+            state,
+            event_type: &r.event_type,
+            after,
+            before,
+            newest_first,
         };
-        let texts: Vec<(&str, &str)> = [
-            ("endpoint_id", r.webhook_id.as_str()),
-            ("state", state.unwrap_or("")),
-            ("event_type", r.event_type.as_str()),
-        ]
-        .into_iter()
-        .filter(|(_, value)| !value.is_empty())
-        .collect();
-        for (column, _) in &texts {
-            filter(column, "=");
-        }
-        if after.is_some() {
-            filter("created_at", ">=");
-        }
-        if before.is_some() {
-            filter("created_at", "<");
-        }
-        sql.push_str(&format!(" ORDER BY id {order} LIMIT ${n}"));
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(who.org()).bind(&page.after);
-        for (_, value) in &texts {
-            q = q.bind(*value);
-        }
-        for t in [after, before].into_iter().flatten() {
-            q = q.bind(t);
-        }
-        let rows = q.bind(page.limit()).fetch_all(self.0.db.pool()).await.map_err(ApiError::from)?;
-        let mut out = rows.iter().map(deliveries::from_row).collect::<Result<Vec<_>, _>>().map_err(ApiError::from)?;
+        let mut conn = self.0.db.pool().acquire().await.map_err(ApiError::from)?;
+        let mut out = deliveries::list(&mut conn, who.org(), &filter, &page.after, page.limit()).await?;
         let next_page_token = page.finish(&mut out, |d| &d.id);
         Ok(Response::new(ListDeliveriesResponse { deliveries: out, next_page_token }))
     }
