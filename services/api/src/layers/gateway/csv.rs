@@ -84,6 +84,7 @@ fn shape(route: &Route) -> Option<(Shape, MessageDescriptor)> {
 }
 
 /// The gRPC request the gateway built, kept to send again for the following pages.
+#[derive(Clone)]
 pub struct Call {
     pub uri: http::Uri,
     pub headers: HeaderMap,
@@ -186,7 +187,15 @@ async fn read_page(mut body: Body, output: &MessageDescriptor) -> Result<Dynamic
     DynamicMessage::decode(output.clone(), message).map_err(|e| tonic::Status::internal(e.to_string()))
 }
 
-/// Rows of every page, asking for the next while the caller reads.
+/// Where a List download stands: a page's rows to send, the next page to ask for, or done.
+enum Step {
+    Rows(DynamicMessage),
+    Fetch(String),
+    Done,
+}
+
+/// Rows of every page: a page's rows go out as soon as it is read; the next page is asked
+/// for when the caller has taken them.
 fn paged_rows<S>(
     inner: S,
     call: Call,
@@ -199,30 +208,36 @@ where
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {
-    futures::stream::unfold(Some(first), move |page| {
-        let (inner, items) = (inner.clone(), items.clone());
+    let output = first.descriptor();
+    futures::stream::unfold(Step::Rows(first), move |step| {
+        let (inner, call, items, output) = (inner.clone(), call.clone(), items.clone(), output.clone());
         let mut request = request.clone();
-        let call = Call { uri: call.uri.clone(), headers: call.headers.clone(), extensions: call.extensions.clone() };
         async move {
-            let page = page?;
-            let rows = rows_of(&page, &items);
-            let token = match page.get_field_by_name("next_page_token").as_deref() {
-                Some(Field::String(t)) if !t.is_empty() => t.clone(),
-                _ => return Some((rows, None)),
-            };
-            request.set_field_by_name("page_token", Field::String(token));
-            let next = async {
-                let answer = inner.oneshot(call.request(request.encode_to_vec(), true)).await.map_err(Into::into)?;
-                let (parts, body) = answer.into_parts();
-                if let Some(status) = failure(&parts.headers) {
-                    return Err(BoxError::from(status));
+            let page = match step {
+                Step::Done => return None,
+                Step::Rows(page) => page,
+                Step::Fetch(token) => {
+                    request.set_field_by_name("page_token", Field::String(token));
+                    let next = async {
+                        let answer =
+                            inner.oneshot(call.request(request.encode_to_vec(), true)).await.map_err(Into::into)?;
+                        let (parts, body) = answer.into_parts();
+                        if let Some(status) = failure(&parts.headers) {
+                            return Err(BoxError::from(status));
+                        }
+                        read_page(body, &output).await.map_err(BoxError::from)
+                    };
+                    match next.await {
+                        Ok(page) => page,
+                        Err(e) => return Some((Err(e), Step::Done)),
+                    }
                 }
-                read_page(body, &page.descriptor()).await.map_err(BoxError::from)
             };
-            match (rows, next.await) {
-                (Ok(rows), Ok(next)) => Some((Ok(rows), Some(next))),
-                (Err(e), _) | (_, Err(e)) => Some((Err(e), None)),
-            }
+            let then = match page.get_field_by_name("next_page_token").as_deref() {
+                Some(Field::String(token)) if !token.is_empty() => Step::Fetch(token.clone()),
+                _ => Step::Done,
+            };
+            Some((Ok(rows_of(&page, &items)), then))
         }
     })
 }
@@ -255,7 +270,7 @@ fn streamed_rows(body: Body, item: MessageDescriptor) -> impl futures::Stream<It
     })
 }
 
-fn rows_of(page: &DynamicMessage, items: &FieldDescriptor) -> Result<Bytes, BoxError> {
+fn rows_of(page: &DynamicMessage, items: &FieldDescriptor) -> Bytes {
     let mut out = BytesMut::new();
     if let Field::List(list) = &*page.get_field(items) {
         for entry in list {
@@ -264,7 +279,7 @@ fn rows_of(page: &DynamicMessage, items: &FieldDescriptor) -> Result<Bytes, BoxE
             }
         }
     }
-    Ok(out.freeze())
+    out.freeze()
 }
 
 fn header_row(item: &MessageDescriptor) -> Bytes {
