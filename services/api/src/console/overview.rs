@@ -69,8 +69,8 @@ fn limits(limits: &Value) -> Markup {
     html! {
         ul.meters {
             @for l in &rows {
-                @let limit = l["limit"].as_str().and_then(|s| s.parse::<i64>().ok()).or(l["limit"].as_i64()).unwrap_or(0);
-                @let left = l["remaining"].as_str().and_then(|s| s.parse::<i64>().ok()).or(l["remaining"].as_i64()).unwrap_or(0);
+                @let limit = view::number(&l["limit"]);
+                @let left = view::number(&l["remaining"]);
                 li {
                     span.label { (view::text(&l["call_class"])) " · per " (view::text(&l["window"])) }
                     meter min="0" max=(limit) value=(left) aria-label={ (l["call_class"].as_str().unwrap_or("")) " calls left per " (l["window"].as_str().unwrap_or("")) } {}
@@ -127,7 +127,7 @@ fn calls(usage: &Value) -> Markup {
     let list = usage["calls"].as_array().cloned().unwrap_or_default();
     let count = |class: &str, outcome: &str| -> u64 {
         let found = list.iter().find(|c| c["call_class"] == class && c["outcome"] == outcome);
-        found.and_then(|c| c["count"].as_str().and_then(|s| s.parse().ok()).or(c["count"].as_u64())).unwrap_or(0)
+        found.map_or(0, |c| view::number(&c["count"]).max(0) as u64)
     };
     let classes = ["read", "modify", "remove"];
     let totals: Vec<u64> = classes.iter().map(|c| CALL_OUTCOMES.iter().map(|o| count(c, o.0)).sum()).collect();

@@ -162,6 +162,12 @@ pub fn time(value: &Value) -> Markup {
 }
 
 /// A string field, or a dash.
+/// A number of an API answer: 64-bit integers come as JSON strings (proto3 JSON), others as
+/// numbers; 0 when absent.
+pub fn number(value: &Value) -> i64 {
+    value.as_str().and_then(|s| s.parse().ok()).or(value.as_i64()).unwrap_or(0)
+}
+
 pub fn text(value: &Value) -> Markup {
     match value.as_str().filter(|s| !s.is_empty()) {
         Some(s) => html! { (s) },

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use maud::{DOCTYPE, html};
 use tonic::body::Body;
 
-use super::response::http_status;
+use super::response::{code_name, http_status};
 use coursewire_core::error::{ApiError, Reason};
 
 const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;max-width:60rem;margin:0 auto;padding:1rem;color:#1d2330}\
@@ -17,7 +17,7 @@ tr:target{background:#fff4c2}code{font-family:ui-monospace,monospace;font-size:.
 static PAGE: LazyLock<Bytes> = LazyLock::new(|| {
     let rows = Reason::ALL.iter().map(|&reason| {
         let status = tonic::Status::from(ApiError::new(reason, ""));
-        (reason.as_str(), format!("{:?}", status.code()), http_status(&status), reason.meaning())
+        (reason.as_str(), code_name(status.code()), http_status(&status), reason.meaning())
     });
     let page = html! {
         (DOCTYPE)

@@ -108,7 +108,7 @@ fn google_rpc_status(status: &tonic::Status) -> Option<serde_json::Value> {
     Some(json.get_mut("details")?.take())
 }
 
-fn code_name(code: tonic::Code) -> String {
+pub fn code_name(code: tonic::Code) -> String {
     // `tonic::Code`'s Debug is CamelCase (`NotFound`); gRPC and Google write NOT_FOUND.
     let camel = format!("{code:?}");
     let mut name = String::with_capacity(camel.len() + 4);
